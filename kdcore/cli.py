@@ -1,0 +1,300 @@
+"""`python -m kdcore <command>`: the engine from the command line.
+
+Every command builds the same `RunConfig` as the app (from `--config FILE` and `--set key=value`),
+prints a human table or, with `--json`, one JSON object as its last line of standard output.
+User errors are one line on standard error and a non-zero exit, never a traceback.
+Commands import torch only when they train or build models, so `--help` and `status` are quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from kdcore.callbacks import Callback
+from kdcore.errors import KDError
+
+EXIT_USER_ERROR = 2
+EXIT_RUN_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[], None]) -> None:
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        human()
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="JSON or YAML config file")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one setting, e.g. --set temperature=4 --set teacher.arch=resnet20 (repeatable)")
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+
+
+def _build_config(args: argparse.Namespace):
+    from kdcore.config import build_config
+
+    return build_config(args.config, args.overrides)
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> None:
+    cells = [header] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "-"
+
+
+# --- commands that need no background runner ----------------------------------------------------------
+
+
+def cmd_list_datasets(args: argparse.Namespace) -> int:
+    from kdcore.data import list_datasets
+
+    infos = list_datasets(args.data_root)
+    data = {"datasets": [{"name": i.name, "description": i.description, "input_shape": list(i.input_shape),
+                          "num_classes": i.num_classes, "kind": i.kind, "offline": i.offline, "size": i.size}
+                         for i in infos]}
+    _emit(args, data, lambda: _table(
+        [[i.name, "x".join(map(str, i.input_shape)), i.num_classes, i.size or "?", "yes" if i.offline else "no",
+          i.description] for i in infos],
+        ["name", "shape", "classes", "size", "offline", "description"]))
+    return 0
+
+
+def cmd_list_models(args: argparse.Namespace) -> int:
+    from kdcore.data import dataset_info
+    from kdcore.models import list_models
+
+    info = dataset_info(args.dataset, args.data_root)
+    models = list_models(info.input_shape, info.num_classes)
+    data = {"dataset": info.name, "input_shape": list(info.input_shape), "num_classes": info.num_classes,
+            "models": models}
+    _emit(args, data, lambda: (
+        print(f"parameter counts for {info.name} ({'x'.join(map(str, info.input_shape))}, {info.num_classes} classes)"),
+        _table([[m["name"], f"{m['params']:,}" if m["params"] is not None else "n/a (needs images)", m["description"]]
+                for m in models], ["name", "params", "description"])))
+    return 0
+
+
+class TerminalProgress(Callback):
+    """A one-line progress display on a terminal (stderr), redrawn a few times a second."""
+
+    def __init__(self) -> None:
+        self.stage, self.epochs, self.steps, self.last = "", 0, 0, 0.0
+        self.values: dict[str, float] = {}
+
+    def on_stage_start(self, stage, epochs, steps_per_epoch):
+        self.stage, self.epochs, self.steps = stage, epochs, steps_per_epoch
+        self._draw(0, 0, force=True)
+
+    def on_metrics(self, stage, epoch, step, values):
+        self.values.update(values)
+        self._draw(epoch, step)
+
+    def on_stage_end(self, stage, values):
+        self._draw(self.epochs, self.epochs * self.steps, force=True)
+        sys.stderr.write("\n")
+
+    def _draw(self, epoch: int, step: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < 0.2:
+            return
+        self.last = now
+        frac = min(step / max(self.epochs * self.steps, 1), 1.0) if self.epochs else 1.0
+        bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
+        loss, acc = self.values.get("train_loss"), self.values.get("val_acc")
+        extra = (f" loss {loss:.4f}" if loss is not None else "") + (f" val acc {acc:.4f}" if acc is not None else "")
+        sys.stderr.write(f"\r{self.stage:<11} [{bar}] epoch {epoch}/{self.epochs}{extra}   ")
+        sys.stderr.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdcore.store import Store
+    from kdcore.worker import execute
+
+    config = _build_config(args)
+    store = Store()
+    run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
+    print(f"run {run_id}: {config.teacher.arch} → {config.student.arch} on {config.dataset}, T={config.temperature:g}",
+          file=sys.stderr)
+    extra = [TerminalProgress()] if sys.stderr.isatty() and not args.quiet else []
+    summary = execute(store, run_id, config, extra_callbacks=extra)
+    if summary.get("status") != "done":
+        print(f"kdcore: run {run_id} {summary.get('status')}: {summary.get('error', '')}".rstrip(": "), file=sys.stderr)
+        if args.json:
+            print(json.dumps(summary))
+        return EXIT_RUN_FAILED
+    _emit(args, summary, lambda: _print_summary(summary))
+    return 0
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    print(f"run {s['run_id']} done in {s['wall_s']:.1f} s")
+    rows = [["teacher", _pct(s["teacher_test_acc"]), f"{s['teacher_params']:,}"],
+            ["student (distilled)", _pct(s["student_test_acc"]), f"{s['student_params']:,}"]]
+    if s.get("baseline_test_acc") is not None:
+        rows.append(["student alone (baseline)", _pct(s["baseline_test_acc"]), f"{s['student_params']:,}"])
+    _table(rows, ["model", "test acc", "params"])
+    if s.get("gap_closed") is not None:
+        print(f"gap closed: {100 * s['gap_closed']:.1f}%  compression: {s['compression']:.1f}x")
+
+
+# --- background runs -----------------------------------------------------------------------------------
+
+
+def _runner():
+    from kdcore.runner import Runner
+
+    return Runner()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    config = _build_config(args)
+    runner = _runner()
+    run_id = runner.submit(config)
+    record = runner.store.get_run(run_id)
+    _emit(args, {"run_id": run_id, "status": record.status}, lambda: print(f"{run_id} {record.status}"))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    runner = _runner()
+    runner.tick()
+    record = runner.store.get_run(args.run_id)
+    data = record.to_json()
+
+    def human() -> None:
+        print(f"{record.id}  {record.status}" + (f"  (pid {record.pid})" if data.get("pid") else ""))
+        if record.progress and record.active:
+            p = record.progress
+            print(f"  stage {p.get('stage')} epoch {p.get('epoch')}/{p.get('epochs')}")
+        if record.error:
+            print(f"  error: {record.error}")
+        if record.summary:
+            _print_summary(record.summary)
+
+    _emit(args, data, human)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runner = _runner()
+    runner.tick()
+    records = runner.store.list_runs(status=args.status or None, limit=args.limit)
+    rows = []
+    for r in records:
+        s = r.summary or {}
+        c = r.config
+        rows.append({"run_id": r.id, "status": r.status, "name": r.name, "dataset": c.get("dataset"),
+                     "teacher": c.get("teacher", {}).get("arch"), "student": c.get("student", {}).get("arch"),
+                     "temperature": c.get("temperature"), "teacher_test_acc": s.get("teacher_test_acc"),
+                     "student_test_acc": s.get("student_test_acc"), "baseline_test_acc": s.get("baseline_test_acc"),
+                     "wall_s": s.get("wall_s"), "created": r.created, "sweep_id": r.sweep_id})
+    _emit(args, {"runs": rows}, lambda: _table(
+        [[r["run_id"], r["status"], r["dataset"], f"{r['teacher']} → {r['student']}", r["temperature"],
+          _pct(r["teacher_test_acc"]), _pct(r["student_test_acc"]), _pct(r["baseline_test_acc"])] for r in rows],
+        ["run", "status", "dataset", "teacher → student", "T", "teacher", "student", "baseline"]))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    record = _runner().cancel(args.run_id)
+    _emit(args, {"run_id": record.id, "status": record.status, "cancel_requested": record.cancel_requested},
+          lambda: print(f"{record.id} {record.status}" + (" (stopping)" if record.active else "")))
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    record = _runner().resume(args.run_id)
+    _emit(args, {"run_id": record.id, "status": record.status}, lambda: print(f"{record.id} {record.status}"))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _runner().delete(args.run_id)
+    _emit(args, {"run_id": args.run_id, "deleted": True}, lambda: print(f"{args.run_id} deleted"))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from kdcore.worker import worker_main
+
+    return worker_main(args.run_id)
+
+
+# --- the parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m kdcore", description="KD Lab's distillation engine: train a teacher, distil a "
+                     "student, compare with the student trained alone.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        _json_arg(p)
+        return p
+
+    p = command("run", cmd_run, "train a distillation in the foreground (recorded in the run store)")
+    _config_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = command("submit", cmd_submit, "queue a background run and return its id at once")
+    _config_args(p)
+    p = command("status", cmd_status, "show a run's status, progress and results")
+    p.add_argument("run_id")
+    p = command("runs", cmd_runs, "list runs, newest first")
+    p.add_argument("--status", action="append", choices=["queued", "starting", "running", "done", "failed", "cancelled"],
+                   help="only runs with this status (repeatable)")
+    p.add_argument("--limit", type=int, default=None)
+    for name, func, text in (("cancel", cmd_cancel, "stop a queued or running run"),
+                             ("resume", cmd_resume, "continue a failed or cancelled run from its last epoch checkpoint"),
+                             ("delete", cmd_delete, "delete a finished run and its files (refused while running)")):
+        p = command(name, func, text)
+        p.add_argument("run_id")
+    p = command("list-datasets", cmd_list_datasets, "list datasets with shape, classes and offline availability")
+    p.add_argument("--data-root", default=None, help="where torchvision datasets are looked for")
+    p = command("list-models", cmd_list_models, "list architectures with their parameter counts for a dataset")
+    p.add_argument("--dataset", default="mnist-5k")
+    p.add_argument("--data-root", default=None)
+    p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_worker, json=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return args.func(args)
+    except KDError as exc:
+        print(f"kdcore: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("kdcore: interrupted", file=sys.stderr)
+        return 130

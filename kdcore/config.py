@@ -1,0 +1,305 @@
+"""The one typed configuration of a distillation run.
+
+A `RunConfig` is built at the edge (CLI flags, a config file, the app's form), validated once at
+construction, stored as JSON with every run and checkpoint, and rebuilt from that JSON. It imports
+no torch, so the UI and the CLI can validate without paying for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kdcore.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_nonnegative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+
+
+def _check_number(name: str, value: Any, *, low: float, low_inclusive: bool, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high:
+        bound = f"{'>=' if low_inclusive else '>'} {low:g}" + ("" if high == math.inf else f" and <= {high:g}")
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass
+class TeacherConfig:
+    """How the teacher is obtained: trained here (cached by its settings) or loaded from a checkpoint."""
+
+    arch: str = "cnn"
+    epochs: int = 4  # a CNN reaches ~97% on mnist-5k in 4 epochs; more buys little for the student
+    lr: float = 2e-3
+    batch_size: int = 128
+    seed: int = 0  # separate from the student's seed so runs of a seed sweep share one teacher
+    checkpoint: str | None = None  # path to a .pt file written by kdcore; skips training
+
+    def __post_init__(self) -> None:
+        from kdcore.model_names import validate_arch
+
+        _check_arch("teacher.arch", self.arch, validate_arch)
+        _check_positive_int("teacher.epochs", self.epochs)
+        _check_number("teacher.lr", self.lr, low=0, low_inclusive=False, high=10)
+        _check_positive_int("teacher.batch_size", self.batch_size)
+        _check_nonnegative_int("teacher.seed", self.seed)
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or not self.checkpoint.strip()):
+            raise ConfigError(f"teacher.checkpoint must be a file path or null, got {self.checkpoint!r}")
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "mlp-small"
+
+    def __post_init__(self) -> None:
+        from kdcore.model_names import validate_arch
+
+        _check_arch("student.arch", self.arch, validate_arch)
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss parts: total = ce·CE + kd·T²·KL + feature·MSE(hint)."""
+
+    ce: float = 0.1
+    kd: float = 0.9
+    feature: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            setattr(self, f.name, _check_number(f"weights.{f.name}", getattr(self, f.name), low=0, low_inclusive=True))
+        if self.ce == 0 and self.kd == 0 and self.feature == 0:
+            raise ConfigError("weights: ce, kd and feature cannot all be 0 (nothing would be learned)")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run. Defaults are the teaching preset (see BENCHMARKS.md)."""
+
+    dataset: str = "mnist-5k"
+    data_root: str | None = None  # where torchvision datasets live; None: $KDCORE_DATA or ./data
+    val_fraction: float = 0.1  # of the non-test data; model selection uses it, never the test split
+    augment: bool = False  # random shifts; forces the teacher to run on every augmented batch
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    temperature: float = 4.0
+    weights: LossWeights = field(default_factory=LossWeights)
+    epochs: int = 12
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU/MPS
+    baseline: bool = True  # also train the student on hard labels alone, same seed and budget
+    finetune_epochs: int = 0  # hard-label epochs after distillation
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        from kdcore.dataset_names import validate_dataset_name
+
+        if not isinstance(self.dataset, str):
+            raise ConfigError(f"dataset must be a name, got {self.dataset!r}")
+        try:
+            validate_dataset_name(self.dataset)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        except Exception as exc:  # DatasetError is a KDError, not a ValueError
+            raise ConfigError(str(exc)) from None
+        if self.data_root is not None and not isinstance(self.data_root, str):
+            raise ConfigError(f"data_root must be a folder path or null, got {self.data_root!r}")
+        _check_number("val_fraction", self.val_fraction, low=0, low_inclusive=False, high=0.5)
+        _check_bool("augment", self.augment)
+        _check_number("temperature", self.temperature, low=0, low_inclusive=False, high=1000)
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_int("batch_size", self.batch_size)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_number("lr", self.lr, low=0, low_inclusive=False, high=10)
+        _check_number("weight_decay", self.weight_decay, low=0, low_inclusive=True, high=1)
+        _check_nonnegative_int("seed", self.seed)
+        _check_choice("device", self.device, DEVICES)
+        _check_bool("amp", self.amp)
+        _check_bool("baseline", self.baseline)
+        _check_nonnegative_int("finetune_epochs", self.finetune_epochs)
+        if not isinstance(self.name, str) or len(self.name) > 200:
+            raise ConfigError("name must be a string of at most 200 characters")
+
+    # --- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a (possibly partial) nested dict; unknown keys are refused by name."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a mapping of keys to values, got {type(data).__name__}")
+        return _build(cls, data, prefix="")
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **dotted: Any) -> RunConfig:
+        """A copy with dotted keys changed, validated: `cfg.replace(**{"teacher.epochs": 2})`."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            set_dotted(data, key, value)
+        return RunConfig.from_dict(data)
+
+    def teacher_key(self) -> str:
+        """Hash of everything that determines the trained teacher; equal keys share one teacher."""
+        t = self.teacher
+        identity = {
+            "dataset": self.dataset,
+            "data_root": self.data_root if self.dataset in _ROOTED else None,
+            "val_fraction": self.val_fraction,
+            "augment": self.augment,
+            "arch": t.arch,
+            "epochs": t.epochs,
+            "lr": t.lr,
+            "batch_size": t.batch_size,
+            "seed": t.seed,
+            "optimizer": self.optimizer,
+            "weight_decay": self.weight_decay,
+            "version": 1,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ROOTED = {"mnist", "fashion-mnist", "cifar10", "cifar100"}
+
+
+def _check_arch(name: str, arch: Any, validate) -> None:
+    if not isinstance(arch, str):
+        raise ConfigError(f"{name} must be an architecture name, got {arch!r}")
+    try:
+        validate(arch)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        valid = ", ".join(prefix + k for k in known)
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys: {valid}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = _NESTED.get(key) if cls is RunConfig else None
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} must be a mapping (e.g. {key}.{fields(sub)[0].name}=...)")
+            value = _build(sub, value, prefix=f"{prefix}{key}.")
+        kwargs[key] = _coerce(prefix + key, known[key], value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
+    """Accept 4 for a float field and 4.0 for an int field; everything else is checked by the class."""
+    if f.type in ("float",) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if f.type in ("int",) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if f.type in ("int", "float") and isinstance(value, str):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return value
+
+
+_NESTED = {"teacher": TeacherConfig, "student": StudentConfig, "weights": LossWeights}
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b=value` in a nested dict, creating the inner mapping when needed."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"malformed key {key!r}")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{part} is not a group of settings; cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """Parse the value side of `--set key=value` as YAML scalars do: 4 → int, 0.5 → float, true, null."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, (dict, list)):
+        return text
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key=value` strings to a nested config dict (in place) and return it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        set_dotted(data, key.strip(), parse_value(raw.strip()))
+    return data
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict (not yet validated)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def build_config(config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The CLI's way in: a file (optional), then `--set` overrides, validated once."""
+    data = load_config_file(config_file) if config_file else {}
+    apply_overrides(data, overrides or [])
+    return RunConfig.from_dict(data)

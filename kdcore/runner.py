@@ -1,0 +1,175 @@
+"""Background runs: submit, schedule, cancel, resume, and notice dead workers.
+
+There is no scheduler daemon. Whoever touches the store schedules: `submit`, every CLI command,
+every poll of the app, and each worker as it exits call `Runner.tick()`, which marks dead workers
+failed and starts queued runs while slots are free. `Store.claim_next` is one SQLite transaction,
+so any number of concurrent schedulers start each run exactly once and never exceed the limit.
+No torch here: the app and the CLI's quick commands stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from kdcore.config import RunConfig
+from kdcore.errors import ConfigError, StoreError
+from kdcore.store import ACTIVE, RunRecord, Store
+
+HEARTBEAT_STALE_S = 90.0  # a worker refreshes its heartbeat every few seconds, even inside a long step
+STARTING_GRACE_S = 30.0  # a claimed run whose worker never announced itself is put back in the queue
+
+
+def _probe_gpu_count() -> int:
+    """nvidia-smi is far cheaper than importing torch just to count GPUs."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5)
+        return len([line for line in out.stdout.splitlines() if line.startswith("GPU")]) if out.returncode == 0 else 0
+    except (OSError, subprocess.SubprocessError):
+        return 0
+
+
+def max_runs(store: Store) -> int:
+    """KDCORE_MAX_RUNS, else the app's setting, else 1 per GPU (1 on a CPU-only machine)."""
+    raw = os.environ.get("KDCORE_MAX_RUNS") or store.get_setting("max_runs")
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"KDCORE_MAX_RUNS must be a positive integer, got {raw!r}") from None
+        if value <= 0:
+            raise ConfigError(f"KDCORE_MAX_RUNS must be a positive integer, got {raw!r}")
+        return value
+    return max(1, _probe_gpu_count())
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True while `pid` is a live process (a zombie — exited but not yet reaped — counts as dead)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): trust kill(0)
+
+
+class Runner:
+    """Submits runs to a store and keeps its queue moving."""
+
+    def __init__(self, store: Store | None = None) -> None:
+        self.store = store or Store()
+
+    # --- submitting --------------------------------------------------------------------------------
+
+    def submit(self, config: RunConfig, *, name: str | None = None, sweep_id: str | None = None,
+               start: bool = True) -> str:
+        """Record a queued run and return its id at once; a worker starts when a slot is free."""
+        run_id = self.store.create_run(config.to_dict(), name=name if name is not None else config.name, sweep_id=sweep_id)
+        if start:
+            self.tick()
+        return run_id
+
+    def cancel(self, run_id: str) -> RunRecord:
+        """Cancel a queued run now; ask a running worker to stop (SIGTERM), it then saves and exits."""
+        record = self.store.request_cancel(run_id)
+        if record.status in ("starting", "running") and record.pid and pid_alive(record.pid):
+            try:
+                os.kill(record.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return self.store.get_run(run_id)
+
+    def resume(self, run_id: str) -> RunRecord:
+        """Queue a failed or cancelled run again; its worker continues from the last epoch checkpoint."""
+        record = self.store.get_run(run_id)
+        if record.status not in ("failed", "cancelled"):
+            raise StoreError(f"run {run_id} is {record.status}; only failed or cancelled runs can be resumed")
+        RunConfig.from_dict(record.config)  # still valid under this version of kdcore?
+        self.store.requeue(run_id, resume=True)
+        self.tick()
+        return self.store.get_run(run_id)
+
+    def delete(self, run_id: str) -> None:
+        self.reap()
+        self.store.delete_run(run_id)
+
+    # --- scheduling ----------------------------------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """Mark dead workers failed, then start queued runs while slots are free. Returns started ids."""
+        self.reap()
+        limit = max_runs(self.store)
+        started = []
+        while (record := self.store.claim_next(limit)) is not None:
+            self._spawn(record)
+            started.append(record.id)
+        return started
+
+    def reap(self) -> list[str]:
+        """Find runs whose worker is gone (killed, OOM, reboot) and mark them failed, keeping their data."""
+        now, reaped = time.time(), []
+        for record in self.store.list_runs(status=["starting", "running"]):
+            if record.status == "starting" and record.pid is None:
+                if now - (record.started or now) > STARTING_GRACE_S:
+                    self.store.requeue(record.id, resume=record.resume)  # its scheduler died before spawning
+                continue
+            stale = record.heartbeat is not None and now - record.heartbeat > HEARTBEAT_STALE_S
+            if not pid_alive(record.pid) or stale:
+                reason = (f"worker (pid {record.pid}) stopped without reporting: killed, out of memory, or the machine "
+                          f"restarted" if not stale else f"worker (pid {record.pid}) stopped responding "
+                          f"(no heartbeat for {now - record.heartbeat:.0f} s)")
+                if stale and pid_alive(record.pid):
+                    try:
+                        os.kill(record.pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                if self.store.finish(record.id, "failed", error=reason, only_if=("starting", "running")):
+                    reaped.append(record.id)
+        return reaped
+
+    def _spawn(self, record: RunRecord) -> None:
+        """Start `python -m kdcore worker RUN_ID` in a new session, so it outlives this process."""
+        log = open(self.store.run_dir(record.id) / "worker.log", "ab")
+        env = {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    cwd=os.getcwd())
+        except OSError as exc:
+            self.store.finish(record.id, "failed", error=f"could not start a worker: {exc}")
+            return
+        finally:
+            log.close()
+        self.store.set_pid(record.id, proc.pid)
+        # Reap the child when it exits so it never lingers as a zombie of a long-lived app process.
+        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{record.id}").start()
+
+    # --- waiting ---------------------------------------------------------------------------------------
+
+    def wait(self, run_ids: list[str], *, poll_s: float = 0.5, timeout_s: float | None = None) -> list[RunRecord]:
+        """Block until every run has finished, keeping the queue moving meanwhile."""
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        while True:
+            self.tick()
+            records = [self.store.get_run(r) for r in run_ids]
+            if all(r.status not in ACTIVE for r in records):
+                return records
+            if deadline is not None and time.time() > deadline:
+                return records
+            time.sleep(poll_s)
+

@@ -1,0 +1,455 @@
+"""The run store: an embedded SQLite database (WAL) plus a folder per run. Only this module knows its layout.
+
+    $KDCORE_HOME/
+        kdcore.db            runs, metrics, snapshots, logs, sweeps, settings
+        runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log
+        teachers/<key>.pt    trained teachers shared by every run with the same teacher settings
+
+Many processes read and write at once (the app, CLI commands, one worker per run). WAL lets
+readers proceed while one writer commits; every write retries on a busy database instead of
+surfacing "database is locked". No torch here: the app reads the store without importing it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from kdcore.errors import RunNotFound, StoreError
+
+SCHEMA_VERSION = 2
+STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled")
+ACTIVE = ("queued", "starting", "running")
+FINISHED = ("done", "failed", "cancelled")
+_RUN_ID = re.compile(r"^run-[0-9a-f]{8}$")
+_SWEEP_ID = re.compile(r"^sweep-[0-9a-f]{8}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL DEFAULT '',
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    pid INTEGER,
+    heartbeat REAL,
+    error TEXT,
+    summary TEXT,
+    progress TEXT,
+    sweep_id TEXT,
+    resume INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    t REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, id);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    t REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_run ON snapshots(run_id, id);
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    t REAL NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_run ON logs(run_id, id);
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    spec TEXT NOT NULL
+);
+"""
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Version 1 had no sweeps and no cancel flag."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if "sweep_id" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN sweep_id TEXT")
+    if "cancel_requested" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2}
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("KDCORE_HOME") or "./kd-runs")
+
+
+@dataclass
+class RunRecord:
+    """One row of `runs`, decoded."""
+
+    id: str
+    seq: int
+    name: str
+    config: dict[str, Any]
+    status: str
+    created: float
+    started: float | None
+    ended: float | None
+    pid: int | None
+    heartbeat: float | None
+    error: str | None
+    summary: dict[str, Any] | None
+    progress: dict[str, Any] | None
+    sweep_id: str | None
+    resume: bool
+    cancel_requested: bool
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def to_json(self) -> dict[str, Any]:
+        """What `status --json` prints: the summary's numbers first-class, beside the run's state."""
+        out = {"run_id": self.id, "status": self.status, "name": self.name, "created": self.created,
+               "started": self.started, "ended": self.ended, "error": self.error, "sweep_id": self.sweep_id,
+               "progress": self.progress, "config": self.config}
+        if self.status in ("starting", "running") and self.pid:
+            out["pid"] = self.pid
+        if self.summary:
+            out.update({k: v for k, v in self.summary.items() if k not in ("run_id", "status")})
+        return out
+
+
+def validate_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise RunNotFound(f"malformed run id {run_id!r}: run ids look like run-1a2b3c4d")
+    return run_id
+
+
+class Store:
+    """Access to one KDCORE_HOME. Cheap to create; each instance holds one SQLite connection."""
+
+    def __init__(self, home: str | Path | None = None) -> None:
+        self.home = Path(home) if home is not None else default_home()
+        self.db_path = self.home / "kdcore.db"
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / "runs").mkdir(exist_ok=True)
+            (self.home / "teachers").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"run store folder {self.home} cannot be created: {exc.strerror or exc}") from None
+        if not os.access(self.home, os.W_OK):
+            raise StoreError(f"run store folder {self.home} is not writable; set KDCORE_HOME to a writable folder")
+        try:
+            self._db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._open_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"run store database {self.db_path} is unreadable (corrupt or not SQLite): {exc}") from None
+
+    # --- schema ----------------------------------------------------------------------------------
+
+    def _open_schema(self) -> None:
+        with self._transaction() as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if "meta" not in tables:
+                if tables:
+                    raise StoreError(f"{self.db_path} is an SQLite database but not a kdcore run store")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                return
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 1
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"run store {self.db_path} was written by a newer kdcore (schema {version}, "
+                                 f"this one reads up to {SCHEMA_VERSION}); upgrade kdcore or use another KDCORE_HOME")
+            while version < SCHEMA_VERSION:
+                _MIGRATIONS[version](db)
+                version += 1
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, retried while another process holds the write lock."""
+        delay = 0.01
+        for attempt in range(200):
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        else:
+            raise StoreError(f"run store {self.db_path} stayed locked by another process for too long")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        """The run's folder. The id is validated first, so it can never point outside the store."""
+        return self.home / "runs" / validate_run_id(run_id)
+
+    def teacher_dir(self) -> Path:
+        return self.home / "teachers"
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, config: dict[str, Any], *, name: str = "", status: str = "queued",
+                   sweep_id: str | None = None, pid: int | None = None) -> str:
+        now = time.time()
+        with self._transaction() as db:
+            while True:
+                run_id = f"run-{secrets.token_hex(4)}"
+                if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
+                    break
+            db.execute(
+                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                (run_id, name, json.dumps(config, sort_keys=True), status, now,
+                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id),
+            )
+        self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        return run_id
+
+    def get_run(self, run_id: str) -> RunRecord:
+        validate_run_id(run_id)
+        row = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run {run_id} in {self.home}")
+        return _record(row)
+
+    def list_runs(self, status: str | list[str] | None = None, *, sweep_id: str | None = None,
+                  limit: int | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally filtered by status (one or several) and sweep."""
+        where, args = [], []
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            bad = [s for s in statuses if s not in STATUSES]
+            if bad:
+                raise StoreError(f"unknown status {bad[0]!r}; valid: {', '.join(STATUSES)}")
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if sweep_id:
+            where.append("sweep_id=?")
+            args.append(sweep_id)
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [_record(row) for row in self._db.execute(sql, args)]
+
+    def count_runs(self, statuses: tuple[str, ...]) -> int:
+        return self._db.execute(f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})",
+                                statuses).fetchone()[0]
+
+    def claim_next(self, limit: int) -> RunRecord | None:
+        """Atomically move the oldest queued run to `starting` if fewer than `limit` runs are active.
+
+        Two schedulers in two processes can call this at once: BEGIN IMMEDIATE serialises them, so a
+        run is claimed once and the limit holds.
+        """
+        with self._transaction() as db:
+            busy = db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('starting','running')").fetchone()[0]
+            if busy >= limit:
+                return None
+            row = db.execute("SELECT id FROM runs WHERE status='queued' ORDER BY seq LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE runs SET status='starting', started=?, heartbeat=?, pid=NULL WHERE id=?",
+                       (time.time(), time.time(), row[0]))
+        return self.get_run(row[0])
+
+    def set_pid(self, run_id: str, pid: int) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET pid=?, heartbeat=? WHERE id=? AND status IN ('starting','running')",
+                       (pid, time.time(), run_id))
+
+    def mark_running(self, run_id: str, pid: int) -> bool:
+        """The worker takes its run; False if the run is no longer its to take (e.g. cancelled)."""
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='running', pid=?, heartbeat=?, started=COALESCE(started, ?) "
+                "WHERE id=? AND status IN ('starting','queued')", (pid, time.time(), time.time(), run_id))
+            return cur.rowcount == 1
+
+    def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> bool:
+        """Refresh the worker's heartbeat; returns True when a cancel was requested."""
+        with self._transaction() as db:
+            if progress is None:
+                db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+            else:
+                db.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?", (time.time(), json.dumps(progress), run_id))
+            row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def finish(self, run_id: str, status: str, *, summary: dict[str, Any] | None = None, error: str | None = None,
+               only_if: tuple[str, ...] = ACTIVE) -> bool:
+        """Move a run to done/failed/cancelled, unless it already left the states in `only_if`."""
+        assert status in FINISHED
+        with self._transaction() as db:
+            cur = db.execute(
+                f"UPDATE runs SET status=?, ended=?, summary=COALESCE(?, summary), error=?, pid=NULL, resume=0 "
+                f"WHERE id=? AND status IN ({','.join('?' * len(only_if))})",
+                (status, time.time(), json.dumps(summary) if summary is not None else None, error, run_id, *only_if))
+            return cur.rowcount == 1
+
+    def request_cancel(self, run_id: str) -> RunRecord:
+        """Cancel a queued run at once; flag a running one (its runner also sends SIGTERM)."""
+        self.get_run(run_id)
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET status='cancelled', ended=?, error='cancelled before it started' "
+                       "WHERE id=? AND status='queued'", (time.time(), run_id))
+            db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status IN ('starting','running')", (run_id,))
+        return self.get_run(run_id)
+
+    def requeue(self, run_id: str, *, resume: bool) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET status='queued', ended=NULL, error=NULL, pid=NULL, cancel_requested=0, "
+                       "resume=?, started=NULL WHERE id=?", (int(resume), run_id))
+
+    def delete_run(self, run_id: str) -> None:
+        record = self.get_run(run_id)
+        if record.status in ("starting", "running"):
+            raise StoreError(f"run {run_id} is {record.status}; cancel it before deleting it")
+        with self._transaction() as db:
+            for table in ("metrics", "snapshots", "logs"):
+                db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    # --- metrics, snapshots, logs ------------------------------------------------------------------
+
+    def add_records(self, run_id: str, *, metrics: list[tuple] = (), snapshots: list[tuple] = (),
+                    logs: list[tuple] = (), progress: dict[str, Any] | None = None) -> bool:
+        """Write a batch in one transaction. metrics: (stage, epoch, step, name, value, t);
+        snapshots: (stage, epoch, payload dict, t); logs: (t, message). Returns the cancel flag."""
+        with self._transaction() as db:
+            if metrics:
+                db.executemany("INSERT INTO metrics (run_id, stage, epoch, step, name, value, t) VALUES (?,?,?,?,?,?,?)",
+                               [(run_id, *m) for m in metrics])
+            if snapshots:
+                db.executemany("INSERT INTO snapshots (run_id, stage, epoch, payload, t) VALUES (?,?,?,?,?)",
+                               [(run_id, s, e, json.dumps(p), t) for s, e, p, t in snapshots])
+            if logs:
+                db.executemany("INSERT INTO logs (run_id, t, message) VALUES (?,?,?)", [(run_id, t, m) for t, m in logs])
+            now = time.time()
+            if progress is not None:
+                db.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?", (now, json.dumps(progress), run_id))
+            else:
+                db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (now, run_id))
+            row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
+        return bool(row and row[0])
+
+    def drop_records_after(self, run_id: str, stage: str, epoch: int) -> None:
+        """Forget what a stage reported after `epoch` (resuming from that epoch's checkpoint)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=? AND stage=? AND epoch>?", (run_id, stage, epoch))
+            db.execute("DELETE FROM snapshots WHERE run_id=? AND stage=? AND epoch>?", (run_id, stage, epoch))
+
+    def metrics_since(self, run_id: str, cursor: int = 0) -> tuple[list[tuple], int]:
+        """Metric rows (id, stage, epoch, step, name, value, t) with id > cursor, and the new cursor."""
+        rows = self._db.execute("SELECT id, stage, epoch, step, name, value, t FROM metrics WHERE run_id=? AND id>? ORDER BY id",
+                                (run_id, cursor)).fetchall()
+        return rows, (rows[-1][0] if rows else cursor)
+
+    def metrics_for(self, run_ids: list[str], names: list[str] | None = None) -> list[tuple]:
+        """(run_id, stage, epoch, step, name, value, t) for several runs at once, for comparisons."""
+        if not run_ids:
+            return []
+        sql = f"SELECT run_id, stage, epoch, step, name, value, t FROM metrics WHERE run_id IN ({','.join('?' * len(run_ids))})"
+        args: list[Any] = list(run_ids)
+        if names:
+            sql += f" AND name IN ({','.join('?' * len(names))})"
+            args += names
+        return self._db.execute(sql + " ORDER BY id", args).fetchall()
+
+    def snapshots_since(self, run_id: str, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
+        rows = self._db.execute("SELECT id, stage, epoch, payload, t FROM snapshots WHERE run_id=? AND id>? ORDER BY id",
+                                (run_id, cursor)).fetchall()
+        out = [{"id": r[0], "stage": r[1], "epoch": r[2], "t": r[4], **json.loads(r[3])} for r in rows]
+        return out, (rows[-1][0] if rows else cursor)
+
+    def logs(self, run_id: str, *, tail: int | None = None, since: int = 0) -> list[tuple[int, float, str]]:
+        if tail:
+            rows = self._db.execute("SELECT id, t, message FROM logs WHERE run_id=? ORDER BY id DESC LIMIT ?",
+                                    (run_id, tail)).fetchall()
+            return rows[::-1]
+        return self._db.execute("SELECT id, t, message FROM logs WHERE run_id=? AND id>? ORDER BY id", (run_id, since)).fetchall()
+
+    # --- sweeps and settings --------------------------------------------------------------------------
+
+    def create_sweep(self, spec: dict[str, Any]) -> str:
+        with self._transaction() as db:
+            sweep_id = f"sweep-{secrets.token_hex(4)}"
+            db.execute("INSERT INTO sweeps VALUES (?,?,?)", (sweep_id, time.time(), json.dumps(spec)))
+        return sweep_id
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any]:
+        if not isinstance(sweep_id, str) or not _SWEEP_ID.match(sweep_id):
+            raise RunNotFound(f"malformed sweep id {sweep_id!r}: sweep ids look like sweep-1a2b3c4d")
+        row = self._db.execute("SELECT id, created, spec FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no sweep {sweep_id} in {self.home}")
+        return {"sweep_id": row[0], "created": row[1], **json.loads(row[2])}
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT id, created, spec FROM sweeps ORDER BY created DESC").fetchall()
+        return [{"sweep_id": r[0], "created": r[1], **json.loads(r[2])} for r in rows]
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (f"setting.{key}",)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting.{key}", value))
+
+
+_RUN_COLUMNS = ("id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress, "
+                "sweep_id, resume, cancel_requested")
+
+
+def _record(row: tuple) -> RunRecord:
+    (run_id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress,
+     sweep_id, resume, cancel_requested) = row
+    return RunRecord(run_id, seq, name, json.loads(config), status, created, started, ended, pid, heartbeat, error,
+                     json.loads(summary) if summary else None, json.loads(progress) if progress else None,
+                     sweep_id, bool(resume), bool(cancel_requested))

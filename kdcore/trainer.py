@@ -1,0 +1,573 @@
+"""The distillation pipeline, top to bottom.
+
+    teacher  ─► soft labels ─► student (distilled) ─► fine-tune (optional) ─► baseline (optional)
+
+`run_pipeline(config, callbacks, ...)` is the whole path. The data lives as tensors on the training
+device; without augmentation the teacher's logits (and features) on the training set are computed
+once and indexed per step, so a distillation step costs only the student's forward and backward.
+One loop (`_fit`) trains every stage; each stage differs only in its `step_loss`.
+The trainer knows nothing of Streamlit or SQLite: it reports through `kdcore.callbacks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdcore import checkpoints
+from kdcore.callbacks import Callback, CallbackList
+from kdcore.config import RunConfig
+from kdcore.data import Splits, augment, load_dataset
+from kdcore.errors import Cancelled, ConfigError, DivergedError
+from kdcore.losses import distillation_loss, kd_loss_per_sample, soft_targets
+from kdcore.models import build_model, count_parameters
+
+FLUSH_EVERY = 25  # steps per host sync: loss values are read back in batches, not every step
+EVAL_BATCH = 2048
+SNAPSHOT_SAMPLES = 10
+GRID_SIZE = 60  # decision-region grid for 2-D data
+
+
+# --- devices and seeds -----------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is a clear error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is available here; use device=auto or device=cpu")
+    if name == "mps" and not has_mps:
+        raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can train on, for the UI's picker."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.insert(0, "mps")
+    return devices
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: Tensor, *, features: bool = False, amp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Logits (and penultimate features) of `model` on all of `x`, in eval mode, in large batches."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    with _autocast(x.device, amp):
+        for start in range(0, len(x), EVAL_BATCH):
+            chunk = x[start : start + EVAL_BATCH]
+            if features:
+                out, feat, _ = model.forward_features(chunk)
+                feats.append(feat.float())
+            else:
+                out = model(chunk)
+            logits.append(out.float())
+    model.train(was_training)
+    out = torch.cat(logits)
+    return (out, torch.cat(feats)) if features else out
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> float:
+    return (logits.argmax(dim=1) == targets).float().mean().item()
+
+
+# --- the training loop shared by every stage ---------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One trained stage: its model (+ extra trainable modules), budget and per-step objective."""
+
+    name: str
+    model: nn.Module
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    step_loss: Callable[[Tensor, Tensor, Tensor], tuple[dict[str, Tensor], Tensor]]  # (idx, x, y) -> (parts, logits)
+    validate: Callable[[nn.Module], dict[str, float]]
+    extra: nn.Module | None = None  # e.g. the FitNets projector, trained along with the model
+    snapshot: Callable[[nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
+
+
+@dataclass
+class StageResult:
+    best_state: dict[str, Tensor]
+    best_epoch: int
+    best_val_acc: float
+    samples_per_s: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _make_optimizer(config: RunConfig, params, lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay)
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=config.weight_decay)
+
+
+def _cosine(lr: float, step: int, total: int) -> float:
+    """Cosine decay from lr to 0 over the stage; robust and needs no tuning per dataset."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+class _Progress:
+    """The per-epoch checkpoint of the stage in training, so `resume` continues where it stopped."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.path = folder / "progress.pt" if folder else None
+
+    def load(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {}
+        return checkpoints.load(self.path, "progress checkpoint")
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is not None:
+            checkpoints.save_atomic(state, self.path)
+
+
+def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, callbacks: Callback,
+         progress: _Progress, done: dict[str, Any], resume_state: dict[str, Any] | None) -> StageResult:
+    """Train one stage with model selection on validation; checkpoint after every epoch."""
+    model, n = stage.model, len(data.train_x)
+    params = list(model.parameters()) + (list(stage.extra.parameters()) if stage.extra is not None else [])
+    optimizer = _make_optimizer(config, params, stage.lr)
+    batch_size = min(stage.batch_size, n)
+    steps_per_epoch = n // batch_size  # drop the ragged last batch: a batch of 1 breaks BatchNorm
+    total_steps = steps_per_epoch * stage.epochs
+    generator = torch.Generator().manual_seed(stage.seed)
+    aug_generator = torch.Generator(device=device).manual_seed(stage.seed + 1) if config.augment else None
+    result = StageResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_acc=-1.0, samples_per_s=0.0)
+    start_epoch = 0
+    if resume_state:
+        model.load_state_dict(resume_state["model"])
+        if stage.extra is not None and "extra" in resume_state:
+            stage.extra.load_state_dict(resume_state["extra"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        generator.set_state(resume_state["generator"])
+        result = StageResult(resume_state["best_state"], resume_state["best_epoch"], resume_state["best_val_acc"], 0.0,
+                             list(resume_state.get("history", [])))
+        start_epoch = resume_state["epoch"]
+        callbacks.on_resume(stage.name, start_epoch)
+        callbacks.on_log(f"{stage.name}: resumed after epoch {start_epoch}")
+    callbacks.on_stage_start(stage.name, stage.epochs, steps_per_epoch)
+    names = ("loss", "ce", "kd", "feature")
+    rates = []
+    for epoch in range(start_epoch + 1, stage.epochs + 1):
+        model.train()
+        if stage.extra is not None:
+            stage.extra.train()
+        order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
+        pending: list[Tensor] = []
+        correct = torch.zeros((), device=device)
+        started = time.perf_counter()
+        for i in range(steps_per_epoch):
+            step = (epoch - 1) * steps_per_epoch + i + 1
+            idx = order[i * batch_size : (i + 1) * batch_size]
+            x, y = data.train_x[idx], data.train_y[idx]
+            if aug_generator is not None:
+                x = augment(x, data.info, aug_generator)
+            for group in optimizer.param_groups:
+                group["lr"] = _cosine(stage.lr, step - 1, total_steps)
+            with _autocast(device, config.amp):
+                parts, logits = stage.step_loss(idx, x, y)
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            pending.append(torch.stack([parts[k].detach().float() for k in names]))
+            if len(pending) == FLUSH_EVERY or i == steps_per_epoch - 1:
+                _flush(stage.name, epoch, step - len(pending) + 1, names, pending, callbacks)
+                pending = []
+            if callbacks.should_stop():
+                raise Cancelled(f"{stage.name} stopped at epoch {epoch} step {step}")
+        elapsed = time.perf_counter() - started
+        rates.append(steps_per_epoch * batch_size / max(elapsed, 1e-9))
+        values = {"train_acc": correct.item() / (steps_per_epoch * batch_size), "samples_per_s": rates[-1],
+                  "lr": _cosine(stage.lr, epoch * steps_per_epoch, total_steps), **stage.validate(model)}
+        callbacks.on_metrics(stage.name, epoch, epoch * steps_per_epoch, values)
+        if stage.snapshot is not None:
+            callbacks.on_snapshot(stage.name, epoch, stage.snapshot(model))
+        if values["val_acc"] > result.best_val_acc:  # strict: ties keep the earlier, cheaper epoch
+            result.best_state = copy.deepcopy(model.state_dict())
+            result.best_epoch, result.best_val_acc = epoch, values["val_acc"]
+        result.history.append({"epoch": epoch, **values})
+        progress.save({
+            "stage": stage.name, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(), "best_state": result.best_state, "best_epoch": result.best_epoch,
+            "best_val_acc": result.best_val_acc, "history": result.history, "done": done,
+            **({"extra": stage.extra.state_dict()} if stage.extra is not None else {}),
+        })
+        callbacks.on_epoch_end(stage.name, epoch, values)
+    result.samples_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
+    return result
+
+
+def _flush(stage: str, epoch: int, first_step: int, names, pending: list[Tensor], callbacks: Callback) -> None:
+    """Read a batch of step losses back to the host, stop on divergence, report each step."""
+    rows = torch.stack(pending).tolist()
+    for offset, row in enumerate(rows):
+        step = first_step + offset
+        if not all(math.isfinite(v) for v in row):
+            raise DivergedError(
+                f"{stage} diverged at epoch {epoch} step {step}: loss is {row[0]} "
+                "(try a lower lr or temperature)"
+            )
+        callbacks.on_metrics(stage, epoch, step, {f"train_{k}": v for k, v in zip(names, row)})
+
+
+# --- the pipeline ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Teacher:
+    model: nn.Module
+    val_acc: float
+    test_acc: float
+    cached: bool
+    source: str
+
+
+def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None = None, *,
+                 teacher_cache: str | Path | None = None, artifacts: str | Path | None = None,
+                 resume: bool = False) -> dict[str, Any]:
+    """Run the whole distillation and return its summary (numbers only; the runner adds ids).
+
+    teacher_cache: folder of teachers shared across runs, keyed by `config.teacher_key()`.
+    artifacts: this run's folder for its per-epoch progress checkpoint and the final student.
+    resume: continue from the progress checkpoint in `artifacts`.
+    """
+    started = time.perf_counter()
+    cb = callbacks if isinstance(callbacks, Callback) else CallbackList(callbacks)
+    device = resolve_device(config.device)
+    artifacts = Path(artifacts) if artifacts else None
+    progress = _Progress(artifacts)
+    saved = progress.load() if resume else {}
+    done: dict[str, Any] = dict(saved.get("done", {}))
+    cb.on_log(f"device {device}; dataset {config.dataset}; teacher {config.teacher.arch} → student {config.student.arch}")
+
+    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
+    shape, classes = data.info.input_shape, data.info.num_classes
+
+    teacher = _get_teacher(config, data, device, cb, Path(teacher_cache) if teacher_cache else None)
+    teacher_params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
+    teacher.model.requires_grad_(False).eval()
+
+    cb.on_stage_start("soft_labels", 0, 0)
+    need_features = config.weights.feature > 0
+    soft = _SoftLabels(teacher.model, data, config, need_features)
+    cb.on_snapshot("soft_labels", 0, _teacher_snapshot(data, soft, config.temperature))
+    cb.on_stage_end("soft_labels", {"teacher_val_acc": teacher.val_acc})
+
+    student = _new_model(config.student.arch, shape, classes, config.seed, device)
+    projector = nn.Linear(student.feature_dim, teacher.model.feature_dim).to(device) if need_features else None
+    student_result = done.get("student")
+    if student_result is None:
+        state = saved if saved.get("stage") == "student" else None
+        if state is None:  # the untrained student's soft labels: where epoch 1 starts from
+            cb.on_snapshot("student", 0, _student_snapshot(student, data, soft, config.temperature))
+        result = _fit(_distill_stage(config, student, projector, soft, data), data, config, device, cb, progress, done, state)
+        student.load_state_dict(result.best_state)
+        student_result = {"state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
+                          "samples_per_s": result.samples_per_s}
+        done["student"] = student_result
+        cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
+    student.load_state_dict(student_result["state"])
+
+    if config.finetune_epochs > 0:
+        finetune_result = done.get("finetune")
+        if finetune_result is None:
+            state = saved if saved.get("stage") == "finetune" else None
+            stage = _hard_label_stage("finetune", config, student, data, config.finetune_epochs, config.lr * 0.1, soft)
+            result = _fit(stage, data, config, device, cb, progress, done, state)
+            # fine-tuning keeps the distilled weights unless validation says it helped
+            if result.best_val_acc > student_result["val_acc"]:
+                finetune_result = {"state": result.best_state, "val_acc": result.best_val_acc}
+            else:
+                finetune_result = {"state": student_result["state"], "val_acc": student_result["val_acc"]}
+            done["finetune"] = finetune_result
+            cb.on_stage_end("finetune", {"val_acc": finetune_result["val_acc"]})
+        student.load_state_dict(finetune_result["state"])
+    student_val_acc = done.get("finetune", student_result)["val_acc"]
+
+    baseline_test_acc = baseline_val_acc = None
+    if config.baseline:
+        baseline_result = done.get("baseline")
+        if baseline_result is None:
+            baseline = _new_model(config.student.arch, shape, classes, config.seed, device)  # same init as the student
+            state = saved if saved.get("stage") == "baseline" else None
+            epochs = config.epochs + config.finetune_epochs  # same budget as the distilled student
+            result = _fit(_hard_label_stage("baseline", config, baseline, data, epochs, config.lr, soft),
+                          data, config, device, cb, progress, done, state)
+            baseline.load_state_dict(result.best_state)
+            baseline_result = {"val_acc": result.best_val_acc, "test_acc": accuracy(predict(baseline, data.test_x), data.test_y)}
+            done["baseline"] = baseline_result
+            cb.on_stage_end("baseline", baseline_result)
+        baseline_val_acc, baseline_test_acc = baseline_result["val_acc"], baseline_result["test_acc"]
+
+    student_test_logits = predict(student, data.test_x, amp=config.amp)
+    teacher_test_logits = predict(teacher.model, data.test_x, amp=config.amp)
+    if artifacts is not None:
+        checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch, input_shape=shape,
+                                                             num_classes=classes, config=config.to_dict()),
+                                artifacts / "student.pt")
+    student_params = count_parameters(student)
+    summary = {
+        "status": "done",
+        "teacher_test_acc": teacher.test_acc,
+        "student_test_acc": accuracy(student_test_logits, data.test_y),
+        "baseline_test_acc": baseline_test_acc,
+        "teacher_val_acc": teacher.val_acc,
+        "student_val_acc": student_val_acc,
+        "baseline_val_acc": baseline_val_acc,
+        "test_agreement": (student_test_logits.argmax(1) == teacher_test_logits.argmax(1)).float().mean().item(),
+        "best_epoch": student_result["best_epoch"],
+        "teacher_params": teacher_params,
+        "student_params": student_params,
+        "compression": teacher_params / max(student_params, 1),
+        "samples_per_s": student_result["samples_per_s"],
+        "teacher_cached": teacher.cached,
+        "teacher_source": teacher.source,
+        "teacher_key": None if config.teacher.checkpoint else config.teacher_key(),
+        "device": str(device),
+        "wall_s": time.perf_counter() - started,
+    }
+    if summary["baseline_test_acc"] is not None and summary["teacher_test_acc"] > summary["baseline_test_acc"]:
+        summary["gap_closed"] = (summary["student_test_acc"] - baseline_test_acc) / (teacher.test_acc - baseline_test_acc)
+    else:
+        summary["gap_closed"] = None
+    cb.on_log(f"done: teacher {teacher.test_acc:.4f}, student {summary['student_test_acc']:.4f}"
+              + (f", baseline {baseline_test_acc:.4f}" if baseline_test_acc is not None else ""))
+    return summary
+
+
+def _new_model(arch: str, shape, classes: int, seed: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(seed)  # same seed → same initial weights: the baseline starts where the student did
+    return build_model(arch, shape, classes).to(device)
+
+
+# --- stage 1: the teacher ----------------------------------------------------------------------------
+
+
+def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback, cache: Path | None) -> _Teacher:
+    """Load the configured checkpoint, reuse a cached teacher with the same settings, or train one."""
+    t = config.teacher
+    shape, classes = data.info.input_shape, data.info.num_classes
+    model = build_model(t.arch, shape, classes)
+    if t.checkpoint:
+        checkpoints.load_into(model, t.checkpoint, arch=t.arch, num_classes=classes, what="teacher.checkpoint")
+        model.to(device)
+        return _evaluated_teacher(model, data, cached=False, source=f"checkpoint {t.checkpoint}", cb=cb)
+    if cache is None:
+        return _train_teacher(config, data, device, cb)
+    cache.mkdir(parents=True, exist_ok=True)
+    key = config.teacher_key()
+    path = cache / f"{key}.pt"
+    # One teacher per setting, even when a sweep starts several workers at once: the first one
+    # trains under the lock, the others wait and then load its file.
+    with open(cache / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            try:
+                checkpoints.load_into(model, path, arch=t.arch, num_classes=classes, what="cached teacher")
+                cb.on_log(f"teacher: reusing cached teacher {key}")
+                return _evaluated_teacher(model.to(device), data, cached=True, source=f"cache {key}", cb=cb)
+            except Exception as exc:  # a damaged cache entry is retrained, not fatal
+                cb.on_log(f"teacher: cached teacher {key} unusable ({exc}); retraining")
+        teacher = _train_teacher(config, data, device, cb)
+        checkpoints.save_atomic(checkpoints.model_checkpoint(teacher.model, arch=t.arch, input_shape=shape,
+                                                             num_classes=classes, teacher_key=key,
+                                                             config=config.to_dict()), path)
+        teacher.source = f"trained {key}"
+        return teacher
+
+
+def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback) -> _Teacher:
+    t = config.teacher
+    model = _new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
+    stage = Stage("teacher", model, t.epochs, t.batch_size, t.lr, t.seed,
+                  step_loss=lambda idx, x, y: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp))
+    result = _fit(stage, data, config, device, cb, _Progress(None), {}, None)
+    model.load_state_dict(result.best_state)
+    teacher = _evaluated_teacher(model, data, cached=False, source="trained", cb=cb)
+    cb.on_stage_end("teacher", {"val_acc": teacher.val_acc, "test_acc": teacher.test_acc})
+    return teacher
+
+
+def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: str, cb: Callback) -> _Teacher:
+    model.eval()
+    val_acc = accuracy(predict(model, data.val_x), data.val_y)
+    test_acc = accuracy(predict(model, data.test_x), data.test_y)
+    cb.on_log(f"teacher ({source}): val acc {val_acc:.4f}, test acc {test_acc:.4f}")
+    return _Teacher(model, val_acc, test_acc, cached, source)
+
+
+# --- stage 2: soft labels ----------------------------------------------------------------------------
+
+
+class _SoftLabels:
+    """The teacher's outputs the student learns from.
+
+    Without augmentation the training-set logits (and features) are computed once, in eval mode
+    under no_grad, and indexed per step. With augmentation the teacher must see the same augmented
+    batch as the student, so it runs on every step.
+    """
+
+    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, need_features: bool) -> None:
+        self.teacher, self.amp, self.augment = teacher, config.amp, config.augment
+        self.need_features = need_features
+        self.train_logits = self.train_features = None
+        if not config.augment:
+            out = predict(teacher, data.train_x, features=need_features, amp=config.amp)
+            self.train_logits, self.train_features = out if need_features else (out, None)
+        self.val_logits = predict(teacher, data.val_x, amp=config.amp)
+
+    def batch(self, idx: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits (and features) for the training batch `x` at dataset indices `idx`."""
+        if self.train_logits is not None:
+            return self.train_logits[idx], (self.train_features[idx] if self.need_features else None)
+        with torch.no_grad():
+            logits, feats, _ = self.teacher.forward_features(x)
+        return logits.float(), (feats.float() if self.need_features else None)
+
+
+def _snapshot_indices(labels: Tensor, count: int) -> list[int]:
+    """A fixed, readable set of validation samples: the first example of each class, then more."""
+    labels = labels.tolist()
+    chosen, seen = [], set()
+    for i, y in enumerate(labels):
+        if y not in seen:
+            chosen.append(i)
+            seen.add(y)
+        if len(chosen) == count:
+            return chosen
+    return chosen + [i for i in range(len(labels)) if i not in set(chosen)][: count - len(chosen)]
+
+
+def _teacher_snapshot(data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, Any]:
+    idx = _snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
+    logits = soft.val_logits[idx]
+    x = data.val_x[idx].float().cpu()
+    payload = {
+        "indices": idx,
+        "labels": data.val_y[idx].tolist(),
+        "class_names": list(data.class_names),
+        "temperature": temperature,
+        "teacher_T": soft_targets(logits, temperature).tolist(),
+        "teacher_T1": soft_targets(logits, 1.0).tolist(),
+    }
+    if data.info.kind == "image":
+        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(data.std).view(1, -1, 1, 1)
+        payload["images"] = (x * std + mean).clamp(0, 1).tolist()  # [N, C, H, W] in 0..1 for display
+    else:
+        payload["points"] = data.val_x[:600].cpu().tolist()
+        payload["point_labels"] = data.val_y[:600].cpu().tolist()
+        payload["highlight"] = x.tolist()
+        payload["grid"] = _grid(data)
+        payload["teacher_regions"] = _regions(soft.teacher, data)
+    return payload
+
+
+def _student_snapshot(student: nn.Module, data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, Any]:
+    idx = _snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
+    logits = predict(student, data.val_x[idx])
+    payload = {"indices": idx, "student_T": soft_targets(logits, temperature).tolist()}
+    if data.info.kind == "points":
+        payload["student_regions"] = _regions(student, data)
+    return payload
+
+
+def _grid(data: Splits) -> dict[str, list[float]]:
+    low = data.val_x.min(dim=0).values.cpu() - 0.5
+    high = data.val_x.max(dim=0).values.cpu() + 0.5
+    return {"x": torch.linspace(low[0], high[0], GRID_SIZE).tolist(), "y": torch.linspace(low[1], high[1], GRID_SIZE).tolist()}
+
+
+def _regions(model: nn.Module, data: Splits) -> list[list[int]]:
+    """Predicted class over a GRID_SIZE² grid covering the validation points (rows: y, columns: x)."""
+    grid = _grid(data)
+    xs = torch.tensor(grid["x"], device=data.val_x.device)
+    ys = torch.tensor(grid["y"], device=data.val_x.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    return predict(model, points).argmax(dim=1).view(GRID_SIZE, GRID_SIZE).tolist()
+
+
+# --- stages 3–5: student, fine-tune, baseline -------------------------------------------------------
+
+
+def _ce_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    logits = model(x)
+    ce = F.cross_entropy(logits.float(), y)
+    zero = ce.new_zeros(())
+    return {"loss": ce, "ce": ce.detach(), "kd": zero, "feature": zero}, logits
+
+
+def _val_hard(model: nn.Module, data: Splits, amp: bool) -> dict[str, float]:
+    logits = predict(model, data.val_x, amp=amp)
+    return {"val_acc": accuracy(logits, data.val_y), "val_loss": F.cross_entropy(logits, data.val_y).item()}
+
+
+def _val_against_teacher(model: nn.Module, data: Splits, soft: _SoftLabels, temperature: float, amp: bool) -> dict[str, float]:
+    """Validation accuracy and loss, plus how closely the student follows the teacher."""
+    logits = predict(model, data.val_x, amp=amp)
+    return {
+        "val_acc": accuracy(logits, data.val_y),
+        "val_loss": F.cross_entropy(logits, data.val_y).item(),
+        "val_agreement": (logits.argmax(1) == soft.val_logits.argmax(1)).float().mean().item(),
+        "val_kl": kd_loss_per_sample(logits, soft.val_logits, temperature).mean().item(),
+    }
+
+
+def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: _SoftLabels, data: Splits) -> Stage:
+    w = config.weights
+
+    def step_loss(idx: Tensor, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        teacher_logits, teacher_features = soft.batch(idx, x)
+        if projector is not None:
+            logits, features, _ = student.forward_features(x)
+            projected = projector(features)
+        else:
+            logits, projected = student(x), None
+        parts = distillation_loss(logits, y, teacher_logits=teacher_logits, temperature=config.temperature,
+                                  ce_weight=w.ce, kd_weight=w.kd, feature_weight=w.feature,
+                                  projected_student_features=projected, teacher_features=teacher_features)
+        return parts, logits
+
+    return Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
+                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
+                 extra=projector, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature))
+
+
+def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,
+                      soft: _SoftLabels) -> Stage:
+    return Stage(name, model, epochs, config.batch_size, lr, config.seed,
+                 step_loss=lambda idx, x, y: _ce_step(model, x, y),
+                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp))
