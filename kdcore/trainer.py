@@ -113,6 +113,7 @@ class Stage:
     validate: Callable[[nn.Module], dict[str, float]]
     extra: nn.Module | None = None  # e.g. the FitNets projector, trained along with the model
     snapshot: Callable[[nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
+    augment: bool = False
 
 
 @dataclass
@@ -162,7 +163,7 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
     steps_per_epoch = n // batch_size  # drop the ragged last batch: a batch of 1 breaks BatchNorm
     total_steps = steps_per_epoch * stage.epochs
     generator = torch.Generator().manual_seed(stage.seed)
-    aug_generator = torch.Generator(device=device).manual_seed(stage.seed + 1) if config.augment else None
+    aug_generator = torch.Generator(device=device).manual_seed(stage.seed + 1) if stage.augment else None
     result = StageResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_acc=-1.0, samples_per_s=0.0)
     start_epoch = 0
     if resume_state:
@@ -412,7 +413,8 @@ def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Ca
     t = config.teacher
     model = _new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
     stage = Stage("teacher", model, t.epochs, t.batch_size, t.lr, t.seed,
-                  step_loss=lambda idx, x, y: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp))
+                  step_loss=lambda idx, x, y: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp),
+                  augment=t.augment)
     result = _fit(stage, data, config, device, cb, _Progress(None), {}, None)
     model.load_state_dict(result.best_state)
     teacher = _evaluated_teacher(model, data, cached=False, source="trained", cb=cb)
@@ -563,11 +565,13 @@ def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module |
 
     return Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
                  validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
-                 extra=projector, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature))
+                 extra=projector, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature),
+                 augment=config.augment)
 
 
 def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,
                       soft: _SoftLabels) -> Stage:
     return Stage(name, model, epochs, config.batch_size, lr, config.seed,
                  step_loss=lambda idx, x, y: _ce_step(model, x, y),
-                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp))
+                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
+                 augment=config.augment)

@@ -1,0 +1,166 @@
+"""The New run form as plain data: form values ⇄ a `RunConfig`, validation, the loss as LaTeX.
+
+No Streamlit here, so every rule of the form is testable on its own. Form values are a flat dict
+(one entry per widget); `RunConfig` stays the only place that knows what a valid run is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from typing import Any
+
+from kdcore.config import RunConfig
+from kdcore.dataset_names import CATALOGUE
+from kdcore.errors import ConfigError, ModelError
+from kdcore.model_names import check_fits
+
+TEACHER_SOURCES = {"train": "Train a teacher", "store": "Reuse a teacher trained in this store",
+                   "upload": "Upload a checkpoint"}
+WEIGHT_MODES = {"simple": "Simple (α)", "advanced": "Advanced"}
+
+
+def from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Form values that show `config` (a stored or default config dict)."""
+    c = RunConfig.from_dict(config).to_dict()
+    teacher, weights = c["teacher"], c["weights"]
+    simple = weights["feature"] == 0 and math.isclose(weights["ce"] + weights["kd"], 1.0, abs_tol=1e-9)
+    return {
+        "dataset": c["dataset"],
+        "teacher_source": "upload" if teacher["checkpoint"] else "train",
+        "teacher_arch": teacher["arch"],
+        "teacher_epochs": teacher["epochs"],
+        "teacher_lr": teacher["lr"],
+        "teacher_batch_size": teacher["batch_size"],
+        "teacher_seed": teacher["seed"],
+        "teacher_key": None,
+        "teacher_checkpoint": teacher["checkpoint"],
+        "student_arch": c["student"]["arch"],
+        "temperature": c["temperature"],
+        "weights_mode": "simple" if simple else "advanced",
+        "alpha": round(weights["kd"], 6) if simple else 0.9,
+        "w_ce": weights["ce"],
+        "w_kd": weights["kd"],
+        "w_feature": weights["feature"],
+        "epochs": c["epochs"],
+        "batch_size": c["batch_size"],
+        "lr": c["lr"],
+        "seed": c["seed"],
+        "device": c["device"],
+        "baseline": c["baseline"],
+        "finetune_epochs": c["finetune_epochs"],
+        "name": c["name"],
+        "optimizer": c["optimizer"],
+        "weight_decay": c["weight_decay"],
+        "augment": c["augment"],
+        "val_fraction": c["val_fraction"],
+        "amp": c["amp"],
+        "data_root": c["data_root"] or "",
+    }
+
+
+def defaults() -> dict[str, Any]:
+    """The untouched form: the engine's teaching preset, `RunConfig()`."""
+    return from_config(RunConfig().to_dict())
+
+
+def to_config(values: dict[str, Any], store_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The nested config dict the form describes (not yet validated).
+
+    store_teacher: an entry of `kdcore.views.stored_teachers`; its teacher settings and the data
+    settings its key depends on are copied, so the engine finds that teacher in its cache.
+    """
+    if values["weights_mode"] == "simple":
+        alpha = float(values["alpha"])
+        weights = {"ce": round(1.0 - alpha, 6), "kd": round(alpha, 6), "feature": 0.0}
+    else:
+        weights = {"ce": values["w_ce"], "kd": values["w_kd"], "feature": values["w_feature"]}
+    teacher = {"arch": values["teacher_arch"], "epochs": values["teacher_epochs"], "lr": values["teacher_lr"],
+               "batch_size": values["teacher_batch_size"], "seed": values["teacher_seed"], "checkpoint": None}
+    config: dict[str, Any] = {
+        "dataset": values["dataset"],
+        "data_root": (values.get("data_root") or "").strip() or None,
+        "val_fraction": values["val_fraction"],
+        "augment": values["augment"],
+        "teacher": teacher,
+        "student": {"arch": values["student_arch"]},
+        "temperature": values["temperature"],
+        "weights": weights,
+        "epochs": values["epochs"],
+        "batch_size": values["batch_size"],
+        "optimizer": values["optimizer"],
+        "lr": values["lr"],
+        "weight_decay": values["weight_decay"],
+        "seed": values["seed"],
+        "device": values["device"],
+        "amp": values["amp"],
+        "baseline": values["baseline"],
+        "finetune_epochs": values["finetune_epochs"],
+        "name": (values.get("name") or "").strip(),
+    }
+    if values["teacher_source"] == "upload":
+        teacher["checkpoint"] = values.get("teacher_checkpoint")
+    elif values["teacher_source"] == "store" and store_teacher is not None:
+        config.update(store_teacher["shared"])
+        config["teacher"] = dict(store_teacher["teacher"])
+    return config
+
+
+def validate(values: dict[str, Any], *, store_teacher: dict[str, Any] | None = None,
+             devices: list[str] | None = None) -> tuple[RunConfig | None, list[str]]:
+    """The config the form describes, or None and the reasons it is not valid (one line each)."""
+    source = values["teacher_source"]
+    if source == "store" and store_teacher is None:
+        return None, ["Choose a teacher to reuse: this store has no finished run with a trained teacher yet."]
+    if source == "upload" and not values.get("teacher_checkpoint"):
+        return None, ["Upload a teacher checkpoint (.pt), or choose another teacher source."]
+    try:
+        config = RunConfig.from_dict(to_config(values, store_teacher))
+    except ConfigError as exc:
+        return None, [str(exc)]
+    errors = []
+    info = CATALOGUE.get(config.dataset)
+    if info is not None:  # imagefolder: the shape is known only once the images are read
+        for role, arch in (("teacher", config.teacher.arch), ("student", config.student.arch)):
+            try:
+                check_fits(arch, info.input_shape)
+            except ModelError as exc:
+                errors.append(f"{role}.arch: {exc}")
+    if devices is not None and config.device != "auto" and config.device not in devices:
+        errors.append(f"device={config.device} is not available on this machine (available: {', '.join(devices)})")
+    return (None, errors) if errors else (config, [])
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def loss_latex(weights: dict[str, float], temperature: float) -> str:
+    """The optimised loss with the chosen numbers, e.g.
+    `0.1·CE(y, softmax(z_s)) + 0.9·4²·KL(softmax(z_t/4) ‖ softmax(z_s/4))`."""
+    t = _num(temperature)
+    terms = []
+    if weights.get("ce"):
+        terms.append(rf"{_num(weights['ce'])}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)")
+    if weights.get("kd"):
+        terms.append(rf"{_num(weights['kd'])}\cdot {t}^2\,\mathrm{{KL}}\big(\sigma(z_t/{t})\,\big\|\,\sigma(z_s/{t})\big)")
+    if weights.get("feature"):
+        terms.append(rf"{_num(weights['feature'])}\,\mathrm{{MSE}}\big(r(f_s),\ f_t\big)")
+    return r"\mathcal{L} = " + (" + ".join(terms) if terms else "0")
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def upload_name(filename: str, data: bytes) -> str:
+    """A safe file name for an uploaded checkpoint: no folders, no dot-files, content-addressed.
+
+    `../../etc/passwd` → `<sha>-passwd.pt`; the hash prefix keeps two users' `teacher.pt` apart
+    and makes saving the same upload twice a no-op.
+    """
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = _UNSAFE.sub("_", base).strip("._-")[:80] or "checkpoint"
+    if not stem.lower().endswith((".pt", ".pth")):
+        stem += ".pt"
+    return f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"

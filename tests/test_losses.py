@@ -1,0 +1,271 @@
+"""Tests for kdcore.losses against independent float64 references written here with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdcore import losses
+from kdcore.losses import distillation_loss, hint_loss, kd_loss, kd_loss_per_sample, soft_targets
+
+TEMPERATURES = (0.5, 1.0, 4.0, 20.0)
+
+
+# ---------------------------------------------------------------- float64 references
+
+
+def log_softmax_ref(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 via log-sum-exp: z - max - log Σ exp(z - max)."""
+    z = np.asarray(z, dtype=np.float64)
+    top = z.max(axis=-1, keepdims=True)
+    return z - top - np.log(np.exp(z - top).sum(axis=-1, keepdims=True))
+
+
+def softmax_ref(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return np.exp(log_softmax_ref(np.asarray(z, dtype=np.float64) / temperature))
+
+
+def kl_rows_ref(student: np.ndarray, teacher: np.ndarray, temperature: float) -> np.ndarray:
+    """Σ_i p_i (log p_i − log q_i) per row, p = softmax(t/T), q = softmax(s/T)."""
+    log_p = log_softmax_ref(np.asarray(teacher, dtype=np.float64) / temperature)
+    log_q = log_softmax_ref(np.asarray(student, dtype=np.float64) / temperature)
+    return (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+
+
+def kd_ref(student: np.ndarray, teacher: np.ndarray, temperature: float) -> float:
+    """T² · (1/B) · Σ_b KL_b (batchmean)."""
+    return temperature**2 * kl_rows_ref(student, teacher, temperature).sum() / len(student)
+
+
+def logits(batch: int, classes: int, seed: int, scale: float = 3.0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).normal(0, scale, (batch, classes))).float()
+
+
+def close(actual: torch.Tensor | float, expected: float, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+    return abs(float(actual) - expected) <= atol + rtol * abs(expected)
+
+
+# ---------------------------------------------------------------- kd_loss
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_kd_loss_matches_reference(temperature, batch):
+    student, teacher = logits(batch, 10, seed=batch), logits(batch, 10, seed=100 + batch)
+    value = kd_loss(student, teacher, temperature)
+    assert value.shape == () and value.dtype == torch.float32
+    expected = kd_ref(student.numpy(), teacher.numpy(), temperature)
+    assert expected > 1e-3, "the test logits should actually differ"
+    assert close(value, expected), (float(value), expected)
+
+
+def test_kd_loss_is_batchmean_not_elementwise_mean():
+    batch, classes, temperature = 5, 10, 4.0
+    student, teacher = logits(batch, classes, 1), logits(batch, classes, 2)
+    log_p = log_softmax_ref(teacher.numpy() / temperature)
+    log_q = log_softmax_ref(student.numpy() / temperature)
+    elementwise_mean = temperature**2 * (np.exp(log_p) * (log_p - log_q)).mean()  # sum / (B·C)
+    value = float(kd_loss(student, teacher, temperature))
+    assert close(value, elementwise_mean * classes)
+    assert not close(value, elementwise_mean, rtol=0.5)
+
+
+def test_kd_loss_of_identical_logits_is_zero():
+    same = logits(6, 10, 3)
+    for temperature in TEMPERATURES:
+        assert abs(float(kd_loss(same, same.clone(), temperature))) < 1e-6
+
+
+def test_kd_loss_is_not_symmetric():
+    a, b = logits(4, 10, 4), logits(4, 10, 5)
+    assert not close(kd_loss(a, b, 2.0), float(kd_loss(b, a, 2.0)), rtol=1e-3)
+    assert close(kd_loss(a, b, 2.0), kd_ref(a.numpy(), b.numpy(), 2.0))
+
+
+@pytest.mark.parametrize("magnitude", [1e4, 1e30])
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+def test_kd_loss_extreme_logits_stay_finite_and_exact(magnitude, temperature):
+    rng = np.random.default_rng(7)
+    student = torch.from_numpy(rng.choice([-1.0, 0.0, 1.0], (4, 6)) * magnitude).float()
+    teacher = torch.from_numpy(rng.choice([-1.0, 0.0, 1.0], (4, 6)) * magnitude).float()
+    student[0] = teacher[0]  # one row with no divergence at all
+    value = kd_loss(student, teacher, temperature)
+    assert torch.isfinite(value)
+    expected = kd_ref(student.double().numpy(), teacher.double().numpy(), temperature)
+    assert np.isfinite(expected) and expected > 0
+    assert close(value, expected, rtol=1e-5), (float(value), expected)
+    per_sample = kd_loss_per_sample(student, teacher, temperature)
+    assert torch.isfinite(per_sample).all() and float(per_sample[0]) == 0.0
+
+
+def test_kd_loss_gradient_matches_float64_finite_differences():
+    batch, classes, temperature, h = 3, 5, 2.0, 1e-5
+    student, teacher = logits(batch, classes, 8, scale=2.0), logits(batch, classes, 9, scale=2.0)
+    s = student.clone().requires_grad_(True)
+    kd_loss(s, teacher, temperature).backward()
+    base_s, base_t = student.double().numpy(), teacher.double().numpy()
+    numeric = np.zeros_like(base_s)
+    for b in range(batch):
+        for i in range(classes):
+            up, down = base_s.copy(), base_s.copy()
+            up[b, i] += h
+            down[b, i] -= h
+            numeric[b, i] = (kd_ref(up, base_t, temperature) - kd_ref(down, base_t, temperature)) / (2 * h)
+    # the closed form, as a second reference: ∂/∂s = T · (q − p) / B
+    analytic = temperature * (softmax_ref(base_s, temperature) - softmax_ref(base_t, temperature)) / batch
+    np.testing.assert_allclose(numeric, analytic, atol=1e-7)
+    np.testing.assert_allclose(s.grad.double().numpy(), numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_kd_loss_gradient_reaches_student_only():
+    s = logits(2, 4, 10).requires_grad_(True)
+    t = logits(2, 4, 11).requires_grad_(True)
+    kd_loss(s, t, 3.0).backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    assert t.grad is not None  # a pure function: detaching the teacher is the caller's job
+
+
+@pytest.mark.xfail(reason="BUG: losses cast inputs with .float(), so float64 logits are downcast to float32 "
+                          "(docstring promises 'float32 at least'); gradcheck on doubles then fails", strict=True)
+def test_kd_loss_gradcheck_in_double():
+    student = logits(3, 5, 12).double().requires_grad_(True)
+    teacher = logits(3, 5, 13).double()
+    assert kd_loss(student, teacher, 2.0).dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda s: kd_loss(s, teacher, 2.0), (student,))
+
+
+# ---------------------------------------------------------------- kd_loss_per_sample
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_kd_loss_per_sample_matches_reference_and_kd_loss(temperature):
+    student, teacher = logits(6, 10, 20), logits(6, 10, 21)
+    per_sample = kd_loss_per_sample(student, teacher, temperature)
+    assert per_sample.shape == (6,)
+    np.testing.assert_allclose(per_sample.double().numpy(), kl_rows_ref(student.numpy(), teacher.numpy(), temperature),
+                               rtol=1e-5, atol=1e-6)
+    assert close(per_sample.mean() * temperature**2, float(kd_loss(student, teacher, temperature)))
+
+
+# ---------------------------------------------------------------- soft_targets
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_soft_targets_match_formula_and_sum_to_one(temperature):
+    z = logits(5, 10, 30)
+    probs = soft_targets(z, temperature)
+    assert probs.shape == z.shape
+    np.testing.assert_allclose(probs.sum(dim=-1).numpy(), 1.0, atol=1e-6)
+    zt = z.double().numpy() / temperature
+    formula = np.exp(zt) / np.exp(zt).sum(axis=-1, keepdims=True)  # the textbook form; safe at this scale
+    np.testing.assert_allclose(probs.double().numpy(), formula, rtol=1e-5, atol=1e-7)
+
+
+def test_soft_targets_at_temperature_one_is_softmax():
+    z = logits(4, 7, 31)
+    np.testing.assert_allclose(soft_targets(z, 1.0).double().numpy(), softmax_ref(z.numpy()), rtol=1e-5, atol=1e-7)
+
+
+def test_soft_targets_tend_to_uniform_as_temperature_grows():
+    z = logits(3, 10, 32)
+    spreads = [float((soft_targets(z, t) - 0.1).abs().max()) for t in (1.0, 10.0, 100.0, 1e4)]
+    assert spreads == sorted(spreads, reverse=True)
+    assert spreads[-1] < 1e-3
+
+
+def test_soft_targets_stable_for_huge_logits():
+    z = torch.tensor([[1e30, -1e30, 0.0], [1e4, 1e4, -1e4]])
+    probs = soft_targets(z, 2.0)
+    assert torch.isfinite(probs).all()
+    np.testing.assert_allclose(probs.double().numpy(), softmax_ref(z.double().numpy(), 2.0), atol=1e-7)
+
+
+# ---------------------------------------------------------------- hint_loss
+
+
+def test_hint_loss_is_mean_squared_error():
+    rng = np.random.default_rng(40)
+    projected, target = rng.normal(size=(6, 12)), rng.normal(size=(6, 12))
+    value = hint_loss(torch.from_numpy(projected).float(), torch.from_numpy(target).float())
+    expected = ((projected - target) ** 2).sum() / (6 * 12)
+    assert value.shape == () and close(value, expected)
+    same = torch.from_numpy(projected).float()
+    assert float(hint_loss(same, same.clone())) == 0.0
+
+
+# ---------------------------------------------------------------- distillation_loss
+
+
+def ce_ref(z: np.ndarray, targets: np.ndarray) -> float:
+    """Mean of −log softmax(z)[y]."""
+    return float(-log_softmax_ref(z)[np.arange(len(targets)), targets].mean())
+
+
+def loss_inputs(seed: int = 50):
+    rng = np.random.default_rng(seed)
+    student, teacher = logits(8, 10, seed), logits(8, 10, seed + 1)
+    targets = torch.from_numpy(rng.integers(0, 10, 8))
+    projected = torch.from_numpy(rng.normal(size=(8, 6))).float()
+    teacher_features = torch.from_numpy(rng.normal(size=(8, 6))).float()
+    return student, teacher, targets, projected, teacher_features
+
+
+@pytest.mark.parametrize("ce_w, kd_w, f_w", [(0.1, 0.9, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.3, 0.5, 2.0),
+                                             (0.0, 0.0, 1.0)])
+def test_distillation_loss_parts_and_total(ce_w, kd_w, f_w):
+    student, teacher, targets, projected, teacher_features = loss_inputs()
+    temperature = 4.0
+    parts = distillation_loss(student, targets, teacher_logits=teacher, temperature=temperature, ce_weight=ce_w,
+                              kd_weight=kd_w, feature_weight=f_w, projected_student_features=projected,
+                              teacher_features=teacher_features)
+    assert set(parts) == {"loss", "ce", "kd", "feature"}
+    ce = ce_ref(student.numpy(), targets.numpy()) if ce_w else 0.0
+    kd = kd_ref(student.numpy(), teacher.numpy(), temperature) if kd_w else 0.0
+    feature = float(((projected.double() - teacher_features.double()) ** 2).mean()) if f_w else 0.0
+    assert close(parts["ce"], ce) and close(parts["kd"], kd) and close(parts["feature"], feature)
+    assert close(parts["loss"], ce_w * ce + kd_w * kd + f_w * feature)
+    for name in ("ce", "kd", "feature"):
+        assert parts[name].shape == ()
+
+
+def test_zero_weight_parts_are_not_computed(monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a zero-weight part was computed")
+
+    monkeypatch.setattr(losses, "kd_loss", must_not_run)
+    monkeypatch.setattr(losses, "hint_loss", must_not_run)
+    student, _, targets, _, _ = loss_inputs()
+    parts = distillation_loss(student, targets, teacher_logits=None, temperature=4.0, ce_weight=1.0, kd_weight=0.0,
+                              feature_weight=0.0)
+    assert float(parts["kd"]) == 0.0 and float(parts["feature"]) == 0.0
+    assert close(parts["loss"], ce_ref(student.numpy(), targets.numpy()))
+
+
+def test_zero_ce_weight_needs_no_targets():
+    student, teacher, _, _, _ = loss_inputs()
+    parts = distillation_loss(student, None, teacher_logits=teacher, temperature=2.0, ce_weight=0.0, kd_weight=1.0)
+    assert float(parts["ce"]) == 0.0
+    assert close(parts["loss"], kd_ref(student.numpy(), teacher.numpy(), 2.0))
+
+
+def test_distillation_loss_gradient_flows_through_loss_only():
+    student, teacher, targets, projected, teacher_features = loss_inputs()
+    s = student.clone().requires_grad_(True)
+    p = projected.clone().requires_grad_(True)
+    parts = distillation_loss(s, targets, teacher_logits=teacher, temperature=4.0, ce_weight=0.5, kd_weight=0.5,
+                              feature_weight=1.0, projected_student_features=p, teacher_features=teacher_features)
+    parts["loss"].backward()
+    assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+    # ∂(f_w · MSE)/∂p = 2 (p − f_t) / (B·D)
+    expected = 2 * (projected.double() - teacher_features.double()) / projected.numel()
+    np.testing.assert_allclose(p.grad.double().numpy(), expected.numpy(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.xfail(reason="BUG: feature_weight > 0 without features silently contributes 0 (a silent fallback) "
+                          "instead of raising", strict=True)
+def test_feature_weight_without_features_is_an_error():
+    student, teacher, targets, _, _ = loss_inputs()
+    with pytest.raises(ValueError):
+        distillation_loss(student, targets, teacher_logits=teacher, temperature=4.0, ce_weight=0.0, kd_weight=0.0,
+                          feature_weight=1.0)
