@@ -1,0 +1,308 @@
+"""New run: a form over `RunConfig`, its loss and model sizes shown before launch.
+
+Every widget holds one form value (`nr_<field>`, see `app.form`); the values persist for the
+session so a trip to another page keeps them. Validation is the engine's own (`RunConfig`), and
+Start stays disabled while anything is invalid. `?from=run-…` fills the form from a stored run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from app import form, session
+from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
+from kdcore.errors import KDError
+from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
+from kdcore.views import stored_teachers
+
+PREFIX = "nr_"
+KEEP = {"persist_state": "session"}  # form values survive a visit to another page
+
+
+def render() -> None:
+    store = session.store()
+    _init_form(store)
+    st.title("New run")
+    teachers = stored_teachers(store.list_runs(status="done"))
+    _sync_store_teacher(teachers)
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        header_errors = _form(store, teachers)
+    values = {key[len(PREFIX):]: st.session_state.get(key) for key in _keys()}
+    store_teacher = _chosen_teacher(teachers) if values["teacher_source"] == "store" else None
+    devices = session.available_devices()
+    config, errors = form.validate(values, store_teacher=store_teacher, devices=devices)
+    errors = header_errors + errors
+    with right:
+        _summary(values, store_teacher, config, errors)
+
+
+# --- state ------------------------------------------------------------------------------------------------------
+
+
+def _keys() -> list[str]:
+    return [PREFIX + name for name in form.defaults()]
+
+
+def _set_values(values: dict) -> None:
+    for name, value in values.items():
+        st.session_state[PREFIX + name] = value
+
+
+def _init_form(store) -> None:
+    """Defaults for unset fields; a `?from=run-…` in the URL fills the form once per session and run."""
+    source = st.query_params.get("from")
+    if source and st.session_state.get("_kdlab_form_from") != source:
+        st.session_state["_kdlab_form_from"] = source
+        try:
+            _set_values(form.from_config(store.get_run(source).config))
+            st.toast(f"Form filled from {source}")
+        except KDError as exc:
+            st.warning(f"Cannot copy the settings of {source}: {exc}")
+    for name, value in form.defaults().items():
+        st.session_state.setdefault(PREFIX + name, value)
+
+
+def _reset() -> None:
+    _set_values(form.defaults())
+    st.session_state.pop("_kdlab_form_from", None)
+
+
+def _chosen_teacher(teachers: list[dict]) -> dict | None:
+    key = st.session_state.get(PREFIX + "teacher_key")
+    return next((t for t in teachers if t["key"] == key), None)
+
+
+def _sync_store_teacher(teachers: list[dict]) -> None:
+    """With "reuse a teacher" chosen, pick one (the newest) if none is, before any widget is drawn."""
+    if st.session_state[PREFIX + "teacher_source"] != "store" or not teachers:
+        return
+    if _chosen_teacher(teachers) is None:
+        st.session_state[PREFIX + "teacher_key"] = teachers[0]["key"]
+        _apply_store_teacher(teachers)
+
+
+def _apply_store_teacher(teachers: list[dict]) -> None:
+    """Show the chosen stored teacher's settings in the form (they are what the run will use)."""
+    chosen = _chosen_teacher(teachers)
+    if chosen is None:
+        return
+    shared, teacher = chosen["shared"], chosen["teacher"]
+    _set_values({"dataset": shared.get("dataset"), "teacher_arch": teacher["arch"], "teacher_epochs": teacher["epochs"],
+                 "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"], "teacher_seed": teacher["seed"]})
+    for name in ("val_fraction", "augment", "optimizer", "weight_decay"):
+        if name in shared:
+            st.session_state[PREFIX + name] = shared[name]
+    st.session_state[PREFIX + "data_root"] = shared.get("data_root") or ""
+
+
+# --- the form ---------------------------------------------------------------------------------------------------
+
+
+def _with_current(options: list[str], key: str) -> list[str]:
+    current = st.session_state.get(key)
+    return options if current in options or current is None else [*options, current]
+
+
+def _form(store, teachers: list[dict]) -> list[str]:
+    """Draw the widgets; returns problems found while reading an uploaded checkpoint."""
+    errors: list[str] = []
+    source = st.session_state[PREFIX + "teacher_source"]
+    from_store = source == "store"
+
+    st.subheader("Data", divider="gray")
+    st.selectbox("Dataset", _with_current(list(DATASET_NAMES), PREFIX + "dataset"), key=PREFIX + "dataset",
+                 accept_new_options=True, disabled=from_store, **KEEP,
+                 help=f"A bundled set, or {IMAGEFOLDER_PREFIX}/path/to/images (one subfolder per class).")
+    info = CATALOGUE.get(st.session_state[PREFIX + "dataset"])
+    if info is not None:
+        shape = "×".join(map(str, info.input_shape))
+        st.caption(f"{info.description}. Input {shape}, {info.num_classes} classes."
+                   + ("" if info.offline else " Needs its files under the data folder (or a download on first use)."))
+    else:
+        st.caption("Your own images: their shape is known once the worker reads them.")
+
+    st.subheader("Teacher", divider="gray")
+    st.radio("Teacher", list(form.TEACHER_SOURCES), format_func=form.TEACHER_SOURCES.get, horizontal=True,
+             key=PREFIX + "teacher_source", label_visibility="collapsed", on_change=_apply_store_teacher,
+             args=(teachers,), **KEEP)
+    arch_locked = from_store
+    if from_store:
+        if teachers:
+            keys = [t["key"] for t in teachers]
+            labels = {t["key"]: _teacher_label(t) for t in teachers}
+            st.selectbox("Trained teacher", keys, format_func=labels.get, key=PREFIX + "teacher_key",
+                         on_change=_apply_store_teacher, args=(teachers,), **KEEP,
+                         help="The run copies this teacher's settings, so the engine reuses it instead of training.")
+        else:
+            st.info("No finished run in this store has trained a teacher yet.")
+    elif source == "upload":
+        arch_locked, upload_errors = _upload(store)
+        errors += upload_errors
+    cols = st.columns(2)
+    cols[0].selectbox("Teacher architecture", _with_current(list(ARCH_NAMES), PREFIX + "teacher_arch"), key=PREFIX + "teacher_arch",
+                      accept_new_options=True, disabled=arch_locked, format_func=_arch_label, **KEEP,
+                      help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
+    if source != "upload":
+        cols[1].number_input("Teacher epochs", step=1, key=PREFIX + "teacher_epochs", disabled=from_store, **KEEP)
+
+    st.subheader("Student", divider="gray")
+    st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"), key=PREFIX + "student_arch",
+                 accept_new_options=True, format_func=_arch_label, **KEEP,
+                 help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
+
+    st.subheader("Distillation", divider="gray")
+    cols = st.columns(2)
+    cols[0].number_input("Temperature T", step=0.5, format="%g", key=PREFIX + "temperature", **KEEP,
+                         help="Softens both softmaxes; T = 1 is the plain softmax.")
+    cols[1].radio("Loss weights", list(form.WEIGHT_MODES), format_func=form.WEIGHT_MODES.get, horizontal=True,
+                  key=PREFIX + "weights_mode", **KEEP)
+    if st.session_state[PREFIX + "weights_mode"] == "simple":
+        st.slider("α: share of the distillation term", 0.0, 1.0, step=0.05, key=PREFIX + "alpha", **KEEP,
+                  help="loss = (1 − α)·CE + α·T²·KL. α = 0 trains on hard labels only.")
+    else:
+        cols = st.columns(3)
+        cols[0].number_input("CE weight", step=0.1, format="%g", key=PREFIX + "w_ce", **KEEP)
+        cols[1].number_input("KD weight", step=0.1, format="%g", key=PREFIX + "w_kd", **KEEP)
+        cols[2].number_input("Feature weight", step=0.1, format="%g", key=PREFIX + "w_feature", **KEEP,
+                             help="FitNets hint: MSE between a projection of the student's features and the teacher's.")
+
+    st.subheader("Training", divider="gray")
+    cols = st.columns(3)
+    cols[0].number_input("Epochs", step=1, key=PREFIX + "epochs", **KEEP)
+    cols[1].number_input("Batch size", step=16, key=PREFIX + "batch_size", **KEEP)
+    cols[2].number_input("Learning rate", step=0.0005, format="%g", key=PREFIX + "lr", **KEEP)
+    cols = st.columns(3)
+    cols[0].number_input("Seed", step=1, key=PREFIX + "seed", **KEEP)
+    devices = session.available_devices()
+    cols[1].selectbox("Device", _with_current(["auto", *devices], PREFIX + "device"), key=PREFIX + "device", **KEEP,
+                      format_func=lambda d: f"auto ({devices[0]})" if d == "auto" else d,
+                      help=f"Available here: {', '.join(devices)}.")
+    cols[2].number_input("Fine-tune epochs", step=1, key=PREFIX + "finetune_epochs", **KEEP,
+                         help="Hard-label epochs after distillation, at a tenth of the learning rate (0: none).")
+    cols = st.columns([1, 2])
+    cols[0].toggle("Train a baseline", key=PREFIX + "baseline", **KEEP,
+                   help="The same student on hard labels alone, same seed and budget: what distillation must beat.")
+    cols[1].text_input("Run name (optional)", key=PREFIX + "name", max_chars=200, **KEEP)
+
+    with st.expander("Advanced settings"):
+        cols = st.columns(3)
+        cols[0].selectbox("Optimizer", ["adam", "adamw", "sgd"], key=PREFIX + "optimizer", disabled=from_store, **KEEP)
+        cols[1].number_input("Weight decay", step=0.0001, format="%g", key=PREFIX + "weight_decay", disabled=from_store, **KEEP)
+        cols[2].number_input("Validation fraction", step=0.05, format="%g", key=PREFIX + "val_fraction",
+                             disabled=from_store, **KEEP)
+        cols = st.columns(3)
+        cols[0].number_input("Teacher learning rate", step=0.0005, format="%g", key=PREFIX + "teacher_lr",
+                             disabled=from_store, **KEEP)
+        cols[1].number_input("Teacher batch size", step=16, key=PREFIX + "teacher_batch_size", disabled=from_store, **KEEP)
+        cols[2].number_input("Teacher seed", step=1, key=PREFIX + "teacher_seed", disabled=from_store, **KEEP)
+        cols = st.columns(3)
+        cols[0].toggle("Augment (random shifts)", key=PREFIX + "augment", disabled=from_store, **KEEP)
+        cols[1].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
+        cols[2].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
+                           placeholder="$KDCORE_DATA or ./data")
+    st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
+    return errors
+
+
+def _arch_label(arch: str) -> str:
+    info = ARCHS.get(arch)
+    return f"{arch} — {info.description}" if info else arch
+
+
+def _teacher_label(teacher: dict) -> str:
+    t = teacher["teacher"]
+    acc = f" · test {100 * teacher['test_acc']:.1f}%" if teacher.get("test_acc") is not None else ""
+    return f"{t['arch']} · {t['epochs']} epochs · {teacher['dataset']}{acc} · from {teacher['run_id']}"
+
+
+def _upload(store) -> tuple[bool, list[str]]:
+    """Save an uploaded checkpoint under the store's uploads/ and read what it says about itself.
+
+    Returns whether the architecture is fixed by the file, and any problem with it.
+    """
+    uploaded = st.file_uploader("Teacher checkpoint", type=["pt", "pth"], key=PREFIX + "upload",
+                                help="A .pt written by kdcore (it names its architecture), or a bare state dict.")
+    if uploaded is not None:
+        data = uploaded.getvalue()
+        folder = store.home / "uploads"
+        path = folder / form.upload_name(uploaded.name, data)
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+            partial.write_bytes(data)
+            os.replace(partial, path)  # never a half-written file under the final name
+        st.session_state[PREFIX + "teacher_checkpoint"] = str(path)
+    checkpoint = st.session_state.get(PREFIX + "teacher_checkpoint")
+    if not checkpoint:
+        return False, []
+    path = Path(checkpoint)
+    if not path.is_file():
+        return False, [f"The checkpoint {path} no longer exists; upload it again."]
+    try:
+        header = session.checkpoint_header(str(path), path.stat().st_mtime)
+    except KDError as exc:
+        return False, [str(exc)]
+    st.caption(f"Using `{path.name}`" + (f": a kdcore **{header['arch']}** with {header['num_classes']} classes."
+                                        if header["arch"] else ": a bare state dict; choose its architecture."))
+    if not header["arch"]:
+        return False, []
+    if st.session_state.get(PREFIX + "teacher_arch") != header["arch"]:
+        st.session_state[PREFIX + "teacher_arch"] = header["arch"]
+    info = CATALOGUE.get(st.session_state[PREFIX + "dataset"])
+    if info is not None and header["num_classes"] not in (None, info.num_classes):
+        return True, [f"The checkpoint predicts {header['num_classes']} classes; {info.name} has {info.num_classes}."]
+    return True, []
+
+
+# --- what will run ------------------------------------------------------------------------------------------------
+
+
+def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]) -> None:
+    st.subheader("What will be optimised", divider="gray")
+    if config is not None:
+        st.latex(form.loss_latex(config.to_dict()["weights"], config.temperature))
+        st.caption(r"σ is the softmax; z_s and z_t are the student's and teacher's logits"
+                   + ("; r projects the student's features f_s onto the teacher's f_t." if config.weights.feature else "."))
+    _sizes(values, store_teacher)
+    for message in errors:
+        st.error(message, icon=":material/error:")
+    if st.button("Start run", type="primary", icon=":material/rocket_launch:", disabled=config is None or bool(errors),
+                 width="stretch", key="nr_start"):
+        _start(config)
+    if config is not None and not errors:
+        st.caption(f"Trains in a background worker: {config.epochs} student epochs"
+                   + (f" after a {config.teacher.epochs}-epoch teacher (or its cached copy)" if not config.teacher.checkpoint else "")
+                   + (", then the baseline." if config.baseline else "."))
+
+
+def _sizes(values: dict, store_teacher: dict | None) -> None:
+    info = CATALOGUE.get(values["dataset"])
+    teacher_arch = store_teacher["teacher"]["arch"] if store_teacher else values["teacher_arch"]
+    counts = []
+    for arch in (teacher_arch, values["student_arch"]):
+        try:
+            counts.append(session.parameter_count(arch, info.input_shape, info.num_classes) if info else None)
+        except (KDError, ValueError, TypeError):
+            counts.append(None)
+    cols = st.columns(3)
+    cols[0].metric("Teacher parameters", f"{counts[0]:,}" if counts[0] else "—")
+    cols[1].metric("Student parameters", f"{counts[1]:,}" if counts[1] else "—")
+    ratio = counts[0] / counts[1] if counts[0] and counts[1] else None
+    cols[2].metric("Compression", f"{ratio:,.1f}×" if ratio else "—", help="teacher parameters / student parameters")
+
+
+def _start(config) -> None:
+    try:
+        run_id = session.runner().submit(config)
+    except KDError as exc:
+        st.error(f"Could not start the run: {exc}")
+        return
+    st.switch_page("pages/live.py", query_params={"run": run_id})
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,197 @@
+"""The run store on real SQLite files: layout, ids, schema versions, incremental reads, concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+
+import pytest
+
+from kdcore.config import RunConfig
+from kdcore.errors import RunNotFound, StoreError
+from kdcore.store import SCHEMA_VERSION, Store
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = Store(tmp_path / "home")
+    yield s
+    s.close()
+
+
+def test_create_and_read_back_a_run(store):
+    config = RunConfig().to_dict()
+    run_id = store.create_run(config, name="first")
+    record = store.get_run(run_id)
+    assert record.status == "queued" and record.name == "first" and record.config == config
+    assert store.run_dir(run_id).is_dir()
+    assert [r.id for r in store.list_runs()] == [run_id]
+    assert store.list_runs(status="done") == []
+
+
+@pytest.mark.parametrize("bad", ["../etc", "run-../../x", "", "run-1234", "RUN-1a2b3c4d", "run-1a2b3c4d/..", "/tmp"])
+def test_malformed_run_ids_are_refused_before_any_path_is_built(store, bad):
+    with pytest.raises(RunNotFound, match="malformed run id"):
+        store.get_run(bad)
+    with pytest.raises(RunNotFound):
+        store.run_dir(bad)
+
+
+def test_unknown_run_id_names_the_store(store):
+    with pytest.raises(RunNotFound, match="no run run-00000000"):
+        store.get_run("run-00000000")
+
+
+def test_incremental_metric_reads_return_only_new_rows(store):
+    run_id = store.create_run({})
+    store.add_records(run_id, metrics=[("student", 1, s, "train_loss", float(s), time.time()) for s in range(1, 4)])
+    rows, cursor = store.metrics_since(run_id, 0)
+    assert [r[3] for r in rows] == [1, 2, 3]
+    assert store.metrics_since(run_id, cursor) == ([], cursor)
+    store.add_records(run_id, metrics=[("student", 1, 4, "train_loss", 4.0, time.time())])
+    rows, cursor2 = store.metrics_since(run_id, cursor)
+    assert [r[3] for r in rows] == [4] and cursor2 > cursor
+
+
+def test_snapshots_and_logs_round_trip(store):
+    run_id = store.create_run({})
+    store.add_records(run_id, snapshots=[("student", 2, {"student_T": [[0.5, 0.5]]}, 1.0)], logs=[(1.0, "hello")])
+    snaps, _ = store.snapshots_since(run_id)
+    assert snaps[0]["epoch"] == 2 and snaps[0]["student_T"] == [[0.5, 0.5]]
+    assert [m for _, _, m in store.logs(run_id)] == ["hello"]
+
+
+def test_resume_drops_what_was_reported_after_the_checkpoint(store):
+    run_id = store.create_run({})
+    rows = [("student", e, e * 10, "val_acc", 0.5, 0.0) for e in (1, 2, 3)] + [("teacher", 5, 50, "val_acc", 0.9, 0.0)]
+    store.add_records(run_id, metrics=rows)
+    store.drop_records_after(run_id, "student", 1)
+    left = [(r[1], r[2]) for r in store.metrics_since(run_id)[0]]
+    assert left == [("student", 1), ("teacher", 5)]
+
+
+def test_claim_respects_the_limit_and_submission_order(store):
+    ids = [store.create_run({}) for _ in range(3)]
+    first = store.claim_next(limit=2)
+    second = store.claim_next(limit=2)
+    assert [first.id, second.id] == ids[:2]
+    assert store.claim_next(limit=2) is None
+    store.finish(ids[0], "done", summary={"x": 1})
+    assert store.claim_next(limit=2).id == ids[2]
+
+
+def test_delete_refuses_a_running_run_and_removes_a_finished_one(store):
+    run_id = store.create_run({})
+    store.claim_next(limit=1)
+    store.mark_running(run_id, pid=12345)
+    with pytest.raises(StoreError, match="cancel it before deleting"):
+        store.delete_run(run_id)
+    store.finish(run_id, "cancelled")
+    store.add_records(run_id, metrics=[("student", 1, 1, "train_loss", 1.0, 0.0)])
+    store.delete_run(run_id)
+    assert not store.run_dir(run_id).exists()
+    assert store.metrics_since(run_id) == ([], 0)
+    with pytest.raises(RunNotFound):
+        store.get_run(run_id)
+
+
+def test_cancel_of_a_queued_run_is_immediate(store):
+    run_id = store.create_run({})
+    assert store.request_cancel(run_id).status == "cancelled"
+
+
+def test_a_newer_schema_is_refused_with_the_file_named(tmp_path):
+    Store(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "kdcore.db")
+    db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"kdcore\.db was written by a newer kdcore"):
+        Store(tmp_path)
+
+
+def test_a_version_1_store_is_migrated_and_keeps_its_runs(tmp_path):
+    db = sqlite3.connect(tmp_path / "kdcore.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL DEFAULT '',
+            config TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL, started REAL, ended REAL, pid INTEGER,
+            heartbeat REAL, error TEXT, summary TEXT, progress TEXT, resume INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO runs (id, config, status, created) VALUES ('run-0000abcd', '{}', 'done', 1.0);
+    """)
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    record = store.get_run("run-0000abcd")
+    assert record.status == "done" and record.sweep_id is None and record.cancel_requested is False
+    assert store._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_a_corrupt_database_is_a_clear_error(tmp_path):
+    (tmp_path / "kdcore.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="kdcore.db is unreadable"):
+        Store(tmp_path)
+
+
+def test_a_foreign_sqlite_file_is_not_taken_over(tmp_path):
+    db = sqlite3.connect(tmp_path / "kdcore.db")
+    db.execute("CREATE TABLE other (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="not a kdcore run store"):
+        Store(tmp_path)
+
+
+def test_a_store_folder_that_cannot_be_created_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot be created"):
+        Store(blocker / "home")
+
+
+def _claim_many(home: str, results) -> None:
+    store = Store(home)
+    claimed = []
+    for _ in range(20):
+        record = store.claim_next(limit=3)
+        if record:
+            claimed.append(record.id)
+        time.sleep(0.001)
+    results.put(claimed)
+
+
+def test_concurrent_claims_from_several_processes_never_double_start(tmp_path):
+    store = Store(tmp_path)
+    ids = [store.create_run({}) for _ in range(10)]
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim_many, args=(str(tmp_path), results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    claimed = [run for _ in procs for run in results.get(timeout=60)]
+    for p in procs:
+        p.join(timeout=60)
+    assert len(claimed) == len(set(claimed)) == 3  # the limit, each run once
+    assert set(claimed) <= set(ids)
+
+
+def test_concurrent_writers_never_surface_database_is_locked(tmp_path):
+    store = Store(tmp_path)
+    run_id = store.create_run({})
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path), run_id, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    rows, _ = store.metrics_since(run_id)
+    assert len(rows) == 4 * 50 * 20
+
+
+def _write_many(home: str, run_id: str, worker: int) -> None:
+    store = Store(home)
+    for batch in range(50):
+        store.add_records(run_id, metrics=[("student", worker, batch * 20 + i, "m", 1.0, 0.0) for i in range(20)])
