@@ -6,6 +6,7 @@ No Streamlit here, so every rule of the form is testable on its own. Form values
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
@@ -34,6 +35,7 @@ def from_config(config: dict[str, Any]) -> dict[str, Any]:
         "teacher_lr": teacher["lr"],
         "teacher_batch_size": teacher["batch_size"],
         "teacher_seed": teacher["seed"],
+        "teacher_augment": bool(teacher.get("augment", False)),
         "teacher_key": None,
         "teacher_checkpoint": teacher["checkpoint"],
         "student_arch": c["student"]["arch"],
@@ -65,26 +67,32 @@ def defaults() -> dict[str, Any]:
     return from_config(RunConfig().to_dict())
 
 
-def to_config(values: dict[str, Any], store_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
+              store_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nested config dict the form describes (not yet validated).
 
-    store_teacher: an entry of `kdcore.views.stored_teachers`; its teacher settings and the data
-    settings its key depends on are copied, so the engine finds that teacher in its cache.
+    base: the config the form was filled from (default: `RunConfig()`); settings the form does not
+    show are kept from it. store_teacher: an entry of `kdcore.views.stored_teachers`; its teacher
+    settings and the data settings its key depends on are copied, so the engine finds that teacher
+    in its cache instead of training one.
     """
+    config = copy.deepcopy(base) if base is not None else RunConfig().to_dict()
     if values["weights_mode"] == "simple":
         alpha = float(values["alpha"])
         weights = {"ce": round(1.0 - alpha, 6), "kd": round(alpha, 6), "feature": 0.0}
     else:
         weights = {"ce": values["w_ce"], "kd": values["w_kd"], "feature": values["w_feature"]}
-    teacher = {"arch": values["teacher_arch"], "epochs": values["teacher_epochs"], "lr": values["teacher_lr"],
-               "batch_size": values["teacher_batch_size"], "seed": values["teacher_seed"], "checkpoint": None}
-    config: dict[str, Any] = {
+    config.setdefault("teacher", {}).update({
+        "arch": values["teacher_arch"], "epochs": values["teacher_epochs"], "lr": values["teacher_lr"],
+        "batch_size": values["teacher_batch_size"], "seed": values["teacher_seed"], "augment": values["teacher_augment"],
+        "checkpoint": values.get("teacher_checkpoint") if values["teacher_source"] == "upload" else None,
+    })
+    config.update({
         "dataset": values["dataset"],
         "data_root": (values.get("data_root") or "").strip() or None,
         "val_fraction": values["val_fraction"],
         "augment": values["augment"],
-        "teacher": teacher,
-        "student": {"arch": values["student_arch"]},
+        "student": {**config.get("student", {}), "arch": values["student_arch"]},
         "temperature": values["temperature"],
         "weights": weights,
         "epochs": values["epochs"],
@@ -98,16 +106,15 @@ def to_config(values: dict[str, Any], store_teacher: dict[str, Any] | None = Non
         "baseline": values["baseline"],
         "finetune_epochs": values["finetune_epochs"],
         "name": (values.get("name") or "").strip(),
-    }
-    if values["teacher_source"] == "upload":
-        teacher["checkpoint"] = values.get("teacher_checkpoint")
-    elif values["teacher_source"] == "store" and store_teacher is not None:
+    })
+    if values["teacher_source"] == "store" and store_teacher is not None:
         config.update(store_teacher["shared"])
         config["teacher"] = dict(store_teacher["teacher"])
     return config
 
 
-def validate(values: dict[str, Any], *, store_teacher: dict[str, Any] | None = None,
+def validate(values: dict[str, Any], *, base: dict[str, Any] | None = None,
+             store_teacher: dict[str, Any] | None = None,
              devices: list[str] | None = None) -> tuple[RunConfig | None, list[str]]:
     """The config the form describes, or None and the reasons it is not valid (one line each)."""
     source = values["teacher_source"]
@@ -116,7 +123,7 @@ def validate(values: dict[str, Any], *, store_teacher: dict[str, Any] | None = N
     if source == "upload" and not values.get("teacher_checkpoint"):
         return None, ["Upload a teacher checkpoint (.pt), or choose another teacher source."]
     try:
-        config = RunConfig.from_dict(to_config(values, store_teacher))
+        config = RunConfig.from_dict(to_config(values, base, store_teacher))
     except ConfigError as exc:
         return None, [str(exc)]
     errors = []

@@ -138,36 +138,51 @@ def test_bad_run_ids(kd_home, command, run_id, words):
     one_line_error(kdcore(command, run_id, "--json", home=kd_home), *words)
 
 
-def test_missing_teacher_checkpoint_fails_cleanly(kd_home, tmp_path):
-    missing = tmp_path / "no-teacher.pt"
-    result = kdcore("run", *TINY, "--set", f"teacher.checkpoint={missing}", home=kd_home)
+@pytest.fixture(scope="module")
+def missing_checkpoint_run(tmp_path_factory):
+    """A valid config whose teacher.checkpoint does not exist: found out only when the run starts."""
+    home, folder = tmp_path_factory.mktemp("ckpt-home"), tmp_path_factory.mktemp("ckpt")
+    missing = folder / "no-teacher.pt"
+    return home, missing, kdcore("run", *TINY, "--set", f"teacher.checkpoint={missing}", home=home)
+
+
+def test_missing_teacher_checkpoint_fails_cleanly(missing_checkpoint_run):
+    home, missing, result = missing_checkpoint_run
     assert_user_error(result, str(missing), "does not exist")
+    (record,) = Store(home).list_runs()
+    assert record.status == "failed" and str(missing) in record.error
 
 
 @pytest.mark.xfail(reason="BUG: teacher.checkpoint is checked only after the run is created, so stderr carries "
                           "the 'run run-…:' header line before the error (two lines, exit 1 not a user error)",
                    strict=True)
-def test_missing_teacher_checkpoint_is_one_line(kd_home, tmp_path):
-    result = kdcore("run", *TINY, "--set", f"teacher.checkpoint={tmp_path / 'no-teacher.pt'}", home=kd_home)
+def test_missing_teacher_checkpoint_is_one_line(missing_checkpoint_run):
+    _, _, result = missing_checkpoint_run
     one_line_error(result, "no-teacher.pt")
 
 
-def test_offline_torchvision_dataset_fails_fast(kd_home, tmp_path):
-    empty = tmp_path / "data"
-    empty.mkdir()
+@pytest.fixture(scope="module")
+def offline_dataset_run(tmp_path_factory):
+    """cifar10 with an empty data root and no network: must fail fast, not hang on a download."""
+    home, empty = tmp_path_factory.mktemp("offline-home"), tmp_path_factory.mktemp("empty-data")
     started = time.monotonic()
     result = kdcore("run", "--set", "dataset=cifar10", "--set", f"data_root={empty}", "--set", "teacher.arch=cnn-small",
-                    "--set", "student.arch=mlp-tiny", home=kd_home, timeout=90)
-    assert time.monotonic() - started < 60
+                    "--set", "student.arch=mlp-tiny", home=home, timeout=90)
+    return home, empty, result, time.monotonic() - started
+
+
+def test_offline_torchvision_dataset_fails_fast(offline_dataset_run):
+    home, empty, result, seconds = offline_dataset_run
+    assert seconds < 60
     assert_user_error(result, "cifar10", str(empty), "data_batch_1")
-    (record,) = Store(kd_home).list_runs()
+    (record,) = Store(home).list_runs()
     assert record.status == "failed" and "cifar10" in record.error
 
 
 @pytest.mark.xfail(reason="BUG: a dataset that cannot be loaded is found out after the run is created, so stderr "
                           "carries the 'run run-…:' header line before the error", strict=True)
-def test_offline_torchvision_dataset_is_one_line(kd_home, tmp_path):
-    result = kdcore("run", "--set", "dataset=cifar10", "--set", f"data_root={tmp_path}", home=kd_home, timeout=90)
+def test_offline_torchvision_dataset_is_one_line(offline_dataset_run):
+    _, _, result, _ = offline_dataset_run
     one_line_error(result, "cifar10")
 
 

@@ -34,7 +34,8 @@ def render() -> None:
     values = {key[len(PREFIX):]: st.session_state.get(key) for key in _keys()}
     store_teacher = _chosen_teacher(teachers) if values["teacher_source"] == "store" else None
     devices = session.available_devices()
-    config, errors = form.validate(values, store_teacher=store_teacher, devices=devices)
+    base = st.session_state.get("_kdlab_form_base")
+    config, errors = form.validate(values, base=base, store_teacher=store_teacher, devices=devices)
     errors = header_errors + errors
     with right:
         _summary(values, store_teacher, config, errors)
@@ -58,7 +59,9 @@ def _init_form(store) -> None:
     if source and st.session_state.get("_kdlab_form_from") != source:
         st.session_state["_kdlab_form_from"] = source
         try:
-            _set_values(form.from_config(store.get_run(source).config))
+            config = store.get_run(source).config
+            _set_values(form.from_config(config))
+            st.session_state["_kdlab_form_base"] = config  # keeps the settings the form does not show
             st.toast(f"Form filled from {source}")
         except KDError as exc:
             st.warning(f"Cannot copy the settings of {source}: {exc}")
@@ -68,7 +71,7 @@ def _init_form(store) -> None:
 
 def _reset() -> None:
     _set_values(form.defaults())
-    st.session_state.pop("_kdlab_form_from", None)
+    st.session_state.pop("_kdlab_form_base", None)
 
 
 def _chosen_teacher(teachers: list[dict]) -> dict | None:
@@ -92,8 +95,9 @@ def _apply_store_teacher(teachers: list[dict]) -> None:
         return
     shared, teacher = chosen["shared"], chosen["teacher"]
     _set_values({"dataset": shared.get("dataset"), "teacher_arch": teacher["arch"], "teacher_epochs": teacher["epochs"],
-                 "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"], "teacher_seed": teacher["seed"]})
-    for name in ("val_fraction", "augment", "optimizer", "weight_decay"):
+                 "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"], "teacher_seed": teacher["seed"],
+                 "teacher_augment": bool(teacher.get("augment", False))})
+    for name in ("val_fraction", "optimizer", "weight_decay"):
         if name in shared:
             st.session_state[PREFIX + name] = shared[name]
     st.session_state[PREFIX + "data_root"] = shared.get("data_root") or ""
@@ -200,9 +204,12 @@ def _form(store, teachers: list[dict]) -> list[str]:
         cols[1].number_input("Teacher batch size", step=16, key=PREFIX + "teacher_batch_size", disabled=from_store, **KEEP)
         cols[2].number_input("Teacher seed", step=1, key=PREFIX + "teacher_seed", disabled=from_store, **KEEP)
         cols = st.columns(3)
-        cols[0].toggle("Augment (random shifts)", key=PREFIX + "augment", disabled=from_store, **KEEP)
-        cols[1].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
-        cols[2].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
+        cols[0].toggle("Augment the teacher's data", key=PREFIX + "teacher_augment", disabled=from_store, **KEEP,
+                       help="Random shifts while the teacher trains.")
+        cols[1].toggle("Augment the student's data", key=PREFIX + "augment", **KEEP,
+                       help="Random shifts for student and baseline; the teacher then runs on every batch.")
+        cols[2].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
+        cols[0].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
                            placeholder="$KDCORE_DATA or ./data")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
