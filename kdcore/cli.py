@@ -237,6 +237,39 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from kdcore.sweep import CONFIRM_ABOVE, build_sweep, submit_sweep
+
+    base, grid, runs = build_sweep(args.config, args.overrides, args.grid)
+    if len(runs) > CONFIRM_ABOVE and not args.yes:
+        raise KDError(f"the sweep has {len(runs)} runs (over {CONFIRM_ABOVE}); add --yes to queue them all")
+    runner = _runner()
+    sweep_id, run_ids = submit_sweep(runner, base, grid, runs, name=args.name or "")
+    print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
+    data: dict[str, Any] = {"sweep_id": sweep_id, "runs": run_ids}
+    if args.wait:
+        records = runner.wait(run_ids)
+        data["statuses"] = {r.id: r.status for r in records}
+        data["results"] = [{"run_id": r.id, "status": r.status, **values,
+                            **{k: (r.summary or {}).get(k) for k in ("teacher_test_acc", "student_test_acc",
+                                                                      "baseline_test_acc", "wall_s")}}
+                           for r, (values, _) in zip(records, runs)]
+
+    def human() -> None:
+        print(f"{sweep_id}")
+        if args.wait:
+            keys = list(grid)
+            _table([[row["run_id"], row["status"], *[row[k] for k in keys], _pct(row["student_test_acc"]),
+                     _pct(row["baseline_test_acc"])] for row in data["results"]],
+                   ["run", "status", *keys, "student", "baseline"])
+        else:
+            print("\n".join(run_ids))
+
+    _emit(args, data, human)
+    failed = [r for r, st in data.get("statuses", {}).items() if st != "done"]
+    return EXIT_RUN_FAILED if failed else 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from kdcore.worker import worker_main
 
@@ -273,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
                              ("delete", cmd_delete, "delete a finished run and its files (refused while running)")):
         p = command(name, func, text)
         p.add_argument("run_id")
+    p = command("sweep", cmd_sweep, "queue a grid of runs that share one teacher, e.g. --grid temperature=1,4,16")
+    _config_args(p)
+    p.add_argument("--grid", metavar="KEY=V1,V2,...", action="append", default=[], required=True,
+                   help="a swept setting and its values (repeatable; the sweep is the Cartesian product)")
+    p.add_argument("--name", default="", help="a label for the sweep and its runs")
+    p.add_argument("--wait", action="store_true", help="wait until every run has finished")
+    p.add_argument("--yes", action="store_true", help="confirm a sweep of more than 100 runs")
     p = command("list-datasets", cmd_list_datasets, "list datasets with shape, classes and offline availability")
     p.add_argument("--data-root", default=None, help="where torchvision datasets are looked for")
     p = command("list-models", cmd_list_models, "list architectures with their parameter counts for a dataset")
