@@ -63,12 +63,16 @@ def model_checkpoint(model: nn.Module, *, arch: str, input_shape, num_classes: i
     }
 
 
-def load_into(model: nn.Module, path: str | Path, *, arch: str, num_classes: int, what: str) -> dict[str, Any]:
+def load_into(model: nn.Module, path: str | Path, *, arch: str, input_shape, num_classes: int,
+              what: str) -> dict[str, Any]:
     """Load a kdcore checkpoint (or a bare state dict) into `model`, refusing clear mismatches."""
     obj = load(path, what)
     if obj.get("format") == FORMAT:
         if obj.get("arch") != arch:
             raise CheckpointError(f"{what} {path} was trained as {obj.get('arch')!r}, not {arch!r}; set the matching arch")
+        if obj.get("input_shape") is not None and list(obj["input_shape"]) != list(input_shape):
+            raise CheckpointError(f"{what} {path} was trained on inputs of shape {tuple(obj['input_shape'])}; "
+                                  f"the dataset's are {tuple(input_shape)}")
         if obj.get("num_classes") != num_classes:
             raise CheckpointError(f"{what} {path} has {obj.get('num_classes')} classes; the dataset has {num_classes}")
         state = obj["state_dict"]

@@ -136,15 +136,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _build_config(args)
     store = Store()
     run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
-    print(f"run {run_id}: {config.teacher.arch} → {config.student.arch} on {config.dataset}, T={config.temperature:g}",
-          file=sys.stderr)
-    extra = [TerminalProgress()] if sys.stderr.isatty() and not args.quiet else []
-    summary = execute(store, run_id, config, extra_callbacks=extra)
+    interactive = sys.stderr.isatty() and not args.quiet
+    if interactive:
+        print(f"run {run_id}: {config.teacher.arch} → {config.student.arch} on {config.dataset}, "
+              f"T={config.temperature:g}", file=sys.stderr)
+    summary = execute(store, run_id, config, extra_callbacks=[TerminalProgress()] if interactive else [])
     if summary.get("status") != "done":
-        print(f"kdcore: run {run_id} {summary.get('status')}: {summary.get('error', '')}".rstrip(": "), file=sys.stderr)
         if args.json:
             print(json.dumps(summary))
-        return EXIT_RUN_FAILED
+        if summary.get("status") == "cancelled":
+            print(f"kdcore: run {run_id} cancelled", file=sys.stderr)
+            return EXIT_RUN_FAILED
+        print(f"kdcore: error: {summary.get('error')} (run {run_id} failed)", file=sys.stderr)
+        return EXIT_USER_ERROR  # execute() returns (rather than raises) only for user errors
     _emit(args, summary, lambda: _print_summary(summary))
     return 0
 

@@ -216,7 +216,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - set(known))
     if unknown:
         valid = ", ".join(prefix + k for k in known)
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys: {valid}")
+        raise ConfigError(f"unknown config key {(prefix + unknown[0])!r}; valid keys: {valid}")
     kwargs = {}
     for key, value in data.items():
         sub = _NESTED.get(key) if cls is RunConfig else None
@@ -256,12 +256,26 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _yaml_loader():
+    """A safe YAML loader that also reads 1e-3 as a number (YAML 1.1 would keep it a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+$"),
+                                 list("-+0123456789."))
+    return Loader
+
+
 def parse_value(text: str) -> Any:
     """Parse the value side of `--set key=value` as YAML scalars do: 4 → int, 0.5 → float, true, null."""
     import yaml
 
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError:
         return text
     if isinstance(value, (dict, list)):
@@ -289,7 +303,7 @@ def load_config_file(path: str) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        data = json.loads(text) if path.endswith(".json") else yaml.load(text, Loader=_yaml_loader())
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {first}") from None

@@ -172,12 +172,16 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
             stage.extra.load_state_dict(resume_state["extra"])
         optimizer.load_state_dict(resume_state["optimizer"])
         generator.set_state(resume_state["generator"])
+        if aug_generator is not None and "aug_generator" in resume_state:
+            aug_generator.set_state(resume_state["aug_generator"])
         result = StageResult(resume_state["best_state"], resume_state["best_epoch"], resume_state["best_val_acc"], 0.0,
                              list(resume_state.get("history", [])))
         start_epoch = resume_state["epoch"]
         callbacks.on_resume(stage.name, start_epoch)
         callbacks.on_log(f"{stage.name}: resumed after epoch {start_epoch}")
     callbacks.on_stage_start(stage.name, stage.epochs, steps_per_epoch)
+    if stage.snapshot is not None and start_epoch == 0:  # the untrained model: where epoch 1 starts from
+        callbacks.on_snapshot(stage.name, 0, stage.snapshot(model))
     names = ("loss", "ce", "kd", "feature")
     rates = []
     for epoch in range(start_epoch + 1, stage.epochs + 1):
@@ -224,6 +228,7 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
             "generator": generator.get_state(), "best_state": result.best_state, "best_epoch": result.best_epoch,
             "best_val_acc": result.best_val_acc, "history": result.history, "done": done,
             **({"extra": stage.extra.state_dict()} if stage.extra is not None else {}),
+            **({"aug_generator": aug_generator.get_state()} if aug_generator is not None else {}),
         })
         callbacks.on_epoch_end(stage.name, epoch, values)
     result.samples_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
@@ -291,8 +296,6 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     student_result = done.get("student")
     if student_result is None:
         state = saved if saved.get("stage") == "student" else None
-        if state is None:  # the untrained student's soft labels: where epoch 1 starts from
-            cb.on_snapshot("student", 0, _student_snapshot(student, data, soft, config.temperature))
         result = _fit(_distill_stage(config, student, projector, soft, data), data, config, device, cb, progress, done, state)
         student.load_state_dict(result.best_state)
         student_result = {"state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
@@ -382,7 +385,8 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
     shape, classes = data.info.input_shape, data.info.num_classes
     model = build_model(t.arch, shape, classes)
     if t.checkpoint:
-        checkpoints.load_into(model, t.checkpoint, arch=t.arch, num_classes=classes, what="teacher.checkpoint")
+        checkpoints.load_into(model, t.checkpoint, arch=t.arch, input_shape=shape, num_classes=classes,
+                              what="teacher.checkpoint")
         model.to(device)
         return _evaluated_teacher(model, data, cached=False, source=f"checkpoint {t.checkpoint}", cb=cb)
     if cache is None:
@@ -396,7 +400,8 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             try:
-                checkpoints.load_into(model, path, arch=t.arch, num_classes=classes, what="cached teacher")
+                checkpoints.load_into(model, path, arch=t.arch, input_shape=shape, num_classes=classes,
+                                      what="cached teacher")
                 cb.on_log(f"teacher: reusing cached teacher {key}")
                 return _evaluated_teacher(model.to(device), data, cached=True, source=f"cache {key}", cb=cb)
             except Exception as exc:  # a damaged cache entry is retrained, not fatal

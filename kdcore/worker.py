@@ -154,6 +154,17 @@ def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = Fals
             signal.signal(signal.SIGTERM, previous)
 
 
+def _share_cores(store: Store) -> None:
+    """Give each of the concurrent workers its share of the CPU cores: oversubscribed threads make
+    small models many times slower than one thread each."""
+    from kdcore.runner import max_runs
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_runs(store)))
+
+
 def worker_main(run_id: str) -> int:
     """Entry of `python -m kdcore worker RUN_ID`: take the run, train it, then start the next queued one."""
     from kdcore.runner import Runner
@@ -168,6 +179,7 @@ def worker_main(run_id: str) -> int:
     except KDError as exc:
         store.finish(run_id, "failed", error=f"stored config is invalid: {exc}")
         return 1
+    _share_cores(store)
     try:
         execute(store, run_id, config, resume=record.resume)
     finally:

@@ -153,9 +153,6 @@ def test_missing_teacher_checkpoint_fails_cleanly(missing_checkpoint_run):
     assert record.status == "failed" and str(missing) in record.error
 
 
-@pytest.mark.xfail(reason="BUG: teacher.checkpoint is checked only after the run is created, so stderr carries "
-                          "the 'run run-…:' header line before the error (two lines, exit 1 not a user error)",
-                   strict=True)
 def test_missing_teacher_checkpoint_is_one_line(missing_checkpoint_run):
     _, _, result = missing_checkpoint_run
     one_line_error(result, "no-teacher.pt")
@@ -179,8 +176,6 @@ def test_offline_torchvision_dataset_fails_fast(offline_dataset_run):
     assert record.status == "failed" and "cifar10" in record.error
 
 
-@pytest.mark.xfail(reason="BUG: a dataset that cannot be loaded is found out after the run is created, so stderr "
-                          "carries the 'run run-…:' header line before the error", strict=True)
 def test_offline_torchvision_dataset_is_one_line(offline_dataset_run):
     _, _, result, _ = offline_dataset_run
     one_line_error(result, "cifar10")
@@ -245,9 +240,6 @@ def test_run_store_has_metrics_and_a_student_model(finished_run):
     assert (store.run_dir(run_id) / "student.pt").is_file()
 
 
-@pytest.mark.xfail(reason="BUG: the trainer reports the untrained student's snapshot (epoch 0) before "
-                          "on_stage_start('student'), and StoreCallback.on_stage_start then deletes the stage's "
-                          "records from epoch 0 on, so the store never keeps it", strict=True)
 def test_run_store_keeps_the_untrained_student_snapshot(finished_run):
     home, result = finished_run
     snapshots, _ = Store(home).snapshots_since(last_json(result)["run_id"])

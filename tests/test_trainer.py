@@ -444,8 +444,6 @@ def test_augment_runs_the_teacher_per_batch(monkeypatch):
     assert 0.0 <= summary["student_test_acc"] <= 1.0
 
 
-@pytest.mark.xfail(reason="BUG: the augmentation generator's state is not saved in progress.pt, so a resumed "
-                          "augment=True run re-draws epoch 2's shifts from the seed and ends elsewhere", strict=True)
 def test_resume_with_augment_continues_to_the_same_result(tmp_path, teacher_cache):
     config = make_config(epochs=3, baseline=False, seed=2, augment=True)
     whole = Recorder()
@@ -458,8 +456,6 @@ def test_resume_with_augment_continues_to_the_same_result(tmp_path, teacher_cach
     assert resumed.train_losses("student") == whole.train_losses("student")[steps_per_epoch():]
 
 
-@pytest.mark.xfail(reason="BUG: checkpoints.load_into ignores the checkpoint's input_shape, so a cnn-small teacher "
-                          "trained on 8x8 digits loads silently into a 28x28 mnist-5k run", strict=True)
 def test_teacher_checkpoint_for_another_input_shape_is_refused(recorded, teacher_cache, monkeypatch):
     config, _, _ = recorded
     path = teacher_cache / f"{config.teacher_key()}.pt"
