@@ -258,6 +258,35 @@ class _Teacher:
     test_acc: float
     cached: bool
     source: str
+    params: int = 0
+
+
+@dataclass
+class Prepared:
+    """What every student of a run (or of a group of runs) learns from: data, teacher, soft labels."""
+
+    device: torch.device
+    data: Splits
+    teacher: _Teacher
+    soft: "_SoftLabels"
+
+
+def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -> Prepared:
+    """Stages 1 and 2: load the data, get the teacher, compute its soft labels on the training set."""
+    device = resolve_device(config.device)
+    cb.on_log(f"device {device}; dataset {config.dataset}; teacher {config.teacher.arch} → student {config.student.arch}")
+    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
+    teacher = _get_teacher(config, data, device, cb, Path(teacher_cache) if teacher_cache else None)
+    teacher.params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
+    teacher.model.requires_grad_(False).eval()
+    cb.on_stage_start("soft_labels", 0, 0)
+    soft = _SoftLabels(teacher.model, data, config, need_features=config.weights.feature > 0)
+    return Prepared(device, data, teacher, soft)
+
+
+def report_soft_labels(config: RunConfig, prep: Prepared, cb: Callback) -> None:
+    cb.on_snapshot("soft_labels", 0, _teacher_snapshot(prep.data, prep.soft, config.temperature))
+    cb.on_stage_end("soft_labels", {"teacher_val_acc": prep.teacher.val_acc})
 
 
 def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None = None, *,
@@ -271,102 +300,116 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     """
     started = time.perf_counter()
     cb = callbacks if isinstance(callbacks, Callback) else CallbackList(callbacks)
-    device = resolve_device(config.device)
     artifacts = Path(artifacts) if artifacts else None
     progress = _Progress(artifacts)
     saved = progress.load() if resume else {}
     done: dict[str, Any] = dict(saved.get("done", {}))
-    cb.on_log(f"device {device}; dataset {config.dataset}; teacher {config.teacher.arch} → student {config.student.arch}")
-
-    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
+    prep = prepare(config, cb, teacher_cache)
+    report_soft_labels(config, prep, cb)
+    data, device, soft = prep.data, prep.device, prep.soft
     shape, classes = data.info.input_shape, data.info.num_classes
 
-    teacher = _get_teacher(config, data, device, cb, Path(teacher_cache) if teacher_cache else None)
-    teacher_params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
-    teacher.model.requires_grad_(False).eval()
-
-    cb.on_stage_start("soft_labels", 0, 0)
-    need_features = config.weights.feature > 0
-    soft = _SoftLabels(teacher.model, data, config, need_features)
-    cb.on_snapshot("soft_labels", 0, _teacher_snapshot(data, soft, config.temperature))
-    cb.on_stage_end("soft_labels", {"teacher_val_acc": teacher.val_acc})
-
     student = _new_model(config.student.arch, shape, classes, config.seed, device)
-    projector = nn.Linear(student.feature_dim, teacher.model.feature_dim).to(device) if need_features else None
+    projector = nn.Linear(student.feature_dim, prep.teacher.model.feature_dim).to(device) if soft.need_features else None
     student_result = done.get("student")
     if student_result is None:
         state = saved if saved.get("stage") == "student" else None
         result = _fit(_distill_stage(config, student, projector, soft, data), data, config, device, cb, progress, done, state)
-        student.load_state_dict(result.best_state)
         student_result = {"state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
                           "samples_per_s": result.samples_per_s}
         done["student"] = student_result
         cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
     student.load_state_dict(student_result["state"])
+    student_val_acc = finetune(config, prep, student, student_result, cb, progress, done, saved)
+    baseline_result = train_baseline(config, prep, cb, progress, done, saved) if config.baseline else None
+    return summarize(config, prep, student, student_result, student_val_acc, baseline_result, artifacts, cb, started)
 
-    if config.finetune_epochs > 0:
-        finetune_result = done.get("finetune")
-        if finetune_result is None:
-            state = saved if saved.get("stage") == "finetune" else None
-            stage = _hard_label_stage("finetune", config, student, data, config.finetune_epochs, config.lr * 0.1, soft)
-            result = _fit(stage, data, config, device, cb, progress, done, state)
-            # fine-tuning keeps the distilled weights unless validation says it helped
-            if result.best_val_acc > student_result["val_acc"]:
-                finetune_result = {"state": result.best_state, "val_acc": result.best_val_acc}
-            else:
-                finetune_result = {"state": student_result["state"], "val_acc": student_result["val_acc"]}
-            done["finetune"] = finetune_result
-            cb.on_stage_end("finetune", {"val_acc": finetune_result["val_acc"]})
-        student.load_state_dict(finetune_result["state"])
-    student_val_acc = done.get("finetune", student_result)["val_acc"]
 
-    baseline_test_acc = baseline_val_acc = None
-    if config.baseline:
-        baseline_result = done.get("baseline")
-        if baseline_result is None:
-            baseline = _new_model(config.student.arch, shape, classes, config.seed, device)  # same init as the student
-            state = saved if saved.get("stage") == "baseline" else None
-            epochs = config.epochs + config.finetune_epochs  # same budget as the distilled student
-            result = _fit(_hard_label_stage("baseline", config, baseline, data, epochs, config.lr, soft),
-                          data, config, device, cb, progress, done, state)
-            baseline.load_state_dict(result.best_state)
-            baseline_result = {"val_acc": result.best_val_acc, "test_acc": accuracy(predict(baseline, data.test_x), data.test_y)}
-            done["baseline"] = baseline_result
-            cb.on_stage_end("baseline", baseline_result)
-        baseline_val_acc, baseline_test_acc = baseline_result["val_acc"], baseline_result["test_acc"]
+def finetune(config: RunConfig, prep: Prepared, student: nn.Module, student_result: dict[str, Any], cb: Callback,
+             progress: "_Progress", done: dict[str, Any], saved: dict[str, Any]) -> float:
+    """Stage 4 (optional): hard-label epochs after distillation; returns the student's validation accuracy."""
+    if config.finetune_epochs <= 0:
+        return student_result["val_acc"]
+    finetune_result = done.get("finetune")
+    if finetune_result is None:
+        state = saved if saved.get("stage") == "finetune" else None
+        stage = _hard_label_stage("finetune", config, student, prep.data, config.finetune_epochs, config.lr * 0.1,
+                                  prep.soft)
+        result = _fit(stage, prep.data, config, prep.device, cb, progress, done, state)
+        # fine-tuning keeps the distilled weights unless validation says it helped
+        if result.best_val_acc > student_result["val_acc"]:
+            finetune_result = {"state": result.best_state, "val_acc": result.best_val_acc}
+        else:
+            finetune_result = {"state": student_result["state"], "val_acc": student_result["val_acc"]}
+        done["finetune"] = finetune_result
+        cb.on_stage_end("finetune", {"val_acc": finetune_result["val_acc"]})
+    student.load_state_dict(finetune_result["state"])
+    return finetune_result["val_acc"]
 
+
+def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: "_Progress", done: dict[str, Any],
+                   saved: dict[str, Any]) -> dict[str, float]:
+    """Stage 5: the same student, same seed (so the same initial weights) and budget, on hard labels alone."""
+    if done.get("baseline") is not None:
+        return done["baseline"]
+    data = prep.data
+    baseline = _new_model(config.student.arch, data.info.input_shape, data.info.num_classes, config.seed, prep.device)
+    state = saved if saved.get("stage") == "baseline" else None
+    epochs = config.epochs + config.finetune_epochs
+    result = _fit(_hard_label_stage("baseline", config, baseline, data, epochs, config.lr, prep.soft),
+                  data, config, prep.device, cb, progress, done, state)
+    baseline.load_state_dict(result.best_state)
+    baseline_result = {"val_acc": result.best_val_acc, "test_acc": accuracy(predict(baseline, data.test_x), data.test_y)}
+    done["baseline"] = baseline_result
+    cb.on_stage_end("baseline", baseline_result)
+    return baseline_result
+
+
+def baseline_key(config: RunConfig) -> tuple:
+    """Runs with equal keys train identical baselines: temperature and loss weights do not matter to it."""
+    return (config.teacher_key(), config.student.arch, config.seed, config.epochs + config.finetune_epochs,
+            config.batch_size, config.optimizer, config.lr, config.weight_decay, config.augment, config.amp)
+
+
+def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_result: dict[str, Any],
+              student_val_acc: float, baseline_result: dict[str, float] | None, artifacts: Path | None,
+              cb: Callback, started: float) -> dict[str, Any]:
+    """Test the final student, save it, and return the run's summary."""
+    data, teacher = prep.data, prep.teacher
     student_test_logits = predict(student, data.test_x, amp=config.amp)
     teacher_test_logits = predict(teacher.model, data.test_x, amp=config.amp)
     if artifacts is not None:
-        checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch, input_shape=shape,
-                                                             num_classes=classes, config=config.to_dict()),
+        checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch,
+                                                             input_shape=data.info.input_shape,
+                                                             num_classes=data.info.num_classes, config=config.to_dict()),
                                 artifacts / "student.pt")
     student_params = count_parameters(student)
+    baseline_test_acc = baseline_result["test_acc"] if baseline_result else None
+    student_test_acc = accuracy(student_test_logits, data.test_y)
+    gap = teacher.test_acc - baseline_test_acc if baseline_test_acc is not None else 0.0
     summary = {
         "status": "done",
         "teacher_test_acc": teacher.test_acc,
-        "student_test_acc": accuracy(student_test_logits, data.test_y),
+        "student_test_acc": student_test_acc,
         "baseline_test_acc": baseline_test_acc,
         "teacher_val_acc": teacher.val_acc,
         "student_val_acc": student_val_acc,
-        "baseline_val_acc": baseline_val_acc,
+        "baseline_val_acc": baseline_result["val_acc"] if baseline_result else None,
         "test_agreement": (student_test_logits.argmax(1) == teacher_test_logits.argmax(1)).float().mean().item(),
         "best_epoch": student_result["best_epoch"],
-        "teacher_params": teacher_params,
+        "teacher_params": teacher.params,
         "student_params": student_params,
-        "compression": teacher_params / max(student_params, 1),
+        "compression": teacher.params / max(student_params, 1),
         "samples_per_s": student_result["samples_per_s"],
         "teacher_cached": teacher.cached,
         "teacher_source": teacher.source,
         "teacher_key": None if config.teacher.checkpoint else config.teacher_key(),
-        "device": str(device),
+        "device": str(prep.device),
         "wall_s": time.perf_counter() - started,
+        # (student − baseline) / (teacher − baseline): the share of the teacher's lead the student took
+        "gap_closed": (student_test_acc - baseline_test_acc) / gap if gap > 0 else None,
     }
-    if summary["baseline_test_acc"] is not None and summary["teacher_test_acc"] > summary["baseline_test_acc"]:
-        summary["gap_closed"] = (summary["student_test_acc"] - baseline_test_acc) / (teacher.test_acc - baseline_test_acc)
-    else:
-        summary["gap_closed"] = None
-    cb.on_log(f"done: teacher {teacher.test_acc:.4f}, student {summary['student_test_acc']:.4f}"
+    cb.on_log(f"done: teacher {teacher.test_acc:.4f}, student {student_test_acc:.4f}"
               + (f", baseline {baseline_test_acc:.4f}" if baseline_test_acc is not None else ""))
     return summary
 
@@ -446,7 +489,7 @@ class _SoftLabels:
     batch as the student, so it runs on every step.
     """
 
-    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, need_features: bool) -> None:
+    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool) -> None:
         self.teacher, self.amp, self.augment = teacher, config.amp, config.augment
         self.need_features = need_features
         self.train_logits = self.train_features = None
