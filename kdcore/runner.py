@@ -85,7 +85,10 @@ class Runner:
     def cancel(self, run_id: str) -> RunRecord:
         """Cancel a queued run now; ask a running worker to stop (SIGTERM), it then saves and exits."""
         record = self.store.request_cancel(run_id)
-        if record.status in ("starting", "running") and record.pid and pid_alive(record.pid):
+        shares_worker = record.pid and any(r.pid == record.pid and r.id != run_id
+                                           for r in self.store.list_runs(status=["starting", "running"]))
+        # A worker training several runs of a sweep stops just this one when it sees the flag (within a second).
+        if record.status in ("starting", "running") and record.pid and not shares_worker and pid_alive(record.pid):
             try:
                 os.kill(record.pid, signal.SIGTERM)
             except ProcessLookupError:

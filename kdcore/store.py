@@ -287,7 +287,9 @@ class Store:
         run is claimed once and the limit holds.
         """
         with self._transaction() as db:
-            busy = db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('starting','running')").fetchone()[0]
+            # A slot is a worker process: the runs of a sweep that one worker trains together share its pid.
+            busy = db.execute("SELECT COUNT(DISTINCT COALESCE(pid, id)) FROM runs "
+                              "WHERE status IN ('starting','running')").fetchone()[0]
             if busy >= limit:
                 return None
             row = db.execute("SELECT id FROM runs WHERE status='queued' ORDER BY seq LIMIT 1").fetchone()
@@ -309,6 +311,21 @@ class Store:
                 "UPDATE runs SET status='running', pid=?, heartbeat=?, started=COALESCE(started, ?) "
                 "WHERE id=? AND status IN ('starting','queued')", (pid, time.time(), time.time(), run_id))
             return cur.rowcount == 1
+
+    def adopt(self, run_ids: list[str], pid: int) -> list[str]:
+        """Move queued runs to `running` under worker `pid` (which trains them with its own run)."""
+        if not run_ids:
+            return []
+        now = time.time()
+        with self._transaction() as db:
+            adopted = [r for r in run_ids if db.execute(
+                "UPDATE runs SET status='running', pid=?, started=?, heartbeat=? WHERE id=? AND status='queued' "
+                "AND resume=0", (pid, now, now, r)).rowcount == 1]
+        return adopted
+
+    def slots_in_use(self) -> int:
+        return self._db.execute("SELECT COUNT(DISTINCT COALESCE(pid, id)) FROM runs "
+                                "WHERE status IN ('starting','running')").fetchone()[0]
 
     def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> bool:
         """Refresh the worker's heartbeat; returns True when a cancel was requested."""

@@ -587,7 +587,11 @@ def _val_hard(model: nn.Module, data: Splits, amp: bool) -> dict[str, float]:
 
 def _val_against_teacher(model: nn.Module, data: Splits, soft: _SoftLabels, temperature: float, amp: bool) -> dict[str, float]:
     """Validation accuracy and loss, plus how closely the student follows the teacher."""
-    logits = predict(model, data.val_x, amp=amp)
+    return val_metrics(predict(model, data.val_x, amp=amp), data, soft, temperature)
+
+
+def val_metrics(logits: Tensor, data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, float]:
+    """Validation metrics of a student's logits [N_val, C] against labels and the teacher."""
     return {
         "val_acc": accuracy(logits, data.val_y),
         "val_loss": F.cross_entropy(logits, data.val_y).item(),

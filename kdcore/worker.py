@@ -95,63 +95,110 @@ class StoreCallback(Callback):
             self.last_flush = time.monotonic()
 
 
-def _heartbeat_loop(store_home, run_id: str, callback: StoreCallback, stop: threading.Event) -> None:
-    """Refresh the heartbeat from a separate connection while the trainer is busy in a long step."""
+def _heartbeat_loop(store_home, callbacks: dict[str, StoreCallback], stop: threading.Event) -> None:
+    """Refresh the heartbeats from a separate connection while the trainer is busy in a long step."""
     store = Store(store_home)
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
-            if store.heartbeat(run_id):
-                callback.cancel_requested = True
+            for run_id, callback in callbacks.items():
+                if store.heartbeat(run_id):
+                    callback.cancel_requested = True
     finally:
         store.close()
 
 
-def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = False,
-            extra_callbacks: list[Callback] | None = None, raise_errors: bool = False) -> dict[str, Any]:
-    """Train a run that is already marked running, record its outcome, and return its summary."""
-    from kdcore.trainer import run_pipeline  # torch is imported here, in the worker, not in the app
+class _Reporting:
+    """Callbacks, heartbeat and SIGTERM handling around the training of one or several runs."""
 
-    callback = StoreCallback(store, run_id)
-    stop_heartbeat = threading.Event()
-    beat = threading.Thread(target=_heartbeat_loop, args=(store.home, run_id, callback, stop_heartbeat), daemon=True)
-    beat.start()
-    previous = signal.signal(signal.SIGTERM, lambda *_: callback.stop_signal.set()) \
-        if threading.current_thread() is threading.main_thread() else None
-    try:
-        summary = run_pipeline(config, [callback, *(extra_callbacks or [])], teacher_cache=store.teacher_dir(),
-                               artifacts=store.run_dir(run_id), resume=resume)
-        summary = {"run_id": run_id, **summary}
+    def __init__(self, store: Store, run_ids: list[str]) -> None:
+        self.callbacks = {run_id: StoreCallback(store, run_id) for run_id in run_ids}
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=_heartbeat_loop, args=(store.home, self.callbacks, self._stop), daemon=True)
+        self._previous = None
+
+    def __enter__(self) -> "_Reporting":
+        self._beat.start()
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: [cb.stop_signal.set() for cb in self.callbacks.values()])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _record_outcome(store: Store, run_id: str, callback: StoreCallback, outcome: Any) -> dict[str, Any]:
+    """Write how a run ended; return what `execute` returns for it."""
+    if isinstance(outcome, dict):
+        summary = {"run_id": run_id, **outcome}
         callback.flush()
         store.finish(run_id, "done", summary=summary)
         return summary
-    except Cancelled as exc:
-        callback.on_log(f"cancelled: {exc}")
+    if isinstance(outcome, Cancelled):
+        callback.on_log(f"cancelled: {outcome}")
         callback.flush()
         store.finish(run_id, "cancelled", error="cancelled by the user")
-        if raise_errors:
-            raise
         return {"run_id": run_id, "status": "cancelled"}
-    except KDError as exc:
-        callback.on_log(f"failed: {exc}")
-        callback.flush()
-        store.finish(run_id, "failed", error=str(exc))
-        if raise_errors:
-            raise
-        return {"run_id": run_id, "status": "failed", "error": str(exc)}
-    except BaseException as exc:  # a bug or an environment failure: keep the traceback in the run's log
-        lines = traceback.format_exc().rstrip().splitlines()
-        for line in lines[-30:]:
+    callback.on_log(f"failed: {outcome}")
+    callback.flush()
+    store.finish(run_id, "failed", error=str(outcome))
+    return {"run_id": run_id, "status": "failed", "error": str(outcome)}
+
+
+def _record_crash(store: Store, run_ids: list[str], callbacks: dict[str, StoreCallback], exc: BaseException) -> None:
+    """A bug or an environment failure: keep the traceback in the runs' logs and mark them failed."""
+    lines = traceback.format_exc().rstrip().splitlines()[-30:]
+    message = f"internal error: {type(exc).__name__}: {exc}".strip()[:1000]
+    for run_id in run_ids:
+        callback = callbacks[run_id]
+        for line in lines:
             callback.on_log(line)
-        message = f"internal error: {type(exc).__name__}: {exc}".strip()
         try:
             callback.flush()
         finally:
-            store.finish(run_id, "failed", error=message[:1000])
-        raise
-    finally:
-        stop_heartbeat.set()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+            store.finish(run_id, "failed", error=message)
+
+
+def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = False,
+            extra_callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train a run that is already marked running, record its outcome, and return its summary.
+
+    User errors (bad data, bad checkpoint, divergence) and cancellation end the run and are returned
+    as its status; anything else is a bug: the run is marked failed with the traceback, and it raises.
+    """
+    from kdcore.trainer import run_pipeline  # torch is imported here, in the worker, not in the app
+
+    with _Reporting(store, [run_id]) as reporting:
+        callback = reporting.callbacks[run_id]
+        try:
+            outcome: Any = run_pipeline(config, [callback, *(extra_callbacks or [])], teacher_cache=store.teacher_dir(),
+                                        artifacts=store.run_dir(run_id), resume=resume)
+        except (Cancelled, KDError) as exc:
+            outcome = exc
+        except BaseException as exc:
+            _record_crash(store, [run_id], reporting.callbacks, exc)
+            raise
+        return _record_outcome(store, run_id, callback, outcome)
+
+
+def execute_group(store: Store, run_ids: list[str], configs: list[RunConfig]) -> list[dict[str, Any]]:
+    """Train several runs of a sweep together (see `kdcore.group`) and record each one's outcome."""
+    from kdcore.group import run_group
+
+    with _Reporting(store, run_ids) as reporting:
+        callbacks = [reporting.callbacks[r] for r in run_ids]
+        for run_id in run_ids:
+            reporting.callbacks[run_id].on_log(f"trained together with {len(run_ids) - 1} other run(s) of its sweep")
+        try:
+            outcomes = run_group(configs, callbacks, teacher_cache=store.teacher_dir(),
+                                 artifacts=[store.run_dir(r) for r in run_ids])
+        except (Cancelled, KDError) as exc:
+            outcomes = [exc] * len(run_ids)
+        except BaseException as exc:
+            _record_crash(store, run_ids, reporting.callbacks, exc)
+            raise
+        return [_record_outcome(store, r, reporting.callbacks[r], o) for r, o in zip(run_ids, outcomes)]
 
 
 def _share_cores(store: Store) -> None:
@@ -166,7 +213,8 @@ def _share_cores(store: Store) -> None:
 
 
 def worker_main(run_id: str) -> int:
-    """Entry of `python -m kdcore worker RUN_ID`: take the run, train it, then start the next queued one."""
+    """Entry of `python -m kdcore worker RUN_ID`: take the run (and runs of its sweep that can train
+    with it), train, then start the next queued run."""
     from kdcore.runner import Runner
 
     store = Store()
@@ -181,7 +229,31 @@ def worker_main(run_id: str) -> int:
         return 1
     _share_cores(store)
     try:
-        execute(store, run_id, config, resume=record.resume)
+        companions = [] if record.resume else _companions(store, record, config)
+        if companions:
+            run_ids = [run_id] + [r.id for r, _ in companions]
+            execute_group(store, run_ids, [config] + [c for _, c in companions])
+        else:
+            execute(store, run_id, config, resume=record.resume)
     finally:
         Runner(store).tick()  # this slot is free now: start the next queued run
     return 0
+
+
+def _companions(store: Store, record, config: RunConfig) -> list[tuple[Any, RunConfig]]:
+    """Queued runs of the same sweep that can train in one group with this one; adopted atomically."""
+    from kdcore.group import MAX_GROUP, group_key
+
+    key = group_key(config)
+    if record.sweep_id is None or key is None:
+        return []
+    candidates = {}
+    for other in reversed(store.list_runs(status="queued", sweep_id=record.sweep_id)):  # oldest first
+        try:
+            other_config = RunConfig.from_dict(other.config)
+        except KDError:
+            continue
+        if not other.resume and group_key(other_config) == key and len(candidates) < MAX_GROUP - 1:
+            candidates[other.id] = (other, other_config)
+    adopted = store.adopt(list(candidates), os.getpid())
+    return [candidates[r] for r in adopted]
