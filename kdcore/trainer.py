@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from kdcore import checkpoints
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
-from kdcore.data import Splits, augment, load_dataset
+from kdcore.data import Splits, apply_views, augment, load_dataset, random_views, view_count
 from kdcore.errors import Cancelled, ConfigError, DivergedError
 from kdcore.losses import distillation_loss, kd_loss_per_sample, soft_targets
 from kdcore.models import build_model, count_parameters
@@ -109,7 +109,8 @@ class Stage:
     batch_size: int
     lr: float
     seed: int
-    step_loss: Callable[[Tensor, Tensor, Tensor], tuple[dict[str, Tensor], Tensor]]  # (idx, x, y) -> (parts, logits)
+    # (dataset indices, inputs, labels, augmentation view ids or None) -> (loss parts, logits)
+    step_loss: Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[dict[str, Tensor], Tensor]]
     validate: Callable[[nn.Module], dict[str, float]]
     extra: nn.Module | None = None  # e.g. the FitNets projector, trained along with the model
     snapshot: Callable[[nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
@@ -164,6 +165,7 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
     total_steps = steps_per_epoch * stage.epochs
     generator = torch.Generator().manual_seed(stage.seed)
     aug_generator = torch.Generator(device=device).manual_seed(stage.seed + 1) if stage.augment else None
+    use_views = view_count(data.info) > 0  # discrete augmentations: the teacher's outputs can be looked up
     result = StageResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_acc=-1.0, samples_per_s=0.0)
     start_epoch = 0
     if resume_state:
@@ -196,12 +198,17 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
             step = (epoch - 1) * steps_per_epoch + i + 1
             idx = order[i * batch_size : (i + 1) * batch_size]
             x, y = data.train_x[idx], data.train_y[idx]
+            views = None
             if aug_generator is not None:
-                x = augment(x, data.info, aug_generator)
+                if use_views:
+                    views = random_views(len(idx), data.info, aug_generator, device)
+                    x = apply_views(x, data.info, views)
+                else:
+                    x = augment(x, data.info, aug_generator)
             for group in optimizer.param_groups:
                 group["lr"] = _cosine(stage.lr, step - 1, total_steps)
             with _autocast(device, config.amp):
-                parts, logits = stage.step_loss(idx, x, y)
+                parts, logits = stage.step_loss(idx, x, y, views)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -280,7 +287,9 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     teacher.params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
     teacher.model.requires_grad_(False).eval()
     cb.on_stage_start("soft_labels", 0, 0)
-    soft = _SoftLabels(teacher.model, data, config, need_features=config.weights.feature > 0)
+    cache_file = (Path(teacher_cache) / f"{config.teacher_key()}.views.pt"
+                  if teacher_cache and not config.teacher.checkpoint else None)
+    soft = _SoftLabels(teacher.model, data, config, need_features=config.weights.feature > 0, cache_file=cache_file)
     return Prepared(device, data, teacher, soft)
 
 
@@ -461,7 +470,7 @@ def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Ca
     t = config.teacher
     model = _new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
     stage = Stage("teacher", model, t.epochs, t.batch_size, t.lr, t.seed,
-                  step_loss=lambda idx, x, y: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp),
+                  step_loss=lambda idx, x, y, views: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp),
                   augment=t.augment)
     result = _fit(stage, data, config, device, cb, _Progress(None), {}, None)
     model.load_state_dict(result.best_state)
@@ -481,27 +490,62 @@ def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: 
 # --- stage 2: soft labels ----------------------------------------------------------------------------
 
 
+MAX_VIEW_TABLE = 64_000_000  # floats (256 MB): larger view tables run the teacher per step instead
+SOFT_LABELS_VERSION = 1  # bump when the meaning of cached soft labels changes
+
+
 class _SoftLabels:
-    """The teacher's outputs the student learns from.
+    """The teacher's outputs the student learns from, computed as few times as possible.
 
     Without augmentation the training-set logits (and features) are computed once, in eval mode
-    under no_grad, and indexed per step. With augmentation the teacher must see the same augmented
-    batch as the student, so it runs on every step.
+    under no_grad, and indexed per step. With augmentation the student sees one of finitely many
+    views of each image (`kdcore.data.view_count`), so the teacher's logits on every view of the
+    training set form a table [views, N, C] that is looked up per step: the teacher never runs in
+    the loop. The table is built when it costs no more than running the teacher per step would, or
+    found in the teacher cache (one per teacher and data view, shared across runs and sweeps).
+    Otherwise (points, feature distillation, huge tables) the teacher runs on each augmented batch.
     """
 
-    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool) -> None:
-        self.teacher, self.amp, self.augment = teacher, config.amp, config.augment
-        self.need_features = need_features
-        self.train_logits = self.train_features = None
+    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool,
+                 cache_file: Path | None = None) -> None:
+        self.teacher, self.amp, self.need_features = teacher, config.amp, need_features
+        self.train_logits = self.train_features = self.view_table = None
+        n, classes, views = len(data.train_x), data.info.num_classes, view_count(data.info)
         if not config.augment:
             out = predict(teacher, data.train_x, features=need_features, amp=config.amp)
             self.train_logits, self.train_features = out if need_features else (out, None)
+        elif not need_features and 0 < views and views * n * classes <= MAX_VIEW_TABLE:
+            cached = cache_file is not None and cache_file.exists()
+            if cached or views <= 1.5 * config.epochs:  # a table pass is ~1.5x cheaper per image (big batches)
+                self.view_table = self._view_table(data, views, cache_file)
         self.val_logits = predict(teacher, data.val_x, amp=config.amp)
 
-    def batch(self, idx: Tensor, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Teacher logits (and features) for the training batch `x` at dataset indices `idx`."""
+    def _view_table(self, data: Splits, views: int, cache_file: Path | None) -> Tensor:
+        device = data.train_x.device
+        if cache_file is not None and cache_file.exists():
+            try:
+                stored = checkpoints.load(cache_file, "cached soft labels")
+                table = stored["view_table"]
+                if stored.get("version") == SOFT_LABELS_VERSION and tuple(table.shape[:2]) == (views, len(data.train_x)):
+                    return table.to(device)
+            except Exception:  # a damaged cache entry is recomputed, not fatal
+                pass
+        table = torch.empty(views, len(data.train_x), data.info.num_classes, device=device)
+        for view in range(views):
+            ids = torch.full((len(data.train_x),), view, device=device)
+            for start in range(0, len(data.train_x), EVAL_BATCH):
+                chunk = apply_views(data.train_x[start : start + EVAL_BATCH], data.info, ids[start : start + EVAL_BATCH])
+                table[view, start : start + len(chunk)] = predict(self.teacher, chunk, amp=self.amp)
+        if cache_file is not None:
+            checkpoints.save_atomic({"version": SOFT_LABELS_VERSION, "view_table": table.cpu()}, cache_file)
+        return table
+
+    def batch(self, idx: Tensor, x: Tensor, views: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits (and features) for the training batch `x` (dataset indices `idx`, augmentation `views`)."""
         if self.train_logits is not None:
             return self.train_logits[idx], (self.train_features[idx] if self.need_features else None)
+        if self.view_table is not None and views is not None:
+            return self.view_table[views, idx], None
         with torch.no_grad():
             logits, feats, _ = self.teacher.forward_features(x)
         return logits.float(), (feats.float() if self.need_features else None)
@@ -603,8 +647,8 @@ def val_metrics(logits: Tensor, data: Splits, soft: _SoftLabels, temperature: fl
 def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: _SoftLabels, data: Splits) -> Stage:
     w = config.weights
 
-    def step_loss(idx: Tensor, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        teacher_logits, teacher_features = soft.batch(idx, x)
+    def step_loss(idx: Tensor, x: Tensor, y: Tensor, views: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
+        teacher_logits, teacher_features = soft.batch(idx, x, views)
         if projector is not None:
             logits, features, _ = student.forward_features(x)
             projected = projector(features)
@@ -624,6 +668,6 @@ def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module |
 def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,
                       soft: _SoftLabels) -> Stage:
     return Stage(name, model, epochs, config.batch_size, lr, config.seed,
-                 step_loss=lambda idx, x, y: _ce_step(model, x, y),
+                 step_loss=lambda idx, x, y, views: _ce_step(model, x, y),
                  validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
                  augment=config.augment)

@@ -432,9 +432,9 @@ def test_augment_runs_the_teacher_per_batch(monkeypatch):
     calls = []
     original = trainer._SoftLabels.batch
 
-    def recording_batch(self, idx, x):
-        calls.append(self.train_logits is None)
-        return original(self, idx, x)
+    def recording_batch(self, idx, x, views=None):
+        calls.append(self.train_logits is None and self.view_table is None)
+        return original(self, idx, x, views)
 
     monkeypatch.setattr(trainer._SoftLabels, "batch", recording_batch)
     rec = Recorder()
@@ -466,3 +466,25 @@ def test_teacher_checkpoint_for_another_input_shape_is_refused(recorded, teacher
     monkeypatch.setattr(trainer, "_SoftLabels", accepted)  # fail fast instead of training on
     with pytest.raises(CheckpointError, match="8"):
         run_pipeline(make_config(dataset="mnist-5k", **{"teacher.checkpoint": str(path)}))
+
+
+def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teacher(tmp_path):
+    """With enough epochs the teacher's logits on every augmentation view are tabled once (and cached)."""
+    from kdcore.data import apply_views, load_dataset, random_views, view_count
+    from kdcore.models import build_model
+
+    data = load_dataset("digits")
+    teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
+    config = make_config(augment=True, epochs=view_count(data.info))
+    cache = tmp_path / "soft.views.pt"
+    soft = trainer._SoftLabels(teacher, data, config, need_features=False, cache_file=cache)
+    assert soft.view_table is not None and cache.exists()
+    idx = torch.arange(0, 200, 3)
+    views = random_views(len(idx), data.info, torch.Generator().manual_seed(0))
+    x = apply_views(data.train_x[idx], data.info, views)
+    with torch.no_grad():
+        expected = teacher(x)
+    looked_up, _ = soft.batch(idx, x, views)
+    torch.testing.assert_close(looked_up, expected, rtol=1e-4, atol=1e-4)
+    again = trainer._SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_file=cache)
+    assert again.view_table is not None and torch.equal(again.view_table, soft.view_table)  # read from the cache

@@ -1,0 +1,28 @@
+"""Datasets for KD Lab: load one by name as normalised train / validation / test tensors.
+
+    splits = load_dataset("mnist-5k")
+    batch = augment(splits.train_x[:128], splits.info, generator)
+
+Names and their metadata live in `kdcore.dataset_names` (torch-free); this package loads pixels.
+Modules: `splits` (the front door), `builtin` (bundled and generated sets), `files`
+(torchvision-layout files), `imagefolder` (a user's own images), `augment`.
+"""
+
+from kdcore.data.augment import apply_views, augment, random_views, view_count
+from kdcore.data.splits import Splits, dataset_info, default_root, list_datasets, load_dataset
+from kdcore.dataset_names import DATASET_NAMES, DatasetInfo, validate_dataset_name
+
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetInfo",
+    "Splits",
+    "apply_views",
+    "augment",
+    "random_views",
+    "view_count",
+    "dataset_info",
+    "default_root",
+    "list_datasets",
+    "load_dataset",
+    "validate_dataset_name",
+]

@@ -1,0 +1,160 @@
+"""Loading a dataset by name into normalised train / validation / test tensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdcore.data import builtin, files, imagefolder
+from kdcore.data.raw import RawData
+from kdcore.dataset_names import (CATALOGUE, DATASET_NAMES, DatasetInfo, is_imagefolder,
+                                  validate_dataset_name)
+from kdcore.errors import DatasetError
+
+TEST_FRACTION = 0.2  # for datasets without an official test split
+SPLIT_SEED = 0  # fixed, independent of the run seed, so every run is scored on the same test set
+
+BUILTIN: dict[str, Callable[[], RawData]] = {
+    "mnist-5k": builtin.mnist_5k,
+    "digits": builtin.digits,
+    "moons": builtin.moons,
+    "circles": builtin.circles,
+    "blobs": builtin.blobs,
+    "spirals": builtin.spirals,
+}
+
+
+@dataclass
+class Splits:
+    """A dataset split three ways. x is float32, normalised per channel with the train split's
+    statistics; y is int64. Every load returns fresh tensors, so callers may modify them."""
+
+    info: DatasetInfo
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    class_names: list[str]
+    # per channel (per feature for points), in [0, 1] pixel units: raw = x * std + mean
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def to(self, device: torch.device | str) -> Splits:
+        """A copy with every tensor on `device`."""
+        moved = {field: getattr(self, field).to(device)
+                 for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+        return dataclasses.replace(self, **moved)
+
+
+def default_root() -> str:
+    """Where downloadable datasets live: $KDCORE_DATA, else ./data."""
+    return os.environ.get("KDCORE_DATA", "./data")
+
+
+def list_datasets(root: str | None = None) -> list[DatasetInfo]:
+    """Every named dataset, with `offline` telling whether it can be loaded here without network.
+
+    Cheap: only checks which files exist; reads no pixels.
+    """
+    return [dataset_info(name, root) for name in DATASET_NAMES]
+
+
+def dataset_info(name: str, root: str | None = None) -> DatasetInfo:
+    """Shape, classes and availability of dataset `name` without loading it.
+
+    For "imagefolder:<path>" this lists the folder and reads image headers.
+    """
+    validate_dataset_name(name)
+    if is_imagefolder(name):
+        return imagefolder.info(name)
+    info = CATALOGUE[name]
+    if name in files.LAYOUTS:
+        present = files.find_folder(name, root or default_root()) is not None
+        info = dataclasses.replace(info, offline=present)
+    return info
+
+
+def load_dataset(name: str, *, root: str | None = None, val_fraction: float = 0.1) -> Splits:
+    """Load dataset `name` as normalised, stratified train / validation / test tensors.
+
+    Datasets with an official test split keep it and carve validation from their training
+    part; the others hold out TEST_FRACTION as test, then `val_fraction` of the rest as
+    validation. Splits depend only on the data, never on the run seed.
+    """
+    validate_dataset_name(name)
+    if not 0.0 < val_fraction <= 0.5:
+        raise DatasetError(f"val_fraction must be in (0, 0.5], got {val_fraction}")
+    if is_imagefolder(name):
+        info, raw = imagefolder.load(name)
+    elif name in BUILTIN:
+        info, raw = CATALOGUE[name], BUILTIN[name]()
+    else:
+        info, raw = CATALOGUE[name], files.load(name, root or default_root())
+    train, val, test = _split(raw, val_fraction, name)
+    (train_x, val_x, test_x), mean, std = _normalise(
+        [_pixels(x, raw.scale) for x, _ in (train, val, test)])
+    size = len(raw.y) + (0 if raw.test_y is None else len(raw.test_y))
+    return Splits(
+        info=dataclasses.replace(info, offline=True, size=size),
+        train_x=train_x, train_y=torch.from_numpy(train[1]),
+        val_x=val_x, val_y=torch.from_numpy(val[1]),
+        test_x=test_x, test_y=torch.from_numpy(test[1]),
+        class_names=list(raw.class_names), mean=mean, std=std,
+    )
+
+
+Part = tuple[np.ndarray, np.ndarray]  # (x, y), freshly indexed copies
+
+
+def _split(raw: RawData, val_fraction: float, name: str) -> tuple[Part, Part, Part]:
+    everything = np.arange(len(raw.y))
+    if raw.test_y is None:
+        rest, test_rows = _stratified(everything, raw, TEST_FRACTION, name)
+        test = (raw.x[test_rows], raw.y[test_rows])
+    else:
+        rest, test = everything, (np.array(raw.test_x), np.array(raw.test_y))
+    train_rows, val_rows = _stratified(rest, raw, val_fraction, name)
+    return (raw.x[train_rows], raw.y[train_rows]), (raw.x[val_rows], raw.y[val_rows]), test
+
+
+def _stratified(rows: np.ndarray, raw: RawData, fraction: float,
+                name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split `rows` in two, keeping class proportions; the second part gets `fraction`."""
+    from sklearn.model_selection import train_test_split
+
+    labels = raw.y[rows]
+    try:
+        kept, held_out = train_test_split(rows, test_size=fraction, stratify=labels,
+                                          random_state=SPLIT_SEED)
+    except ValueError as exc:  # a class too small to appear on both sides
+        counts = np.bincount(labels, minlength=len(raw.class_names))
+        smallest = int(np.argmin(counts))
+        raise DatasetError(
+            f"{name}: too few examples for a stratified train/val/test split "
+            f"(class {raw.class_names[smallest]!r} has {counts[smallest]} of {len(rows)}); "
+            f"add examples or raise val_fraction") from exc
+    return kept, held_out
+
+
+def _pixels(x: np.ndarray, scale: float) -> Tensor:
+    return torch.from_numpy(x).to(torch.float32).div_(scale)
+
+
+def _normalise(parts: list[Tensor]) -> tuple[list[Tensor], tuple[float, ...], tuple[float, ...]]:
+    """Standardise every part per channel with the first (training) part's mean and std."""
+    train = parts[0]
+    dims = [0] + list(range(2, train.dim()))  # all but the channel / feature dimension
+    mean = train.mean(dim=dims)
+    std = train.std(dim=dims)
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))  # a constant channel stays put
+    shape = [1, -1] + [1] * (train.dim() - 2)
+    normalised = [part.sub_(mean.view(shape)).div_(std.view(shape)) for part in parts]
+    return normalised, tuple(mean.tolist()), tuple(std.tolist())
