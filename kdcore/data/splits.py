@@ -53,6 +53,12 @@ class Splits:
                  for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
         return dataclasses.replace(self, **moved)
 
+    def to_memory_format(self, memory_format: torch.memory_format) -> Splits:
+        """A copy whose image tensors use `memory_format` (e.g. channels_last for cuDNN)."""
+        converted = {field: getattr(self, field).contiguous(memory_format=memory_format)
+                     for field in ("train_x", "val_x", "test_x")}
+        return dataclasses.replace(self, **converted)
+
 
 def default_root() -> str:
     """Where downloadable datasets live: $KDCORE_DATA, else ./data."""
