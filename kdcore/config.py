@@ -120,9 +120,12 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU/MPS
+    compile: bool = False  # torch.compile the models on CUDA (slow first epoch, faster after); ignored elsewhere
     baseline: bool = True  # also train the student on hard labels alone, same seed and budget
     finetune_epochs: int = 0  # hard-label epochs after distillation
     name: str = ""
+    method: str = "kd"  # a name in kdcore.methods.METHODS; kd is Hinton's, the teaching preset
+    method_params: dict[str, float] = field(default_factory=dict)  # overrides of the method's defaults only
 
     def __post_init__(self) -> None:
         from kdcore.dataset_names import validate_dataset_name
@@ -148,10 +151,14 @@ class RunConfig:
         _check_nonnegative_int("seed", self.seed)
         _check_choice("device", self.device, DEVICES)
         _check_bool("amp", self.amp)
+        _check_bool("compile", self.compile)
         _check_bool("baseline", self.baseline)
         _check_nonnegative_int("finetune_epochs", self.finetune_epochs)
         if not isinstance(self.name, str) or len(self.name) > 200:
             raise ConfigError("name must be a string of at most 200 characters")
+        from kdcore.methods import validate_method
+
+        self.method_params = validate_method(self)
 
     # --- serialisation -------------------------------------------------------------------------
 
@@ -243,10 +250,15 @@ _NESTED = {"teacher": TeacherConfig, "student": StudentConfig, "weights": LossWe
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set `a.b=value` in a nested dict, creating the inner mapping when needed."""
+    """Set `a.b=value` in a nested dict, creating the inner mapping when needed.
+
+    `method.<param>` is shorthand for `method_params.<param>` (`method` itself is the method's name).
+    """
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"malformed key {key!r}")
+    if parts[0] == "method" and len(parts) == 2:
+        parts[0] = "method_params"
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})

@@ -102,8 +102,9 @@ def attention_transfer_loss(student_maps: list[Tensor], teacher_maps: list[Tenso
         reduction="mean":  (1 / (B·N)) Σ_b Σ_n (Q̂_s,bn − Q̂_t,bn)²   (the authors' code, where β=1000 was tuned)
         reduction="sum":   (1 / B)     Σ_b ‖Q̂_s,b − Q̂_t,b‖₂²        (the paper's squared distance, in [0, 4])
 
-    and the loss is the sum over stages. The paper writes β/2 · Σ_j ‖Q̂_s − Q̂_t‖_p; its reference
-    code (and RepDistiller) uses the per-position mean of squares, which is why "mean" is the default.
+    and the loss is the sum over stages. The paper writes β/2 · Σ_j ‖Q̂_s − Q̂_t‖_p and sets β to 10³
+    "divided by number of elements in attention map and batch size"; its code (and RepDistiller) takes
+    the mean of squares over batch and positions, so "mean" (the default) is the scale β=1000 was set for.
     student_maps, teacher_maps: equally long lists of [B, C_s, H, W] / [B, C_t, H', W'] → scalar.
     """
     if reduction not in ("mean", "sum"):
@@ -152,16 +153,18 @@ def similarity_preserving_loss(student_features: Tensor | list[Tensor], teacher_
 
 
 def _pairwise_distances(embeddings: Tensor) -> Tensor:
-    """Euclidean distances [B, B] from explicit differences (no ‖a‖²+‖b‖²−2ab cancellation); diagonal 0."""
-    squared = (embeddings.unsqueeze(0) - embeddings.unsqueeze(1)).pow(2).sum(dim=-1)
-    off_diagonal = ~torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
-    # sqrt only where defined: the diagonal (and identical points) would give an infinite gradient
-    return squared.clamp_min(1e-12).sqrt() * off_diagonal
+    """Euclidean distances [B, B], diagonal 0; exact differences, not ‖a‖² + ‖b‖² − 2ab (which cancels),
+    and a finite gradient where two points coincide."""
+    return torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
 
 
 def _triplet_cosines(embeddings: Tensor) -> Tensor:
     """cos ∠(e_i, e_j, e_k) = ⟨(e_i − e_j)/‖·‖, (e_k − e_j)/‖·‖⟩ for all B³ triplets (0 where i=j or k=j)."""
-    directions = F.normalize(embeddings.unsqueeze(0) - embeddings.unsqueeze(1), p=2, dim=2)  # [j, i, D]
+    differences = embeddings.unsqueeze(0) - embeddings.unsqueeze(1)  # [j, i, D]: e_i − e_j
+    norms = differences.norm(dim=2, keepdim=True)
+    # a zero difference has no direction: give it 0 and no gradient (F.normalize's would be ~1/eps)
+    defined = norms > 1e-12
+    directions = torch.where(defined, differences / torch.where(defined, norms, torch.ones_like(norms)), 0.0)
     return torch.bmm(directions, directions.transpose(1, 2)).reshape(-1)
 
 
@@ -173,12 +176,13 @@ def rkd_loss_parts(student_emb: Tensor, teacher_emb: Tensor) -> dict[str, Tensor
               L_D = mean over all B² pairs of Huber(ψ_D^s − ψ_D^t) (smooth-L1, δ=1; diagonal pairs are 0 − 0).
     angle:    ψ_A(i, j, k) = cos ∠e_i e_j e_k via unit difference vectors;
               L_A = mean over all B³ triplets of Huber(ψ_A^s − ψ_A^t) (degenerate triplets are 0 − 0).
-    Averaging over all pairs/triplets follows the authors' code. Needs B ≥ 2 (distances) and B ≥ 3
-    (a real angle); raises ValueError otherwise. Returns {"distance", "angle"}, scalars.
+    Averaging over all pairs/triplets follows the authors' code. Needs B ≥ 2 (raises ValueError
+    otherwise); with B = 2 every triplet is degenerate and the angle term is 0.
+    Returns {"distance", "angle"}, unweighted scalars.
     """
     batch = student_emb.shape[0]
-    if batch < 3:
-        raise ValueError(f"RKD compares pairs and triplets of samples: needs a batch of at least 3, got {batch}")
+    if batch < 2:
+        raise ValueError(f"RKD compares pairs of samples: needs a batch of at least 2, got {batch}")
     student, teacher = student_emb.float().reshape(batch, -1), teacher_emb.float().reshape(batch, -1)
     off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=student.device)
     d_s, d_t = _pairwise_distances(student), _pairwise_distances(teacher)
@@ -192,8 +196,11 @@ def rkd_loss_parts(student_emb: Tensor, teacher_emb: Tensor) -> dict[str, Tensor
 def rkd_loss(student_emb: Tensor, teacher_emb: Tensor, distance_weight: float = 25, angle_weight: float = 50) -> Tensor:
     """Relational KD: distance_weight · L_D + angle_weight · L_A (see `rkd_loss_parts`).
 
-    Defaults 25 and 50 are the paper's. student_emb [B, D_s], teacher_emb [B, D_t] → scalar; B ≥ 3.
+    Defaults 25 and 50 are the paper's. student_emb [B, D_s], teacher_emb [B, D_t] → scalar.
+    Needs B ≥ 3 when angle_weight > 0 (an angle needs three samples), else B ≥ 2; raises ValueError.
     """
+    if angle_weight > 0 and student_emb.shape[0] < 3:
+        raise ValueError(f"RKD's angle term needs a batch of at least 3, got {student_emb.shape[0]}")
     parts = rkd_loss_parts(student_emb, teacher_emb)
     return distance_weight * parts["distance"] + angle_weight * parts["angle"]
 
