@@ -23,10 +23,11 @@ MAX_BARS = 10  # classes drawn per sample; with more (cifar100) the teacher's to
 SAMPLES_PER_ROW = 5
 
 
-def _layout(fig: go.Figure, title: str, *, height: int, revision: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, *, height: int, revision: str, legend_below: bool = False) -> go.Figure:
+    legend = ({"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0} if legend_below else
+              {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
     fig.update_layout(title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}}, height=height,
-                      margin={"l": 10, "r": 10, "t": 60, "b": 10},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1},
+                      margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend=legend,
                       uirevision=revision)  # keeps the viewer's zoom while new points arrive
     return fig
 
@@ -53,18 +54,19 @@ def loss_figure(trace: RunTrace, stage: str, smoothing: float = 0.0) -> go.Figur
         color = PART_COLORS[name]
         if smoothing > 0:
             raw_x, raw_y = thin(xs, ys, MAX_POINTS)
-            fig.add_trace(go.Scattergl(x=raw_x, y=raw_y, mode="lines", line={"color": color, "width": 1},
+            fig.add_trace(go.Scatter(x=raw_x, y=raw_y, mode="lines", line={"color": color, "width": 1},
                                        opacity=0.25, name=f"{PART_NAMES[name]} (raw)", showlegend=False,
                                        hoverinfo="skip"))
             ys = ema(ys, smoothing)
         xs, ys = thin(xs, ys, MAX_POINTS)
-        fig.add_trace(go.Scattergl(x=xs, y=ys, mode="lines", name=PART_NAMES[name],
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=PART_NAMES[name],
                                    line={"color": color, "width": 2 if name == "train_loss" else 1.5}))
     val = trace.get(stage, "val_loss")
     if val.values:
         fig.add_trace(go.Scatter(x=val.steps, y=val.values, mode="lines+markers", name="validation CE",
                                  line={"color": PART_COLORS["val_loss"], "dash": "dot"}))
-    _layout(fig, f"Training loss · {STAGE_TITLES.get(stage, stage)}", height=360, revision=f"loss-{trace.run_id}-{stage}")
+    _layout(fig, f"Training loss · {STAGE_TITLES.get(stage, stage)}", height=360,
+            revision=f"loss-{trace.run_id}-{stage}")
     if not fig.data:
         return _waiting(fig, "waiting for the first steps…")
     fig.update_xaxes(title_text="step")
@@ -89,6 +91,11 @@ def _epoch_range(config: dict[str, Any]) -> list[float]:
     return [0.5, last + 0.5]
 
 
+def _epoch_dtick(config: dict[str, Any]) -> int | None:
+    """Whole epochs on the axis: every one for short runs, plotly's choice (integers) beyond 20."""
+    return 1 if _epoch_range(config)[1] <= 20 else None
+
+
 def accuracy_figure(trace: RunTrace, config: dict[str, Any], teacher_acc: float | None) -> go.Figure:
     """Validation accuracy per epoch of student (and fine-tune, baseline); the teacher as a reference line."""
     fig = go.Figure()
@@ -98,27 +105,30 @@ def accuracy_figure(trace: RunTrace, config: dict[str, Any], teacher_acc: float 
         fig.add_trace(go.Scatter(x=[x0, x1], y=[teacher_acc, teacher_acc], mode="lines",
                                  name=f"teacher ({teacher_acc:.1%})", line={"color": COLORS["teacher"], "dash": "dash"},
                                  hoverinfo="name"))
-    _layout(fig, "Validation accuracy per epoch", height=340, revision=f"acc-{trace.run_id}")
+    _layout(fig, "Validation accuracy per epoch", height=360, revision=f"acc-{trace.run_id}", legend_below=True)
     if not fig.data:
         return _waiting(fig, "accuracy appears after the student's first epoch")
-    fig.update_xaxes(title_text="epoch", range=_epoch_range(config), dtick=1 if _epoch_range(config)[1] <= 20 else None)
-    fig.update_yaxes(title_text="accuracy", tickformat=".0%")
+    fig.update_xaxes(title_text="epoch", range=_epoch_range(config), dtick=_epoch_dtick(config))
+    values = [y for trace in fig.data for y in trace.y if y is not None and math.isfinite(y)]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    fig.update_yaxes(title_text="accuracy", tickformat=".0%",
+                     range=[max(0.0, low - 0.05), min(1.01, high + 0.03)])  # never beyond 100%
     return fig
 
 
 def agreement_figure(trace: RunTrace, config: dict[str, Any]) -> go.Figure:
     """How closely each model follows the teacher on validation: top-1 agreement and KL at T."""
     temperature = config.get("temperature")
-    kl_title = f"KL(teacher ‖ model) at T={temperature:g}" if isinstance(temperature, (int, float)) else "KL(teacher ‖ model)"
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("top-1 agreement with the teacher", kl_title))
+    kl_title = "KL(teacher ‖ model)" + (f" at T={temperature:g}" if isinstance(temperature, (int, float)) else "")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=("top-1 agreement", kl_title))
     _epoch_lines(fig, trace, config, "val_agreement", row=1, col=1)
     _epoch_lines(fig, trace, config, "val_kl", row=1, col=2)
-    _layout(fig, "Teacher–student agreement", height=320, revision=f"agree-{trace.run_id}")
+    _layout(fig, "Teacher–student agreement", height=360, revision=f"agree-{trace.run_id}", legend_below=True)
     if not fig.data:
         return _waiting(fig, "agreement appears after the student's first epoch")
-    fig.update_xaxes(title_text="epoch", range=_epoch_range(config))
+    fig.update_xaxes(title_text="epoch", range=_epoch_range(config), dtick=_epoch_dtick(config))
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
+    fig.update_annotations(font_size=12)
     fig.update_yaxes(rangemode="tozero", row=1, col=2)
     return fig
 
@@ -152,7 +162,7 @@ def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, e
     cols = min(SAMPLES_PER_ROW, count)
     sample_rows = math.ceil(count / cols)
     rows = sample_rows * (2 if images else 1)
-    heights = [0.35, 0.65] * sample_rows if images else None
+    heights = [0.4, 0.6] * sample_rows if images else None
     titles = []
     for r in range(sample_rows):
         chunk = range(r * cols, min((r + 1) * cols, count))
@@ -160,7 +170,7 @@ def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, e
         row_titles += [""] * (cols - len(row_titles))
         titles += row_titles + ([""] * cols if images else [])
     fig = make_subplots(rows=rows, cols=cols, row_heights=heights, subplot_titles=titles,
-                        vertical_spacing=0.06 if images else 0.12, horizontal_spacing=0.03)
+                        vertical_spacing=0.075 if images else 0.12, horizontal_spacing=0.03)
     series = [("teacher_T1", "teacher, T=1", teacher["teacher_T1"]),
               ("teacher_T", f"teacher, T={temperature:g}" if temperature else "teacher, T", teacher["teacher_T"])]
     if student is not None:
@@ -177,19 +187,23 @@ def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, e
                                  hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>"),
                           row=bar_row, col=c + 1)
     fig.update_layout(barmode="group", bargap=0.15, bargroupgap=0.0)
-    fig.update_xaxes(type="category", tickfont={"size": 9})
-    fig.update_yaxes(range=[0, 1], showticklabels=False)
-    for i in range(count):  # probability ticks on the first column only
-        r, c = divmod(i, cols)
-        if c == 0:
-            fig.update_yaxes(showticklabels=True, tickformat=".0%", tickfont={"size": 9}, row=r * 2 + 2 if images else r + 1, col=1)
-    if images:
-        for r in range(sample_rows):
+    # one probability scale for every sample, fitted to the largest bar: flat distributions stay readable
+    top = max((p for _, _, values in series for row in values for p in row), default=1.0)
+    y_range = [0, min(1.0, max(0.25, top * 1.1))]
+    for r in range(sample_rows):
+        bar_row = r * 2 + 2 if images else r + 1
+        fig.update_xaxes(type="category", tickfont={"size": 9}, row=bar_row)
+        fig.update_yaxes(range=y_range, showticklabels=False, row=bar_row)
+        fig.update_yaxes(showticklabels=True, tickformat=".0%", tickfont={"size": 9}, row=bar_row, col=1)
+        if images:
             fig.update_xaxes(visible=False, row=r * 2 + 1)
             fig.update_yaxes(visible=False, row=r * 2 + 1)
     fig.update_annotations(font_size=11)
-    return _layout(fig, "Soft labels of fixed validation samples", height=(300 if images else 220) * sample_rows + 60,
-                   revision=f"soft-{teacher.get('id')}")
+    _layout(fig, "Soft labels of fixed validation samples", height=(330 if images else 220) * sample_rows + 90,
+            revision=f"soft-{teacher.get('id')}")
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.04, "xanchor": "left", "x": 0},
+                      margin={"t": 100})
+    return fig
 
 
 def _discrete_scale(classes: int) -> list[list]:
@@ -216,15 +230,15 @@ def regions_figure(teacher: dict[str, Any], student: dict[str, Any] | None, epoc
             fig.add_trace(go.Heatmap(z=regions, x=grid["x"], y=grid["y"], colorscale=_discrete_scale(classes),
                                      zmin=-0.5, zmax=classes - 0.5, showscale=False, opacity=0.35, hoverinfo="skip"),
                           row=1, col=col)
-        fig.add_trace(go.Scattergl(x=points[:, 0], y=points[:, 1], mode="markers", showlegend=False, hoverinfo="skip",
-                                   marker={"size": 4, "color": [CLASS_COLORS[k % len(CLASS_COLORS)] for k in point_labels],
-                                           "line": {"width": 0}}),
+        fig.add_trace(go.Scatter(x=points[:, 0], y=points[:, 1], mode="markers", showlegend=False, hoverinfo="skip",
+                                   marker={"size": 4, "line": {"width": 0},
+                                           "color": [CLASS_COLORS[k % len(CLASS_COLORS)] for k in point_labels]}),
                       row=1, col=col)
         fig.add_trace(go.Scatter(x=highlight[:, 0], y=highlight[:, 1], mode="markers+text", showlegend=False,
                                  text=[f"#{i + 1}" for i in range(len(highlight))], textposition="top center",
                                  textfont={"size": 10}, hovertemplate="#%{text}<extra></extra>",
                                  marker={"size": 9, "color": "white", "line": {"width": 2, "color": "#111827"}}),
                       row=1, col=col)
-    fig.update_xaxes(range=[grid["x"][0], grid["x"][-1]], showticklabels=False)
-    fig.update_yaxes(range=[grid["y"][0], grid["y"][-1]], showticklabels=False)
+    fig.update_xaxes(range=[grid["x"][0], grid["x"][-1]], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(range=[grid["y"][0], grid["y"][-1]], showticklabels=False, showgrid=False, zeroline=False)
     return _layout(fig, "Decision regions", height=380, revision=f"regions-{teacher.get('id')}")

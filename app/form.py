@@ -84,7 +84,8 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
         weights = {"ce": values["w_ce"], "kd": values["w_kd"], "feature": values["w_feature"]}
     config.setdefault("teacher", {}).update({
         "arch": values["teacher_arch"], "epochs": values["teacher_epochs"], "lr": values["teacher_lr"],
-        "batch_size": values["teacher_batch_size"], "seed": values["teacher_seed"], "augment": values["teacher_augment"],
+        "batch_size": values["teacher_batch_size"], "seed": values["teacher_seed"],
+        "augment": values["teacher_augment"],
         "checkpoint": values.get("teacher_checkpoint") if values["teacher_source"] == "upload" else None,
     })
     config.update({
@@ -139,6 +140,19 @@ def validate(values: dict[str, Any], *, base: dict[str, Any] | None = None,
     return (None, errors) if errors else (config, [])
 
 
+def loss_preview(values: dict[str, Any]) -> str | None:
+    """The loss as LaTeX from the form's weights and temperature alone, so it shows even while
+    another field is invalid; None when those numbers themselves are not valid."""
+    config = to_config(values)
+    weights, temperature = config["weights"], config["temperature"]
+    numbers = [temperature, *weights.values()]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers):
+        return None
+    if temperature <= 0 or min(weights.values()) < 0 or not any(weights.values()):
+        return None
+    return loss_latex(weights, temperature)
+
+
 def _num(value: float) -> str:
     return f"{value:g}"
 
@@ -151,10 +165,14 @@ def loss_latex(weights: dict[str, float], temperature: float) -> str:
     if weights.get("ce"):
         terms.append(rf"{_num(weights['ce'])}\,\mathrm{{CE}}\big(y,\ \sigma(z_s)\big)")
     if weights.get("kd"):
-        terms.append(rf"{_num(weights['kd'])}\cdot {t}^2\,\mathrm{{KL}}\big(\sigma(z_t/{t})\,\big\|\,\sigma(z_s/{t})\big)")
+        kl = rf"\mathrm{{KL}}\big(\sigma(z_t/{t})\,\big\|\,\sigma(z_s/{t})\big)"
+        terms.append(rf"{_num(weights['kd'])}\cdot {t}^2\,{kl}")
     if weights.get("feature"):
         terms.append(rf"{_num(weights['feature'])}\,\mathrm{{MSE}}\big(r(f_s),\ f_t\big)")
-    return r"\mathcal{L} = " + (" + ".join(terms) if terms else "0")
+    if not terms:
+        return r"\mathcal{L} = 0"
+    # one term per line: the three-term objective is too wide for a narrow column on one line
+    return r"\begin{aligned}\mathcal{L} = {} & " + r" \\ & + ".join(terms) + r"\end{aligned}"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

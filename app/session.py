@@ -1,12 +1,14 @@
 """What every page shares: this session's store and runner, and the few cached torch look-ups.
 
 Each browser session gets its own `Store` (its own SQLite connection), so what one tab does never
-blocks or breaks another's view; the store is cheap to open. Torch is imported only by the two
-cached helpers at the bottom, never on the path of a live poll.
+blocks or breaks another's view; the store is cheap to open. Torch is imported only by the
+cached helpers at the bottom (New run page), never on the path of a live poll.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -26,6 +28,23 @@ def store() -> Store:
 
 def runner() -> Runner:
     return Runner(store())
+
+
+TICK_EVERY_S = 2.0  # every open live page polls each second; the queue needs moving far less often
+_last_tick: dict[Path, float] = {}
+_tick_lock = threading.Lock()
+
+
+def keep_queue_moving() -> None:
+    """`Runner.tick()` (start queued runs, notice dead workers), at most every TICK_EVERY_S per store
+    for the whole server, however many sessions poll: a tick also probes the GPUs with nvidia-smi."""
+    home = store().home
+    with _tick_lock:
+        now = time.monotonic()
+        if now - _last_tick.get(home, -TICK_EVERY_S) < TICK_EVERY_S:
+            return
+        _last_tick[home] = now
+    runner().tick()
 
 
 @st.cache_resource(show_spinner=False)

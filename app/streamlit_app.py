@@ -1,4 +1,9 @@
-"""KD Lab, the Streamlit app: `streamlit run app/streamlit_app.py`. This file only declares the pages."""
+"""KD Lab, the Streamlit app: `streamlit run app/streamlit_app.py`. This file only declares the pages.
+
+The pages live in `screens/`, not `pages/`: Streamlit treats a `pages/` folder beside the entry point
+as a legacy multipage app until `st.navigation` first runs, so a shared `/live?run=…` link opened
+right after a restart would run that page without this file.
+"""
 
 import sys
 from pathlib import Path
@@ -9,7 +14,7 @@ import streamlit as st  # noqa: E402
 
 st.set_page_config(page_title="KD Lab", page_icon=":material/science:", layout="wide")
 st.navigation([
-    st.Page("pages/new_run.py", title="New run", icon=":material/add_circle:", default=True),
-    st.Page("pages/live.py", title="Live run", icon=":material/monitoring:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("screens/new_run.py", title="New run", icon=":material/add_circle:", default=True),
+    st.Page("screens/live.py", title="Live run", icon=":material/monitoring:"),
+    st.Page("screens/runs.py", title="Runs", icon=":material/table_rows:"),
 ]).run()

@@ -9,6 +9,7 @@ No torch here: the app and the CLI's quick commands stay fast.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ HEARTBEAT_STALE_S = 90.0  # a worker refreshes its heartbeat every few seconds, 
 STARTING_GRACE_S = 30.0  # a claimed run whose worker never announced itself is put back in the queue
 
 
+@functools.lru_cache(maxsize=1)
 def _probe_gpu_count() -> int:
     """nvidia-smi is far cheaper than importing torch just to count GPUs."""
     try:

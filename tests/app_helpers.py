@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -13,10 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `app` and `kdcore` import from the repo root, however pytest was started
+    sys.path.insert(0, str(REPO))
 ENTRY = REPO / "app" / "streamlit_app.py"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -32,7 +36,9 @@ def finished_run(store, **overrides: Any) -> str:
 
     config = RunConfig().replace(**overrides)
     run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
-    execute(store, run_id, config, raise_errors=True)
+    summary = execute(store, run_id, config)
+    if summary.get("status") != "done":
+        raise RuntimeError(f"test run {run_id} ended {summary.get('status')}: {summary.get('error')}")
     return run_id
 
 
@@ -121,7 +127,7 @@ def running_app(home: Path, log_path: Path, port: int | None = None, timeout_s: 
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not answer within {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"streamlit did not answer in {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield base
     finally:
@@ -143,8 +149,9 @@ def launch_chromium(playwright, executable: str):
 
 _TRACES_JS = """(prefix) => {
   for (const el of document.querySelectorAll('.js-plotly-plot')) {
-    const title = el.layout && el.layout.title && el.layout.title.text;
-    if (title && title.startsWith(prefix)) {
+    const raw = el.layout && el.layout.title && el.layout.title.text;
+    const title = raw ? raw.replace(/<[^>]*>/g, '') : '';  // Streamlit's theme wraps titles in <b>
+    if (title.startsWith(prefix)) {
       return (el.data || []).map(t => ({name: t.name || '', type: t.type || '', n: t.x ? t.x.length : 0}));
     }
   }
@@ -166,6 +173,90 @@ def chart_points(page, title_prefix: str, trace_name: str) -> int:
 def exceptions_on(page) -> list[str]:
     """Texts of Streamlit exception boxes on the page."""
     return [el.inner_text()[:500] for el in page.locator('[data-testid="stException"]').all()]
+
+
+# --- driving the app as a user ------------------------------------------------------------------------------------
+
+RUN_URL = re.compile(r".*/live\?run=(run-[0-9a-f]{8})")
+
+
+def launch_from_form(page, base: str, *, dataset: str = "digits", teacher_epochs: int = 1, epochs: int = 30,
+                     baseline: bool = False) -> tuple[str, float]:
+    """Fill the New run form as a user would and press Start.
+
+    Returns the new run's id and the `time.monotonic()` of the click (after the page has switched
+    to the run's live view).
+    """
+    from playwright.sync_api import expect
+
+    page.goto(base + "/")
+    start = page.get_by_role("button", name="Start run")
+    expect(start).to_be_enabled()
+    box = page.get_by_role("combobox", name="Dataset")
+    box.click()
+    box.fill(dataset)
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(dataset)}\b")).first.click()
+    for label, value in (("Teacher epochs", teacher_epochs), ("Epochs", epochs)):
+        field = page.get_by_label(label, exact=True)
+        field.fill(str(value))
+        field.press("Enter")
+    if not baseline:
+        page.get_by_text("Train a baseline").click()
+    # the summary beside Start describes the config the form holds: wait until it is ours
+    expect(page.get_by_text(f"{epochs} student epochs after a {teacher_epochs}-epoch teacher (or its cached copy)"
+                            + (", then the baseline." if baseline else "."))).to_be_visible()
+    clicked = time.monotonic()
+    start.click()
+    page.wait_for_url(RUN_URL)
+    return RUN_URL.match(page.url).group(1), clicked
+
+
+def watch_loss_chart(page, home: Path, run_id: str, clicked: float, budget_s: float,
+                     poll_s: float = 0.2) -> list[tuple[float, int, str]]:
+    """Sample (seconds since the click, points of the loss chart's total, run status) until the run
+    has finished or `budget_s` has passed since the click."""
+    from kdcore.store import FINISHED, Store
+
+    store = Store(home)
+    samples = []
+    try:
+        while time.monotonic() < clicked + budget_s:
+            points = chart_points(page, "Training loss", "total")
+            status = store.get_run(run_id).status
+            samples.append((time.monotonic() - clicked, points, status))
+            if status in FINISHED:
+                break
+            page.wait_for_timeout(int(poll_s * 1000))
+    finally:
+        store.close()
+    return samples
+
+
+def first_point_s(samples: list[tuple[float, int, str]]) -> float | None:
+    """Click-to-first-point: seconds from pressing Start until the loss chart drew a point."""
+    return next((t for t, points, _ in samples if points), None)
+
+
+def measure_click_to_first_point(workdir: Path, *, epochs: int = 30, budget_s: float = 150) -> dict[str, Any]:
+    """For bench/ui.py: start the app on a fresh store, launch a tiny digits run from the form in
+    Chromium, and time it. Returns click_to_first_point_s, run_s (click to done) and the samples."""
+    from playwright.sync_api import sync_playwright
+
+    executable = chromium_path()
+    if executable is None:
+        raise RuntimeError("no Chromium found (/usr/bin/chromium or $KDLAB_CHROMIUM)")
+    home = Path(workdir) / "home"
+    with running_app(home, Path(workdir) / "streamlit.log") as base, sync_playwright() as playwright:
+        browser = launch_chromium(playwright, executable)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            run_id, clicked = launch_from_form(page, base, epochs=epochs)
+            samples = watch_loss_chart(page, home, run_id, clicked, budget_s)
+        finally:
+            browser.close()
+    done = samples[-1][0] if samples and samples[-1][2] == "done" else None
+    return {"click_to_first_point_s": first_point_s(samples), "run_s": done, "run_id": run_id, "samples": samples}
 
 
 def summary_line(name: str, value: Any) -> str:

@@ -18,10 +18,15 @@ from kdcore.store import ACTIVE, STATUSES
 from kdcore.views import format_duration, run_row
 
 REFRESH_S = 2.0
+STATUS_LABELS = {"queued": "○ queued", "starting": "◔ starting", "running": "▶ running", "done": "✓ done",
+                 "failed": "✗ failed", "cancelled": "■ cancelled"}  # plain glyphs: emoji fonts are not everywhere
 
 
 def render() -> None:
-    st.title("Runs")
+    title, refresh = st.columns([5, 1], vertical_alignment="bottom")
+    title.title("Runs")
+    # a click reruns the whole page, so polling starts again if someone else started a run meanwhile
+    refresh.button("Refresh", icon=":material/refresh:", type="tertiary", width="stretch")
     active = session.store().count_runs(ACTIVE) > 0
     st.fragment(_panel, run_every=REFRESH_S if active else None)(active)
 
@@ -30,7 +35,7 @@ def _panel(was_active: bool) -> None:
     store = session.store()
     if was_active:
         try:
-            session.runner().tick()
+            session.keep_queue_moving()
         except KDError as exc:
             st.warning(f"Could not update the run queue: {exc}")
     records = store.list_runs()
@@ -38,7 +43,7 @@ def _panel(was_active: bool) -> None:
         st.rerun()  # the last active run finished: redraw once more, then stop polling
     if not records:
         st.info("No runs yet. Start one on the **New run** page.")
-        st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+        st.page_link("screens/new_run.py", label="New run", icon=":material/add_circle:")
         return
     frame = _frame(records)
     shown = _filter(frame)
@@ -57,6 +62,7 @@ def _frame(records) -> pd.DataFrame:
     for column in ("teacher_acc", "student_acc", "baseline_acc"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce") * 100
     frame["wall"] = frame["wall_s"].map(format_duration)
+    frame["state"] = frame["status"].map(STATUS_LABELS)
     frame["created"] = pd.to_datetime(frame["created"], unit="s", utc=True).dt.tz_convert(None)
     return frame
 
@@ -70,7 +76,8 @@ def _filter(frame: pd.DataFrame) -> pd.DataFrame:
     keep = pd.Series(True, index=frame.index)
     if text.strip():
         needle = text.strip().lower()
-        keep &= (frame["run"] + " " + frame["name"] + " " + frame["models"]).str.lower().str.contains(needle, regex=False)
+        haystack = (frame["run"] + " " + frame["name"] + " " + frame["models"]).str.lower()
+        keep &= haystack.str.contains(needle, regex=False)
     if statuses:
         keep &= frame["status"].isin(statuses)
     if datasets:
@@ -90,15 +97,15 @@ def _table(frame: pd.DataFrame) -> str | None:
     default = {"selection": {"rows": [ids.index(selected)] if selected in ids else [], "columns": []}}
     event = st.dataframe(
         frame, key=key, on_select="rerun", selection_mode="single-row", selection_default=default, hide_index=True,
-        column_order=["link", "name", "status", "dataset", "models", "T", "weights", "teacher_acc", "student_acc",
+        column_order=["link", "name", "state", "dataset", "models", "T", "weights", "teacher_acc", "student_acc",
                       "baseline_acc", "wall", "created"],
         column_config={
             "link": st.column_config.LinkColumn("Run", display_text=r"live\?run=(.*)", help="Open the live page"),
             "name": "Name",
-            "status": "Status",
+            "state": st.column_config.TextColumn("Status", width="small"),
             "dataset": "Dataset",
             "models": "Teacher → student",
-            "T": st.column_config.NumberColumn("T", format="%g"),
+            "T": st.column_config.NumberColumn("T", format="%g", width="small"),
             "weights": "Loss weights",
             "teacher_acc": st.column_config.NumberColumn("Teacher acc", format="%.1f%%", help="test accuracy"),
             "student_acc": st.column_config.NumberColumn("Student acc", format="%.1f%%", help="test accuracy"),
@@ -117,9 +124,9 @@ def _actions(record) -> None:
     st.markdown(f"**{record.id}**" + (f" · {record.name}" if record.name else "") + f" · {record.status}")
     if record.error and record.status == "failed":
         st.caption(f"Failed: {record.error}")
-    cols = st.columns(5)
+    cols = st.columns([1, 1, 1, 1, 1.7])
     if cols[0].button("Open", icon=":material/monitoring:", width="stretch", key="runs_open"):
-        st.switch_page("pages/live.py", query_params={"run": record.id})
+        st.switch_page("screens/live.py", query_params={"run": record.id})
     if cols[1].button("Cancel", icon=":material/stop:", width="stretch", key="runs_cancel", disabled=not record.active):
         _do(lambda: session.runner().cancel(record.id), f"Cancelling {record.id}")
     if cols[2].button("Resume", icon=":material/play_arrow:", width="stretch", key="runs_resume",
@@ -131,7 +138,8 @@ def _actions(record) -> None:
         if st.button("Delete permanently", type="primary", key="runs_delete"):
             _do(lambda: session.runner().delete(record.id), f"Deleted {record.id}", rerun=True)
     if cols[4].button("New run from this config", icon=":material/content_copy:", width="stretch", key="runs_copy"):
-        st.switch_page("pages/new_run.py", query_params={"from": record.id})
+        st.session_state.pop("_kdlab_form_from", None)  # fill the form again, even from the same run
+        st.switch_page("screens/new_run.py", query_params={"from": record.id})
 
 
 def _do(action, message: str, *, rerun: bool = False) -> None:

@@ -18,7 +18,7 @@ from kdcore.views import (STAGE_TITLES, TRAINED_STAGES, RunTrace, format_duratio
                           stage_fraction, stage_states, teacher_val_acc, weights_label)
 
 POLL_S = 1.0  # curves and progress
-SNAPSHOT_POLL_S = 2.0  # soft labels change once per epoch
+SNAPSHOT_POLL_S = 3.0  # soft labels change once per epoch, and their figure is large
 TRACES_KEPT = 8  # runs whose rows a session keeps in memory
 STATUS_BADGES = {"queued": ("gray", ":material/schedule:"), "starting": ("blue", ":material/hourglass_top:"),
                  "running": ("blue", ":material/play_circle:"), "done": ("green", ":material/check_circle:"),
@@ -50,7 +50,7 @@ def _pick_run(store: Store) -> str | None:
     if not records and not requested:
         st.title("Live run")
         st.info("No runs yet. Start one on the **New run** page.")
-        st.page_link("pages/new_run.py", label="New run", icon=":material/add_circle:")
+        st.page_link("screens/new_run.py", label="New run", icon=":material/add_circle:")
         return None
     ids = [r.id for r in records]
     labels = {r.id: _run_label(r) for r in records}
@@ -82,7 +82,8 @@ def _header(record: RunRecord) -> None:
     teacher_text = (f"checkpoint `{teacher['checkpoint']}` ({teacher.get('arch')})" if teacher.get("checkpoint")
                     else f"{teacher.get('arch')} ({teacher.get('epochs')} epochs)")
     st.caption(
-        f"`{record.id}` · **{config.get('dataset')}** · teacher {teacher_text} → student **{config.get('student', {}).get('arch')}**"
+        f"`{record.id}` · **{config.get('dataset')}** · teacher {teacher_text}"
+        f" → student **{config.get('student', {}).get('arch')}**"
         f" · T = {config.get('temperature'):g} · {weights_label(config.get('weights', {}))}"
         f" · {config.get('epochs')} epochs × batch {config.get('batch_size')} · lr {config.get('lr'):g}"
         f" · seed {config.get('seed')} · device {config.get('device')}"
@@ -118,7 +119,7 @@ def _poll(run_id: str, was_active: bool) -> tuple[RunRecord, RunTrace]:
     store = session.store()
     if was_active:
         try:
-            session.runner().tick()  # start queued runs, notice dead workers
+            session.keep_queue_moving()  # start queued runs, notice dead workers
         except KDError as exc:
             st.warning(f"Could not update the run queue: {exc}")
     try:
@@ -137,6 +138,9 @@ def _poll(run_id: str, was_active: bool) -> tuple[RunRecord, RunTrace]:
 def _live_panel(run_id: str, was_active: bool) -> None:
     record, trace = _poll(run_id, was_active)
     _status(record, trace)
+    if not record.active and not trace.series:
+        st.caption("This run stopped before it reported any training, so there is nothing to chart.")
+        return
     _loss_section(record, trace)
     teacher_acc = teacher_val_acc(record.summary, trace, [m for _, _, m in session.store().logs(run_id, tail=50)])
     left, right = st.columns(2)
@@ -205,10 +209,11 @@ def _results(record: RunRecord) -> None:
     summary = record.summary or {}
     cols = st.columns(6)
     student, baseline = summary.get("student_test_acc"), summary.get("baseline_test_acc")
+    gain = None if student is None or baseline is None else f"{100 * (student - baseline):+.1f} pts vs baseline"
     cols[0].metric("Teacher test acc", _pct(summary.get("teacher_test_acc")),
                    help=f"{summary.get('teacher_params', 0):,} parameters; {summary.get('teacher_source', '')}")
     cols[1].metric("Student test acc", _pct(student),
-                   delta=f"{100 * (student - baseline):+.1f} pts vs baseline" if student is not None and baseline is not None else None,
+                   delta=gain,
                    help=f"{summary.get('student_params', 0):,} parameters")
     cols[2].metric("Baseline test acc", _pct(baseline), help="same student trained on hard labels only")
     cols[3].metric("Compression", f"{summary['compression']:.1f}×" if summary.get("compression") else "—")
@@ -225,11 +230,12 @@ def _failure(record: RunRecord) -> None:
     lines = [m for _, _, m in session.store().logs(record.id, tail=15)]
     if lines:
         st.caption("Last lines of the run's log")
-        st.code("\n".join(lines), language=None)
+        st.code("\n".join(lines), language=None, wrap_lines=True)
     worker_log = session.store().run_dir(record.id) / "worker.log"
     if worker_log.is_file() and worker_log.stat().st_size:
         with st.expander("Worker output"):
-            st.code("\n".join(worker_log.read_text(errors="replace").splitlines()[-30:]), language=None)
+            st.code("\n".join(worker_log.read_text(errors="replace").splitlines()[-30:]), language=None,
+                    wrap_lines=True)
 
 
 def _actions(record: RunRecord) -> None:
@@ -267,16 +273,13 @@ def _loss_section(record: RunRecord, trace: RunTrace) -> None:
 
 
 def _followed_stage(record: RunRecord, trace: RunTrace) -> str:
-    """The stage in training while the run is active, else the distilled student."""
+    """The stage in training while the run is active; afterwards the distilled student (or, if the
+    run stopped before it, the last stage that trained)."""
     current = (record.progress or {}).get("stage")
-    if record.active and current in TRAINED_STAGES:
-        return current
-    if record.active and current == "soft_labels":
-        return "student"
-    if record.active and not current:
-        return "teacher"
-    return "student" if trace.get("student", "train_loss").values or not trace.trained_stages() else \
-        [s for s in TRAINED_STAGES if s in trace.trained_stages()][-1]
+    if record.active:
+        return current if current in TRAINED_STAGES else "student" if current == "soft_labels" else "teacher"
+    trained = [stage for stage in TRAINED_STAGES if stage in trace.trained_stages()]
+    return "student" if "student" in trained or not trained else trained[-1]
 
 
 # --- soft labels ------------------------------------------------------------------------------------------------
@@ -292,7 +295,8 @@ def _soft_label_panel(run_id: str) -> None:
     st.subheader("Soft labels")
     teacher = trace.teacher_snapshot
     if teacher is None:
-        st.caption("The teacher's soft labels appear once the teacher is ready.")
+        st.caption("The teacher's soft labels appear once the teacher is ready." if record.active
+                   else "This run recorded no soft labels.")
         return
     temperature = teacher.get("temperature")
     st.caption(f"The teacher's distribution at T = 1 (light) and at T = {temperature:g} (dark) for fixed validation "
@@ -301,9 +305,21 @@ def _soft_label_panel(run_id: str) -> None:
     epochs = sorted(trace.student_snapshots)
     epoch = _epoch_scrubber(run_id, epochs)
     student = trace.student_snapshots.get(epoch) if epoch is not None else None
-    st.plotly_chart(charts.soft_label_figure(teacher, student, epoch), key=f"soft_{run_id}")
+    st.plotly_chart(_memo(charts.soft_label_figure, teacher, student, epoch), key=f"soft_{run_id}")
     if "teacher_regions" in teacher:
-        st.plotly_chart(charts.regions_figure(teacher, student, epoch), key=f"regions_{run_id}")
+        st.plotly_chart(_memo(charts.regions_figure, teacher, student, epoch), key=f"regions_{run_id}")
+
+
+def _memo(build, teacher: dict, student: dict | None, epoch: int | None):
+    """The figure for these snapshots, built once per session: a poll that brings no new epoch
+    should not rebuild dozens of subplots."""
+    memo = st.session_state.setdefault("_kdlab_figures", {})
+    key = (build.__name__, teacher["id"], student["id"] if student else None, epoch)
+    if key not in memo:
+        if len(memo) > 16:
+            memo.clear()
+        memo[key] = build(teacher, student, epoch)
+    return memo[key]
 
 
 def _epoch_scrubber(run_id: str, epochs: list[int]) -> int | None:

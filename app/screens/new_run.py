@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import form, session
+from kdcore.config import OPTIMIZERS
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
@@ -95,7 +96,8 @@ def _apply_store_teacher(teachers: list[dict]) -> None:
         return
     shared, teacher = chosen["shared"], chosen["teacher"]
     _set_values({"dataset": shared.get("dataset"), "teacher_arch": teacher["arch"], "teacher_epochs": teacher["epochs"],
-                 "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"], "teacher_seed": teacher["seed"],
+                 "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"],
+                 "teacher_seed": teacher["seed"],
                  "teacher_augment": bool(teacher.get("augment", False))})
     for name in ("val_fraction", "optimizer", "weight_decay"):
         if name in shared:
@@ -104,6 +106,18 @@ def _apply_store_teacher(teachers: list[dict]) -> None:
 
 
 # --- the form ---------------------------------------------------------------------------------------------------
+
+
+def _carry_weights() -> None:
+    """Switching between α and independent weights keeps the same mix of CE and KD."""
+    state = st.session_state
+    if state[PREFIX + "weights_mode"] == "advanced":
+        alpha = state[PREFIX + "alpha"]
+        _set_values({"w_ce": round(1.0 - alpha, 6), "w_kd": round(alpha, 6), "w_feature": 0.0})
+    else:
+        ce, kd = state[PREFIX + "w_ce"], state[PREFIX + "w_kd"]
+        if ce >= 0 and kd >= 0 and ce + kd > 0:
+            state[PREFIX + "alpha"] = round(kd / (ce + kd) * 20) / 20  # the slider's 0.05 steps
 
 
 def _with_current(options: list[str], key: str) -> list[str]:
@@ -147,14 +161,16 @@ def _form(store, teachers: list[dict]) -> list[str]:
         arch_locked, upload_errors = _upload(store)
         errors += upload_errors
     cols = st.columns(2)
-    cols[0].selectbox("Teacher architecture", _with_current(list(ARCH_NAMES), PREFIX + "teacher_arch"), key=PREFIX + "teacher_arch",
+    cols[0].selectbox("Teacher architecture", _with_current(list(ARCH_NAMES), PREFIX + "teacher_arch"),
+                      key=PREFIX + "teacher_arch",
                       accept_new_options=True, disabled=arch_locked, format_func=_arch_label, **KEEP,
                       help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
     if source != "upload":
         cols[1].number_input("Teacher epochs", step=1, key=PREFIX + "teacher_epochs", disabled=from_store, **KEEP)
 
     st.subheader("Student", divider="gray")
-    st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"), key=PREFIX + "student_arch",
+    st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"),
+                 key=PREFIX + "student_arch",
                  accept_new_options=True, format_func=_arch_label, **KEEP,
                  help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
 
@@ -163,7 +179,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
     cols[0].number_input("Temperature T", step=0.5, format="%g", key=PREFIX + "temperature", **KEEP,
                          help="Softens both softmaxes; T = 1 is the plain softmax.")
     cols[1].radio("Loss weights", list(form.WEIGHT_MODES), format_func=form.WEIGHT_MODES.get, horizontal=True,
-                  key=PREFIX + "weights_mode", **KEEP)
+                  key=PREFIX + "weights_mode", on_change=_carry_weights, **KEEP)
     if st.session_state[PREFIX + "weights_mode"] == "simple":
         st.slider("α: share of the distillation term", 0.0, 1.0, step=0.05, key=PREFIX + "alpha", **KEEP,
                   help="loss = (1 − α)·CE + α·T²·KL. α = 0 trains on hard labels only.")
@@ -194,14 +210,16 @@ def _form(store, teachers: list[dict]) -> list[str]:
 
     with st.expander("Advanced settings"):
         cols = st.columns(3)
-        cols[0].selectbox("Optimizer", ["adam", "adamw", "sgd"], key=PREFIX + "optimizer", disabled=from_store, **KEEP)
-        cols[1].number_input("Weight decay", step=0.0001, format="%g", key=PREFIX + "weight_decay", disabled=from_store, **KEEP)
+        cols[0].selectbox("Optimizer", list(OPTIMIZERS), key=PREFIX + "optimizer", disabled=from_store, **KEEP)
+        cols[1].number_input("Weight decay", step=0.0001, format="%g", key=PREFIX + "weight_decay", disabled=from_store,
+                             **KEEP)
         cols[2].number_input("Validation fraction", step=0.05, format="%g", key=PREFIX + "val_fraction",
                              disabled=from_store, **KEEP)
         cols = st.columns(3)
         cols[0].number_input("Teacher learning rate", step=0.0005, format="%g", key=PREFIX + "teacher_lr",
                              disabled=from_store, **KEEP)
-        cols[1].number_input("Teacher batch size", step=16, key=PREFIX + "teacher_batch_size", disabled=from_store, **KEEP)
+        cols[1].number_input("Teacher batch size", step=16, key=PREFIX + "teacher_batch_size", disabled=from_store,
+                             **KEEP)
         cols[2].number_input("Teacher seed", step=1, key=PREFIX + "teacher_seed", disabled=from_store, **KEEP)
         cols = st.columns(3)
         cols[0].toggle("Augment the teacher's data", key=PREFIX + "teacher_augment", disabled=from_store, **KEEP,
@@ -270,10 +288,13 @@ def _upload(store) -> tuple[bool, list[str]]:
 
 def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]) -> None:
     st.subheader("What will be optimised", divider="gray")
-    if config is not None:
-        st.latex(form.loss_latex(config.to_dict()["weights"], config.temperature))
-        st.caption(r"σ is the softmax; z_s and z_t are the student's and teacher's logits"
-                   + ("; r projects the student's features f_s onto the teacher's f_t." if config.weights.feature else "."))
+    latex = form.loss_preview(values)
+    if latex is not None:
+        st.latex(latex)
+        st.caption(r"$\sigma$ is the softmax; $z_s$ and $z_t$ are the student's and the teacher's logits"
+                   + (r"; $r$ projects the student's features $f_s$ onto the teacher's $f_t$."
+                      if "MSE" in latex else "."))
+    _method_note(config)
     _sizes(values, store_teacher)
     for message in errors:
         st.error(message, icon=":material/error:")
@@ -281,9 +302,29 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
                  width="stretch", key="nr_start"):
         _start(config)
     if config is not None and not errors:
-        st.caption(f"Trains in a background worker: {config.epochs} student epochs"
-                   + (f" after a {config.teacher.epochs}-epoch teacher (or its cached copy)" if not config.teacher.checkpoint else "")
+        if store_teacher is not None:
+            teacher = f" with the teacher trained in {store_teacher['run_id']}"
+        elif config.teacher.checkpoint:
+            teacher = " with the uploaded teacher"
+        else:
+            teacher = f" after a {config.teacher.epochs}-epoch teacher (or its cached copy)"
+        st.caption(f"Trains in a background worker: {config.epochs} student epochs{teacher}"
                    + (", then the baseline." if config.baseline else "."))
+
+
+def _method_note(config) -> None:
+    """A config copied from a run of another method keeps it; say so, since the formula shows KD only."""
+    method = getattr(config, "method", "kd") if config is not None else "kd"
+    if method == "kd":
+        return
+    try:
+        from kdcore.methods import method_spec
+
+        spec = method_spec(method)
+        text = f"**{spec.title}** ({spec.paper}). {spec.explanation}"
+    except (ImportError, KDError, KeyError):
+        text = f"the **{method}** method"
+    st.info(f"This config uses {text} The formula above shows only the CE and KD terms.", icon=":material/info:")
 
 
 def _sizes(values: dict, store_teacher: dict | None) -> None:
@@ -295,9 +336,10 @@ def _sizes(values: dict, store_teacher: dict | None) -> None:
             counts.append(session.parameter_count(arch, info.input_shape, info.num_classes) if info else None)
         except (KDError, ValueError, TypeError):
             counts.append(None)
+    st.markdown("**Trainable parameters**")
     cols = st.columns(3)
-    cols[0].metric("Teacher parameters", f"{counts[0]:,}" if counts[0] else "—")
-    cols[1].metric("Student parameters", f"{counts[1]:,}" if counts[1] else "—")
+    cols[0].metric("Teacher", f"{counts[0]:,}" if counts[0] else "—")
+    cols[1].metric("Student", f"{counts[1]:,}" if counts[1] else "—")
     ratio = counts[0] / counts[1] if counts[0] and counts[1] else None
     cols[2].metric("Compression", f"{ratio:,.1f}×" if ratio else "—", help="teacher parameters / student parameters")
 
@@ -308,7 +350,7 @@ def _start(config) -> None:
     except KDError as exc:
         st.error(f"Could not start the run: {exc}")
         return
-    st.switch_page("pages/live.py", query_params={"run": run_id})
+    st.switch_page("screens/live.py", query_params={"run": run_id})
 
 
 if __name__ == "__main__":
