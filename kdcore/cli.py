@@ -97,6 +97,16 @@ def cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list_methods(args: argparse.Namespace) -> int:
+    from kdcore.methods import list_methods
+
+    methods = list_methods()
+    _emit(args, {"methods": methods}, lambda: _table(
+        [[m["name"], m["title"], ", ".join(f"{k}={p['default']:g}" for k, p in m["params"].items()) or "-"]
+         for m in methods], ["name", "title", "parameters (defaults; set with --set method.NAME=VALUE)"]))
+    return 0
+
+
 class TerminalProgress(Callback):
     """A one-line progress display on a terminal (stderr), redrawn a few times a second."""
 
@@ -322,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list-models", cmd_list_models, "list architectures with their parameter counts for a dataset")
     p.add_argument("--dataset", default="mnist-5k")
     p.add_argument("--data-root", default=None)
+    command("list-methods", cmd_list_methods, "list distillation methods with their papers and parameters")
     p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_worker, json=False)

@@ -11,13 +11,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """float16/bfloat16 (autocast) → float32; float64 stays float64, so gradcheck in double works."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def soft_targets(logits: Tensor, temperature: float) -> Tensor:
     """Softmax with temperature (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
 
     q_i = exp(z_i / T) / Σ_j exp(z_j / T). Higher T spreads the mass over more classes.
     logits [B, C] → probabilities [B, C]. Computed in float32 at least, stable for large logits.
     """
-    return torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.softmax(_at_least_float32(logits) / temperature, dim=-1)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -28,16 +33,16 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     since ∂KL/∂s shrinks as 1/T². Uses log-softmax on both sides, so large logits stay finite.
     student_logits, teacher_logits [B, C] → scalar.
     """
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    log_p = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=-1)
     kl = F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
     return kl * (temperature**2)
 
 
 def kd_loss_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """KL(softmax(t/T) ‖ softmax(s/T)) per sample, without the T² factor: [B]. Used for validation KL."""
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    log_p = F.log_softmax(_at_least_float32(teacher_logits) / temperature, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
@@ -49,7 +54,7 @@ def hint_loss(projected_student_features: Tensor, teacher_features: Tensor) -> T
     student's feature size to the teacher's (trained with the student; see `kdcore.models`).
     projected_student_features, teacher_features [B, D_teacher] → scalar.
     """
-    return F.mse_loss(projected_student_features.float(), teacher_features.float())
+    return F.mse_loss(_at_least_float32(projected_student_features), _at_least_float32(teacher_features))
 
 
 def distillation_loss(
@@ -70,12 +75,16 @@ def distillation_loss(
     Parts with zero weight are skipped (not computed) and reported as 0. Returns
     {"loss", "ce", "kd", "feature"}, each a scalar tensor; only "loss" carries the graph you need.
     """
+    if kd_weight > 0 and teacher_logits is None:
+        raise ValueError("distillation_loss: kd_weight > 0 needs teacher_logits")
+    if feature_weight > 0 and (projected_student_features is None or teacher_features is None):
+        raise ValueError("distillation_loss: feature_weight > 0 needs projected_student_features and teacher_features")
     zero = student_logits.new_zeros((), dtype=torch.float32)
-    ce = F.cross_entropy(student_logits.float(), targets) if ce_weight > 0 else zero
+    ce = F.cross_entropy(_at_least_float32(student_logits), targets) if ce_weight > 0 else zero
     kd = kd_loss(student_logits, teacher_logits, temperature) if kd_weight > 0 else zero
     feature = (
         hint_loss(projected_student_features, teacher_features)
-        if feature_weight > 0 and projected_student_features is not None and teacher_features is not None
+        if feature_weight > 0
         else zero
     )
     loss = ce_weight * ce + kd_weight * kd + feature_weight * feature
@@ -86,8 +95,8 @@ def distillation_loss(
 
 
 def _attention_map(feature_map: Tensor, p: float) -> Tensor:
-    """Q = Σ_c |A_c|^p over channels: [B, C, H, W] → [B, H, W] (float32)."""
-    return feature_map.float().abs().pow(p).sum(dim=1)
+    """Q = Σ_c |A_c|^p over channels: [B, C, H, W] → [B, H, W] (float32 at least)."""
+    return _at_least_float32(feature_map).abs().pow(p).sum(dim=1)
 
 
 def attention_transfer_loss(student_maps: list[Tensor], teacher_maps: list[Tensor], p: float = 2,
@@ -146,7 +155,8 @@ def similarity_preserving_loss(student_features: Tensor | list[Tensor], teacher_
     total = students[0].new_zeros((), dtype=torch.float32)
     for student, teacher in zip(students, teachers):
         batch = student.shape[0]
-        f_s, f_t = student.float().reshape(batch, -1), teacher.float().reshape(batch, -1)
+        f_s = _at_least_float32(student).reshape(batch, -1)
+        f_t = _at_least_float32(teacher).reshape(batch, -1)
         g_s, g_t = F.normalize(f_s @ f_s.t(), dim=1), F.normalize(f_t @ f_t.t(), dim=1)
         total = total + (g_s - g_t).pow(2).sum() / batch**2
     return total
@@ -159,7 +169,9 @@ def _pairwise_distances(embeddings: Tensor) -> Tensor:
 
 
 def _triplet_cosines(embeddings: Tensor) -> Tensor:
-    """cos ∠(e_i, e_j, e_k) = ⟨(e_i − e_j)/‖·‖, (e_k − e_j)/‖·‖⟩ for all B³ triplets (0 where i=j or k=j)."""
+    """cos ∠(e_i, e_j, e_k) = ⟨(e_i − e_j)/‖·‖, (e_k − e_j)/‖·‖⟩ for all B³ triplets [B³].
+
+    Degenerate triplets (i = j or k = j) give 0."""
     differences = embeddings.unsqueeze(0) - embeddings.unsqueeze(1)  # [j, i, D]: e_i − e_j
     norms = differences.norm(dim=2, keepdim=True)
     # a zero difference has no direction: give it 0 and no gradient (F.normalize's would be ~1/eps)
@@ -183,7 +195,8 @@ def rkd_loss_parts(student_emb: Tensor, teacher_emb: Tensor) -> dict[str, Tensor
     batch = student_emb.shape[0]
     if batch < 2:
         raise ValueError(f"RKD compares pairs of samples: needs a batch of at least 2, got {batch}")
-    student, teacher = student_emb.float().reshape(batch, -1), teacher_emb.float().reshape(batch, -1)
+    student = _at_least_float32(student_emb).reshape(batch, -1)
+    teacher = _at_least_float32(teacher_emb).reshape(batch, -1)
     off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=student.device)
     d_s, d_t = _pairwise_distances(student), _pairwise_distances(teacher)
     d_s = d_s / d_s[off_diagonal].mean().clamp_min(1e-12)
@@ -223,8 +236,8 @@ def pkt_loss(student_features: Tensor, teacher_features: Tensor, eps: float = 1e
     student_features [B, D_s], teacher_features [B, D_t] → scalar.
     """
     batch = student_features.shape[0]
-    p_s = _cosine_kernel_probabilities(student_features.float().reshape(batch, -1), eps)
-    p_t = _cosine_kernel_probabilities(teacher_features.float().reshape(batch, -1), eps)
+    p_s = _cosine_kernel_probabilities(_at_least_float32(student_features).reshape(batch, -1), eps)
+    p_t = _cosine_kernel_probabilities(_at_least_float32(teacher_features).reshape(batch, -1), eps)
     return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
@@ -233,7 +246,7 @@ def pkt_loss(student_features: Tensor, teacher_features: Tensor, eps: float = 1e
 
 def _target_split(logits: Tensor, target: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
     """log p_target [B], log p_non-target [B] of softmax(z/T), and the non-target logits/T [B, C−1]."""
-    scaled = logits.float() / temperature
+    scaled = _at_least_float32(logits) / temperature
     batch, classes = scaled.shape
     target_mask = F.one_hot(target, classes).bool()
     log_probs = F.log_softmax(scaled, dim=1)
@@ -296,8 +309,8 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
     """
     if student_logits.shape[0] < 2:
         raise ValueError("DIST correlates each class across the batch: needs a batch of at least 2, got 1")
-    y_s = torch.softmax(student_logits.float() / temperature, dim=1)
-    y_t = torch.softmax(teacher_logits.float() / temperature, dim=1)
+    y_s = soft_targets(student_logits, temperature)
+    y_t = soft_targets(teacher_logits, temperature)
     inter = 1.0 - _pearson_rows(y_s, y_t).mean()
     intra = 1.0 - _pearson_rows(y_s.t(), y_t.t()).mean()
     return temperature**2 * (beta * inter + gamma * intra)
@@ -326,8 +339,8 @@ def kd_loss_from_probs(student_logits: Tensor, teacher_probs: Tensor, temperatur
 
     Σ_i p_i (log p_i − log q_i), with 0 · log 0 = 0. student_logits [B, C], teacher_probs [B, C] → scalar.
     """
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    p = teacher_probs.float()
+    log_q = F.log_softmax(_at_least_float32(student_logits) / temperature, dim=-1)
+    p = _at_least_float32(teacher_probs)
     kl = (torch.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
     return kl * temperature**2
 
@@ -345,5 +358,5 @@ def mutual_learning_loss(logits_list: list[Tensor], targets: Tensor, temperature
     losses = []
     for k, logits in enumerate(logits_list):
         peers = [kd_loss(logits, other.detach(), temperature) for j, other in enumerate(logits_list) if j != k]
-        losses.append(F.cross_entropy(logits.float(), targets) + sum(peers) / len(peers))
+        losses.append(F.cross_entropy(_at_least_float32(logits), targets) + sum(peers) / len(peers))
     return losses

@@ -30,6 +30,8 @@ from kdcore.config import RunConfig
 from kdcore.data import Splits, apply_views, augment, load_dataset, random_views, view_count
 from kdcore.errors import Cancelled, ConfigError, DivergedError
 from kdcore.losses import distillation_loss, kd_loss_per_sample, soft_targets
+from kdcore.method_losses import TeacherEnsemble, method_objective
+from kdcore.methods import METHODS, multi_teacher_seeds
 from kdcore.models import build_model, count_parameters
 
 FLUSH_EVERY = 25  # steps per host sync: loss values are read back in batches, not every step
@@ -115,6 +117,7 @@ class Stage:
     extra: nn.Module | None = None  # e.g. the FitNets projector, trained along with the model
     snapshot: Callable[[nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
     augment: bool = False
+    epoch: int = 0  # the epoch in training (1-based), set by _fit; DKD's warm-up reads it
 
 
 @dataclass
@@ -189,6 +192,7 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
     names = ("loss", "ce", "kd", "feature")
     rates = []
     for epoch in range(start_epoch + 1, stage.epochs + 1):
+        stage.epoch = epoch
         model.train()
         if stage.extra is not None:
             stage.extra.train()
@@ -288,12 +292,19 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     if device.type == "cuda" and data.info.kind == "image":
         data = data.to_memory_format(torch.channels_last)
     teacher = _get_teacher(config, data, device, cb, Path(teacher_cache) if teacher_cache else None)
+    if config.method == "multi_teacher":  # from here on "the teacher" is the ensemble the student learns from
+        cache = Path(teacher_cache) if teacher_cache else None
+        members = [teacher.model] + [_get_teacher(config.replace(**{"teacher.seed": seed}), data, device, cb, cache).model
+                                     for seed in multi_teacher_seeds(config)[1:]]
+        teacher = _evaluated_teacher(TeacherEnsemble(members, config.temperature), data, cached=teacher.cached,
+                                     source=f"ensemble of {len(members)} teachers", cb=cb)
     teacher.params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
     teacher.model.requires_grad_(False).eval()
     cb.on_stage_start("soft_labels", 0, 0)
     cache_file = (Path(teacher_cache) / f"{config.teacher_key()}.views.pt"
-                  if teacher_cache and not config.teacher.checkpoint else None)
-    soft = _SoftLabels(teacher.model, data, config, need_features=config.weights.feature > 0, cache_file=cache_file)
+                  if teacher_cache and not config.teacher.checkpoint and config.method != "multi_teacher" else None)
+    soft = _SoftLabels(teacher.model, data, config, need_features=config.weights.feature > 0 or METHODS[config.method].needs_teacher_features,
+                       cache_file=cache_file)
     return Prepared(device, data, teacher, soft)
 
 
@@ -323,7 +334,7 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     shape, classes = data.info.input_shape, data.info.num_classes
 
     student = _new_model(config.student.arch, shape, classes, config.seed, device)
-    projector = nn.Linear(student.feature_dim, prep.teacher.model.feature_dim).to(device) if soft.need_features else None
+    projector = nn.Linear(student.feature_dim, prep.teacher.model.feature_dim).to(device) if config.weights.feature > 0 else None
     student_result = done.get("student")
     if student_result is None:
         state = saved if saved.get("stage") == "student" else None
@@ -653,23 +664,29 @@ def val_metrics(logits: Tensor, data: Splits, soft: _SoftLabels, temperature: fl
 
 def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: _SoftLabels, data: Splits) -> Stage:
     w = config.weights
+    objective = method_objective(config, student, soft.teacher, data.info)
+    ce_weight = w.ce if objective.uses_labels else 0.0
+    kd_weight = w.kd if objective.uses_logit_kd else 0.0
 
     def step_loss(idx: Tensor, x: Tensor, y: Tensor, views: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
-        teacher_logits, teacher_features = soft.batch(idx, x, views)
-        if projector is not None:
-            logits, features, _ = student.forward_features(x)
-            projected = projector(features)
-        else:
-            logits, projected = student(x), None
-        parts = distillation_loss(logits, y, teacher_logits=teacher_logits, temperature=config.temperature,
-                                  ce_weight=w.ce, kd_weight=w.kd, feature_weight=w.feature,
-                                  projected_student_features=projected, teacher_features=teacher_features)
+        x = objective.prepare_batch(x)  # mixup for function_matching; x itself otherwise
+        teacher_out = objective.teacher_outputs(x) if objective.needs_teacher_forward else (*soft.batch(idx, x, views), None)
+        student_out = student.forward_features(x)  # costs what student(x) costs
+        logits, features, _ = student_out
+        projected = projector(features) if projector is not None else None
+        parts = distillation_loss(logits, y, teacher_logits=teacher_out[0], temperature=config.temperature,
+                                  ce_weight=ce_weight, kd_weight=kd_weight, feature_weight=w.feature,
+                                  projected_student_features=projected, teacher_features=teacher_out[1])
+        terms = objective.step_terms(x, student_out, teacher_out, y, stage.epoch)
+        parts.update(terms, loss=parts["loss"] + terms["method"])
         return parts, logits
 
-    return Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
-                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
-                 extra=projector, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature),
-                 augment=config.augment)
+    extra = projector if objective.adapters is None else nn.ModuleList([m for m in (objective.adapters, projector) if m is not None])
+    stage = Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
+                  validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
+                  extra=extra, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature),
+                  augment=config.augment)
+    return stage
 
 
 def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,

@@ -305,7 +305,8 @@ def test_multi_teacher_soft_targets_and_kd_from_probs():
     expected = np.mean([softmax_ref(f64(t), 2.0) for t in teachers], axis=0)
     np.testing.assert_allclose(f64(averaged), expected, rtol=1e-5, atol=1e-7)
     weighted = losses.multi_teacher_soft_targets(teachers, 2.0, weights=[2.0, 1.0, 1.0])
-    expected = (2 * softmax_ref(f64(teachers[0]), 2) + softmax_ref(f64(teachers[1]), 2) + softmax_ref(f64(teachers[2]), 2)) / 4
+    probs = [softmax_ref(f64(t), 2.0) for t in teachers]
+    expected = (2 * probs[0] + probs[1] + probs[2]) / 4
     np.testing.assert_allclose(f64(weighted), expected, rtol=1e-5, atol=1e-7)
     student = rand(4, 6, seed=31)
     kd = losses.kd_loss_from_probs(student, averaged, 2.0)
@@ -390,6 +391,25 @@ def test_feature_losses_send_gradients_to_the_student_only(name):
     assert torch.isfinite(value) and float(value.detach()) > 0
     assert student.grad is not None and torch.isfinite(student.grad).all() and student.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+def _double(*shape: int, seed: int) -> torch.Tensor:
+    return rand(*shape, seed=seed).double().requires_grad_()
+
+
+@pytest.mark.parametrize("name,loss,shapes", [
+    ("at", lambda s, t: losses.attention_transfer_loss([s], [t]), ((3, 2, 4, 4), (3, 5, 2, 2))),
+    ("sp", losses.similarity_preserving_loss, ((4, 3), (4, 6))),
+    ("rkd", losses.rkd_loss, ((4, 3), (4, 5))),
+    ("pkt", losses.pkt_loss, ((4, 3), (4, 5))),
+    ("dkd", lambda s, t: losses.dkd_loss(s, t, torch.tensor([0, 1, 2, 0])), ((4, 3), (4, 3))),
+    ("dist", lambda s, t: losses.dist_loss(s, t, temperature=2.0), ((4, 3), (4, 3))),
+])
+def test_gradients_match_finite_differences(name, loss, shapes):
+    """float64 inputs stay float64, so autograd can be checked against finite differences."""
+    student, teacher = _double(*shapes[0], seed=60), _double(*shapes[1], seed=61)
+    assert loss(student, teacher).dtype == torch.float64
+    assert torch.autograd.gradcheck(loss, (student, teacher))
 
 
 # ---------------------------------------------------------------- the registry
