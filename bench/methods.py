@@ -74,15 +74,16 @@ def main() -> None:
     for method, runs in results.items():
         m, sd = mean_std([s["student_test_acc"] for s in runs])
         rows.append({"method": method, "title": METHODS[method].title, "mean": m, "std": sd, "runs": len(runs),
-                     "gap_closed": (m - baseline_mean) / (teacher - baseline_mean),
+                     # only meaningful when the teacher beats the student alone
+                     "gap_closed": (m - baseline_mean) / (teacher - baseline_mean) if teacher > baseline_mean else None,
                      "wall_s": statistics.mean(s["wall_s"] for s in runs)})
     cfg = build_config(None, [*args.overrides, f"epochs={args.epochs}"])
     print(f"\n{cfg.dataset}: teacher {cfg.teacher.arch} {100 * teacher:.2f}%  →  student {cfg.student.arch} "
           f"alone {100 * baseline_mean:.2f} ± {100 * baseline_std:.2f}%  ({len(args.seeds)} seeds, {args.epochs} epochs)")
     print(f"{'method':18} {'test acc':>16} {'gap closed':>11} {'s/run':>6}")
     for r in rows:
-        print(f"{r['method']:18} {100 * r['mean']:>7.2f} ± {100 * r['std']:<5.2f}  {100 * r['gap_closed']:>9.1f}% "
-              f"{r['wall_s']:>6.1f}")
+        gap = f"{100 * r['gap_closed']:>9.1f}%" if r["gap_closed"] is not None else f"{'-':>10}"
+        print(f"{r['method']:18} {100 * r['mean']:>7.2f} ± {100 * r['std']:<5.2f}  {gap} {r['wall_s']:>6.1f}")
     for method, why in refused.items():
         print(f"{method:18} n/a: {why}")
     if args.json:

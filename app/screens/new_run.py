@@ -2,11 +2,14 @@
 
 Every widget holds one form value (`nr_<field>`, see `app.form`); the values persist for the
 session so a trip to another page keeps them. Validation is the engine's own (`RunConfig`), and
-Start stays disabled while anything is invalid. `?from=run-…` fills the form from a stored run.
+Start stays disabled while anything is invalid. `?from=run-…` fills the form from a stored run,
+its method and the method's parameters included. Picking another method puts its parameters back
+at the paper's defaults.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from app import form, session
 from kdcore.config import OPTIMIZERS
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
+from kdcore.methods import METHODS, ParamSpec, multi_teacher_seeds
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
 from kdcore.views import stored_teachers
 
@@ -175,6 +179,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
                  help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
 
     st.subheader("Distillation", divider="gray")
+    _method_picker()
     cols = st.columns(2)
     cols[0].number_input("Temperature T", step=0.5, format="%g", key=PREFIX + "temperature", **KEEP,
                          help="Softens both softmaxes; T = 1 is the plain softmax.")
@@ -189,6 +194,9 @@ def _form(store, teachers: list[dict]) -> list[str]:
         cols[1].number_input("KD weight", step=0.1, format="%g", key=PREFIX + "w_kd", **KEEP)
         cols[2].number_input("Feature weight", step=0.1, format="%g", key=PREFIX + "w_feature", **KEEP,
                              help="FitNets hint: MSE between a projection of the student's features and the teacher's.")
+    note = form.weights_note(st.session_state[PREFIX + "method"])
+    if note:
+        st.caption(note)
 
     st.subheader("Training", divider="gray")
     cols = st.columns(3)
@@ -231,6 +239,49 @@ def _form(store, teachers: list[dict]) -> list[str]:
                            placeholder="$KDCORE_DATA or ./data")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
+
+
+def _method_label(method: str) -> str:
+    spec = METHODS.get(method)
+    return f"{spec.title} ({method})" if spec else method
+
+
+def _reset_method_params() -> None:
+    """A newly picked method starts from its paper's defaults."""
+    method = st.session_state[PREFIX + "method"]
+    _set_values({form.param_key(method, name): form.param_default(param)
+                 for name, param in METHODS[method].params.items()})
+
+
+def _method_picker() -> None:
+    """The method, what it does and where it comes from, and inputs for its own parameters."""
+    st.selectbox("Method", list(METHODS), format_func=_method_label, key=PREFIX + "method",
+                 on_change=_reset_method_params, **KEEP,
+                 help="How the student learns from the teacher. Its parameters start at the paper's defaults.")
+    spec = METHODS.get(st.session_state[PREFIX + "method"])
+    if spec is None:
+        return
+    st.markdown(spec.explanation)
+    st.caption(f":material/menu_book: {spec.paper}")
+    params = list(spec.params.items())
+    for row in range(0, len(params), 3):
+        cols = st.columns(3)
+        for col, (name, param) in zip(cols, params[row:row + 3]):
+            _param_input(col, spec.name, name, param)
+
+
+def _param_input(col, method: str, name: str, param: ParamSpec) -> None:
+    default = form.param_default(param)
+    limits = (int(param.low), int(param.high)) if param.integer else (float(param.low), float(param.high))
+    step = 1 if param.integer else _float_step(default)
+    col.number_input(name.replace("_", " "), *limits, step=step, format=None if param.integer else "%g",
+                     key=PREFIX + form.param_key(method, name), **KEEP,
+                     help=f"{param.help}. Paper default {default:g}; from {param.low:g} to {param.high:g}.")
+
+
+def _float_step(default: float) -> float:
+    """A tenth of the default's order of magnitude: 1000 → 100, 8 → 0.1, 25 → 1."""
+    return 10.0 ** (math.floor(math.log10(default)) - 1) if default > 0 else 0.1
 
 
 def _arch_label(arch: str) -> str:
@@ -291,10 +342,7 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
     latex = form.loss_preview(values)
     if latex is not None:
         st.latex(latex)
-        st.caption(r"$\sigma$ is the softmax; $z_s$ and $z_t$ are the student's and the teacher's logits"
-                   + (r"; $r$ projects the student's features $f_s$ onto the teacher's $f_t$."
-                      if "MSE" in latex else "."))
-    _method_note(config)
+        st.caption(form.loss_legend(values))
     _sizes(values, store_teacher)
     for message in errors:
         st.error(message, icon=":material/error:")
@@ -306,25 +354,13 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
             teacher = f" with the teacher trained in {store_teacher['run_id']}"
         elif config.teacher.checkpoint:
             teacher = " with the uploaded teacher"
+        elif config.method == "multi_teacher":
+            count = len(multi_teacher_seeds(config))
+            teacher = f" after {count} {config.teacher.epochs}-epoch teachers (or their cached copies)"
         else:
             teacher = f" after a {config.teacher.epochs}-epoch teacher (or its cached copy)"
         st.caption(f"Trains in a background worker: {config.epochs} student epochs{teacher}"
                    + (", then the baseline." if config.baseline else "."))
-
-
-def _method_note(config) -> None:
-    """A config copied from a run of another method keeps it; say so, since the formula shows KD only."""
-    method = getattr(config, "method", "kd") if config is not None else "kd"
-    if method == "kd":
-        return
-    try:
-        from kdcore.methods import method_spec
-
-        spec = method_spec(method)
-        text = f"**{spec.title}** ({spec.paper}). {spec.explanation}"
-    except (ImportError, KDError, KeyError):
-        text = f"the **{method}** method"
-    st.info(f"This config uses {text} The formula above shows only the CE and KD terms.", icon=":material/info:")
 
 
 def _sizes(values: dict, store_teacher: dict | None) -> None:
