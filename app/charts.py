@@ -149,7 +149,8 @@ def _classes_shown(probabilities: list[float]) -> list[int]:
     return sorted(np.argsort(probabilities)[::-1][:MAX_BARS].tolist())
 
 
-def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, epoch: int | None) -> go.Figure:
+def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, epoch: int | None, *,
+                      title: str = "Soft labels of fixed validation samples") -> go.Figure:
     """For each fixed validation sample: the teacher's distribution at T=1 and at T, and the student's at T.
 
     Image sets show each image above its bars; 2-D sets number the samples (see `regions_figure`).
@@ -199,7 +200,7 @@ def soft_label_figure(teacher: dict[str, Any], student: dict[str, Any] | None, e
             fig.update_xaxes(visible=False, row=r * 2 + 1)
             fig.update_yaxes(visible=False, row=r * 2 + 1)
     fig.update_annotations(font_size=11)
-    _layout(fig, "Soft labels of fixed validation samples", height=(330 if images else 220) * sample_rows + 90,
+    _layout(fig, title, height=(330 if images else 220) * sample_rows + 90,
             revision=f"soft-{teacher.get('id')}")
     fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1.04, "xanchor": "left", "x": 0},
                       margin={"t": 100})
@@ -242,3 +243,155 @@ def regions_figure(teacher: dict[str, Any], student: dict[str, Any] | None, epoc
     fig.update_xaxes(range=[grid["x"][0], grid["x"][-1]], showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(range=[grid["y"][0], grid["y"][-1]], showticklabels=False, showgrid=False, zeroline=False)
     return _layout(fig, "Decision regions", height=380, revision=f"regions-{teacher.get('id')}")
+
+
+# --- the Temperature lab --------------------------------------------------------------------------------------------
+
+
+def temperature_curves_figure(curves: dict[str, list[float]], temperature: float, at_temperature: dict[str, float],
+                              num_classes: int) -> go.Figure:
+    """Mean entropy and dark knowledge of the teacher's soft labels against T (log axis), with their
+    limits for T → ∞ and a marker at the chosen T."""
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
+                        subplot_titles=("mean entropy H(p) in nats", "dark knowledge: mean 1 − max p"))
+    fig.update_annotations(font_size=12)
+    limits = {"entropy": (math.log(num_classes), f"uniform: log {num_classes} = {math.log(num_classes):.2f}"),
+              "dark_knowledge": ((num_classes - 1) / num_classes, f"uniform: {(num_classes - 1) / num_classes:.0%}")}
+    xs = curves["temperature"]
+    for col, (name, color) in enumerate((("entropy", COLORS["student"]), ("dark_knowledge", COLORS["finetune"])),
+                                        start=1):
+        limit, label = limits[name]
+        fig.add_trace(go.Scatter(x=[xs[0], xs[-1]], y=[limit, limit], mode="lines", name=label, showlegend=False,
+                                 line={"color": "#94a3b8", "dash": "dot", "width": 1}, hoverinfo="name"),
+                      row=1, col=col)
+        fig.add_trace(go.Scatter(x=xs, y=curves[name], mode="lines", name=name.replace("_", " "), showlegend=False,
+                                 line={"color": color, "width": 2},
+                                 hovertemplate="T = %{x:.2g}: %{y:.3f}<extra></extra>"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[temperature], y=[at_temperature[name]], mode="markers+text", showlegend=False,
+                                 name=f"T = {temperature:g}", text=[f"T = {temperature:g}"], textposition="top left",
+                                 marker={"size": 11, "color": color, "line": {"width": 2, "color": "white"}},
+                                 hovertemplate="T = %{x:g}: %{y:.3f}<extra></extra>"), row=1, col=col)
+        axis = "" if col == 1 else str(col)
+        fig.add_annotation(text=label, x=1, xref=f"x{axis} domain", y=limit, yref=f"y{axis}", xanchor="right",
+                           yanchor="bottom", showarrow=False, font={"size": 10, "color": "#64748b"})
+    ticks = [t for t in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64) if xs[0] <= t <= xs[-1]]
+    fig.update_xaxes(type="log", title_text="temperature T", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(tickformat=".0%", row=1, col=2)
+    return _layout(fig, "The teacher's soft labels over the validation set vs T", height=340, revision="lab-curves")
+
+
+def class_similarity_figure(matrix: list[list[float]], class_names: list[str], temperature: float) -> go.Figure:
+    """S[a, b]: the share of the teacher's wrong-class probability that examples of class a give to b, at T."""
+    classes = len(class_names)
+    off_diagonal = [[None if a == b else value for b, value in enumerate(row)] for a, row in enumerate(matrix)]
+    fig = go.Figure(go.Heatmap(
+        z=off_diagonal, x=class_names, y=class_names, colorscale="Blues", zmin=0,
+        colorbar={"tickformat": ".0%", "len": 0.8},
+        texttemplate="%{z:.0%}" if classes <= 12 else None, textfont={"size": 10},
+        hovertemplate="true %{y} → %{x}: %{z:.1%} of the wrong-class mass<extra></extra>"))
+    fig.update_xaxes(type="category", title_text="class the teacher finds plausible", side="bottom")
+    fig.update_yaxes(type="category", title_text="true class", autorange="reversed")
+    return _layout(fig, f"Which wrong classes the teacher finds plausible · T = {temperature:g}",
+                   height=max(340, min(900, 28 * classes + 140)), revision="lab-similarity")
+
+
+# --- Compare ------------------------------------------------------------------------------------------------------
+
+RUN_COLORS = ["#4f46e5", "#d97706", "#0d9488", "#db2777", "#65a30d", "#0891b2", "#9333ea", "#dc2626", "#ca8a04",
+              "#475569"]
+
+
+def compare_figure(series: dict[str, tuple[list[float], list[float]]], labels: dict[str, str], title: str, *,
+                   x_title: str, y_title: str, smoothing: float = 0.0, percent: bool = False,
+                   markers: bool = False) -> go.Figure:
+    """One line per run (in the order of `labels`); with smoothing, the raw values stay faint."""
+    fig = go.Figure()
+    for i, run_id in enumerate(labels):
+        if run_id not in series:
+            continue
+        xs, ys = series[run_id]
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        if smoothing > 0:
+            raw_x, raw_y = thin(xs, ys, MAX_POINTS)
+            fig.add_trace(go.Scatter(x=raw_x, y=raw_y, mode="lines", line={"color": color, "width": 1}, opacity=0.2,
+                                     name=f"{labels[run_id]} (raw)", showlegend=False, hoverinfo="skip"))
+            ys = ema(ys, smoothing)
+        xs, ys = thin(xs, ys, MAX_POINTS)
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if markers else "lines", name=labels[run_id],
+                                 line={"color": color, "width": 2}))
+    _layout(fig, title, height=380, revision=f"compare-{title}", legend_below=True)
+    if not fig.data:
+        return _waiting(fig, "none of the selected runs reported this yet")
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title, tickformat=".0%" if percent else None)
+    return fig
+
+
+# --- Sweeps ---------------------------------------------------------------------------------------------------------
+
+
+def value_label(value: Any) -> str:
+    """A swept value as a tick label: 4.0 → 4, 0.5 → 0.5, names as they are."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sweep_heatmap_figure(cells: list[dict[str, Any]], x_key: str, x_values: list, y_key: str | None,
+                         y_values: list, metric_label: str, *, averaged_over: list[str] | None = None,
+                         empty_text: str = "appears as runs of the sweep finish") -> go.Figure:
+    """The mean of a metric over each (x, y) cell of a sweep (over seeds and the other swept keys,
+    `averaged_over`), its standard deviation and run count on hover."""
+    rows = y_values if y_key else [None]
+    z = [[None] * len(x_values) for _ in rows]
+    hover = [[""] * len(x_values) for _ in rows]
+    for cell in cells:
+        try:
+            col = x_values.index(cell[x_key])
+            row = rows.index(cell[y_key]) if y_key else 0
+        except ValueError:
+            continue
+        z[row][col] = cell["mean"]
+        runs = f"{cell['n']} run{'s' if cell['n'] != 1 else ''}"
+        hover[row][col] = f"{cell['mean']:.1%} ± {cell['std']:.1%} (std over {runs})"
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[value_label(v) for v in x_values], y=[value_label(v) for v in rows] if y_key else [metric_label],
+        customdata=hover, colorscale="Viridis", texttemplate="%{z:.1%}", colorbar={"tickformat": ".0%"},
+        hovertemplate=f"{x_key} = %{{x}}" + (f", {y_key} = %{{y}}" if y_key else "")
+                      + ": %{customdata}<extra></extra>"))
+    fig.update_xaxes(type="category", title_text=x_key)
+    fig.update_yaxes(type="category", title_text=y_key or "", showticklabels=bool(y_key))
+    title = (f"{metric_label} over {x_key}" + (f" × {y_key}" if y_key else "")
+             + (f" · mean over {', '.join(averaged_over)}" if averaged_over else ""))
+    _layout(fig, title, height=380 if y_key else 220, revision=f"sweep-heatmap-{x_key}-{y_key}")
+    if not cells:
+        return _waiting(fig, empty_text)
+    return fig
+
+
+def sweep_temperature_figure(lines: list[tuple[str, list[float], list[float], list[float]]],
+                             references: list[tuple[str, float, float]], metric_label: str) -> go.Figure:
+    """The metric against temperature, one line per value of the other swept key (label, Ts, means,
+    stds), error bars one standard deviation; references (label, mean, std) as dashed lines."""
+    fig = go.Figure()
+    xs_all = sorted({x for _, xs, _, _ in lines for x in xs})
+    colors = [c for c in RUN_COLORS if c not in (COLORS["baseline"], COLORS["teacher"])]  # those are the references
+    for i, (label, xs, means, stds) in enumerate(lines):
+        fig.add_trace(go.Scatter(x=xs, y=means, mode="lines+markers", name=label,
+                                 error_y={"type": "data", "array": stds, "visible": True, "thickness": 1.2},
+                                 line={"color": colors[i % len(colors)], "width": 2},
+                                 hovertemplate="T = %{x:g}: %{y:.1%} ± %{error_y.array:.1%}"
+                                               f"<extra>{label}</extra>"))
+    styles = {"baseline": COLORS["baseline"], "teacher": COLORS["teacher"]}
+    for label, mean, std in references:
+        if xs_all:
+            fig.add_trace(go.Scatter(x=[xs_all[0], xs_all[-1]], y=[mean, mean], mode="lines",
+                                     name=f"{label} ({mean:.1%} ± {std:.1%})",
+                                     line={"color": styles.get(label.split()[0], "#64748b"), "dash": "dash"},
+                                     hoverinfo="name"))
+    _layout(fig, f"{metric_label} vs temperature", height=380, revision="sweep-temperature", legend_below=True)
+    if not lines:
+        return _waiting(fig, "appears as runs of the sweep finish")
+    fig.update_xaxes(title_text="temperature T", type="log" if len(xs_all) > 2 and xs_all[0] > 0 and
+                     xs_all[-1] / xs_all[0] >= 8 else "linear", tickvals=xs_all, ticktext=[f"{x:g}" for x in xs_all])
+    fig.update_yaxes(title_text=metric_label, tickformat=".0%")
+    return fig

@@ -2,7 +2,7 @@
 
 Each browser session gets its own `Store` (its own SQLite connection), so what one tab does never
 blocks or breaks another's view; the store is cheap to open. Torch is imported only by the
-cached helpers at the bottom (New run page), never on the path of a live poll.
+cached helpers below (New run, Temperature lab, Compare), never on the path of a live poll.
 """
 
 from __future__ import annotations
@@ -82,3 +82,34 @@ def checkpoint_header(path: str, mtime: float) -> dict:
     if data and all(isinstance(value, torch.Tensor) for value in data.values()):
         return {"arch": None, "input_shape": None, "num_classes": None}
     raise CheckpointError("uploaded file is neither a kdcore checkpoint nor a PyTorch state dict")
+
+
+# --- the Temperature lab and Compare pages (torch, imported here once per server process) -------------------------
+
+
+@st.cache_resource(show_spinner="Computing the teacher's validation logits…", max_entries=4)
+def teacher_logits(config_json: str, path: str, mtime: float):
+    """`kdcore.temperature.teacher_logits` of a stored teacher, once per server process (shared by all
+    sessions: treat it as read-only). mtime is part of the key, so a retrained teacher is read again."""
+    from kdcore.config import RunConfig
+    from kdcore.temperature import teacher_logits as compute
+
+    return compute(RunConfig.from_json(config_json), path)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def temperature_curves(config_json: str, path: str, mtime: float, temperatures: tuple[float, ...]) -> dict:
+    """Mean entropy and dark knowledge of the teacher's validation soft labels at each temperature."""
+    from kdcore.temperature import dark_knowledge_curve, entropy_curve
+
+    logits = teacher_logits(config_json, path, mtime).logits
+    return {"temperature": list(temperatures), "entropy": entropy_curve(logits, list(temperatures)),
+            "dark_knowledge": dark_knowledge_curve(logits, list(temperatures))}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def latency_s(arch: str, input_shape: tuple[int, ...], num_classes: int, batch: int) -> float:
+    """Median seconds of one forward pass on this machine's CPU (`kdcore.compare.measure_latency`)."""
+    from kdcore.compare import measure_latency
+
+    return measure_latency(arch, tuple(input_shape), num_classes, batch)

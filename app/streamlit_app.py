@@ -17,4 +17,8 @@ st.navigation([
     st.Page("screens/new_run.py", title="New run", icon=":material/add_circle:", default=True),
     st.Page("screens/live.py", title="Live run", icon=":material/monitoring:"),
     st.Page("screens/runs.py", title="Runs", icon=":material/table_rows:"),
+    st.Page("screens/methods.py", title="Methods", icon=":material/table_chart:"),
+    st.Page("screens/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("screens/sweeps.py", title="Sweeps", icon=":material/grid_on:"),
+    st.Page("screens/lab.py", title="Temperature lab", icon=":material/thermostat:"),
 ]).run()

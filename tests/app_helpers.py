@@ -262,3 +262,61 @@ def measure_click_to_first_point(workdir: Path, *, epochs: int = 30, budget_s: f
 def summary_line(name: str, value: Any) -> str:
     """One machine-readable line (`KDLAB_BENCH {"name": ..., "value": ...}`) for the benchmark log."""
     return "KDLAB_BENCH " + json.dumps({"name": name, "value": value})
+
+
+# --- AppTest: what a download button would serve -------------------------------------------------------------------
+
+
+def record_downloads(monkeypatch) -> dict[str, Any]:
+    """From now on (for this test), what the app's download buttons would serve, by file name: the
+    bytes or text for eager data, the callable for deferred data (call it to build the file).
+
+    AppTest keeps download data in a media file manager it throws away after each run, so the test
+    records it on the way in instead.
+    """
+    from streamlit.runtime.media_file_manager import MediaFileManager
+
+    recorded: dict[str, Any] = {}
+    add, add_deferred = MediaFileManager.add, MediaFileManager.add_deferred
+
+    def recording_add(self, data, mimetype, coordinates, file_name=None, *args, **kwargs):
+        recorded[file_name] = data
+        return add(self, data, mimetype, coordinates, file_name, *args, **kwargs)
+
+    def recording_add_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        recorded[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add", recording_add)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", recording_add_deferred)
+    return recorded
+
+
+# --- the browser: sliders ---------------------------------------------------------------------------------------------
+
+
+def move_slider(page, label: str, presses: int) -> None:
+    """Move the Streamlit slider labelled `label` by `presses` steps (negative: to the left), as a
+    user does with the keyboard after clicking its thumb."""
+    thumb = page.get_by_role("slider", name=label)
+    thumb.focus()
+    for _ in range(abs(presses)):
+        thumb.press("ArrowRight" if presses > 0 else "ArrowLeft")
+
+
+def require_chromium(required: bool) -> str:
+    """Chromium's path for a browser test; skips the test with the reason when there is none, or fails
+    it when `required` (KDLAB_BROWSER_TESTS=1, as in CI)."""
+    import pytest
+
+    path = chromium_path()
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        reason = "no Chromium at /usr/bin/chromium (or $KDLAB_CHROMIUM), or the playwright package is missing"
+        if required:
+            pytest.fail(f"KDLAB_BROWSER_TESTS=1 but {reason}")
+        pytest.skip(reason)
+    return path

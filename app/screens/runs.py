@@ -48,6 +48,7 @@ def _panel(was_active: bool) -> None:
     frame = _frame(records)
     shown = _filter(frame)
     selected = _table(shown)
+    _compare(shown)
     record = next((r for r in records if r.id == selected), None)
     if record is None:
         st.caption("Select a row to open, cancel, resume, delete or copy that run.")
@@ -118,6 +119,20 @@ def _table(frame: pd.DataFrame) -> str | None:
     selected = ids[rows[0]] if rows and rows[0] < len(ids) else None
     st.session_state["_kdlab_runs_selected"] = selected
     return selected
+
+
+def _compare(frame: pd.DataFrame) -> None:
+    """Several runs, picked by id, opened side by side on the Compare page (`compare?runs=id1,id2`)."""
+    ids = list(frame["run"])
+    labels = {run: f"{name} ({run})" if name else run for run, name in zip(frame["run"], frame["name"])}
+    chosen = [r for r in st.session_state.get("runs_compare", []) if r in labels]  # the filter may hide some
+    st.session_state["runs_compare"] = chosen
+    cols = st.columns([4, 1], vertical_alignment="bottom")
+    chosen = cols[0].multiselect("Compare runs", ids, format_func=labels.get, key="runs_compare",
+                                 placeholder="Choose runs to compare side by side")
+    if cols[1].button("Compare selected", icon=":material/compare_arrows:", key="runs_compare_go", width="stretch",
+                      disabled=not chosen):
+        st.switch_page("screens/compare.py", query_params={"runs": ",".join(chosen)})
 
 
 def _actions(record) -> None:
