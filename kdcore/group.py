@@ -84,6 +84,8 @@ def run_group(configs: list[RunConfig], callbacks: list[Callback], *, teacher_ca
             outcomes[i] = result
             continue
         try:
+            if cb.should_stop():
+                raise Cancelled("stopped after the student stage")
             student = _new_model(config.student.arch, shape, classes, config.seed, prep.device)
             student.load_state_dict(result["state"])
             progress, done = _Progress(artifacts[i]), {"student": result}
@@ -91,14 +93,25 @@ def run_group(configs: list[RunConfig], callbacks: list[Callback], *, teacher_ca
             baseline = None
             if config.baseline:
                 key = baseline_key(config)
-                sharing = CallbackList([c for c2, c in zip(configs, callbacks) if c2.baseline and baseline_key(c2) == key])
+                sharing = _Shared([c for c2, c, r in zip(configs, callbacks, student_results)
+                                   if c2.baseline and baseline_key(c2) == key and not isinstance(r, BaseException)])
                 if key not in baselines:  # trained once, reported to every run that shares it
                     baselines[key] = train_baseline(config, prep, sharing, _Progress(None), {}, {})
                 baseline = baselines[key]
+            if cb.should_stop():  # it asked to stop while a shared baseline finished for the others
+                raise Cancelled("stopped during the shared baseline")
             outcomes[i] = summarize(config, prep, student, result, student_val_acc, baseline, artifacts[i], cb, started)
+            outcomes[i]["group_size"] = len(configs)  # wall_s is the whole group's: these runs trained together
         except (KDError, Cancelled) as exc:
             outcomes[i] = exc
     return outcomes  # type: ignore[return-value]
+
+
+class _Shared(CallbackList):
+    """Callbacks of runs sharing one baseline: it stops only when every one of them wants to stop."""
+
+    def should_stop(self) -> bool:
+        return all(cb.should_stop() for cb in self.callbacks)
 
 
 def _fit_one(config: RunConfig, cb: Callback, prep: Prepared, progress: _Progress) -> dict[str, Any] | BaseException:

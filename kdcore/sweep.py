@@ -50,10 +50,21 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[tuple[dict[
         try:
             config = RunConfig.from_dict(data)
         except ConfigError as exc:
-            bad = next((f"{k}={v}" for k, v in zip(keys, combo) if k.split(".")[-1] in str(exc)), None)
-            raise ConfigError(f"grid value {bad or dict(zip(keys, combo))} is invalid: {exc}") from None
+            raise ConfigError(f"grid value {_culprit(base, dict(zip(keys, combo)))} is invalid: {exc}") from None
         out.append((dict(zip(keys, combo)), config))
     return out
+
+
+def _culprit(base: dict[str, Any], values: dict[str, Any]) -> str:
+    """Name the swept value that makes a combination invalid: the first one invalid on its own."""
+    for key, value in values.items():
+        data = copy.deepcopy(base)
+        try:
+            set_dotted(data, key, value)
+            RunConfig.from_dict(data)
+        except ConfigError:
+            return f"{key}={value}"
+    return ", ".join(f"{k}={v}" for k, v in values.items())  # only the combination is invalid
 
 
 def build_sweep(config_file: str | None, overrides: list[str], grid_specs: list[str]) -> tuple[dict, dict, list]:

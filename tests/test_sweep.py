@@ -1,0 +1,115 @@
+"""Sweeps: grid parsing and validation, the CLI end to end, and students trained as a group."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdcore.callbacks import Callback
+from kdcore.config import RunConfig
+from kdcore.errors import Cancelled, ConfigError
+from kdcore.group import group_key, run_group
+from kdcore.store import Store
+from kdcore.sweep import expand, parse_grid
+from kdcore.trainer import run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"dataset": "digits", "epochs": 3, "teacher": {"arch": "cnn-small", "epochs": 1}, "student": {"arch": "mlp-tiny"}}
+
+
+def test_parse_grid_types_values_and_refuses_malformed_specs():
+    assert parse_grid(["temperature=1,2.5,4", "baseline=true,false"]) == {"temperature": [1, 2.5, 4],
+                                                                          "baseline": [True, False]}
+    for bad in (["temperature"], ["=1,2"], ["temperature="], ["seed=1,1"], []):
+        with pytest.raises(ConfigError):
+            parse_grid(bad)
+    with pytest.raises(ConfigError, match="given twice"):
+        parse_grid(["seed=1", "seed=2"])
+
+
+def test_expand_is_the_cartesian_product_in_grid_order():
+    runs = expand(TINY, parse_grid(["temperature=1,4", "weights.kd=0.1,0.9", "seed=0,1,2"]))
+    assert len(runs) == 12
+    assert runs[0][0] == {"temperature": 1, "weights.kd": 0.1, "seed": 0}
+    assert runs[-1][1].temperature == 4 and runs[-1][1].weights.kd == 0.9 and runs[-1][1].seed == 2
+
+
+@pytest.mark.parametrize("grid, culprit", [
+    (["temperature=1,0"], "temperature=0"),
+    (["epochs=1,2", "teacher.epochs=0,1"], "teacher.epochs=0"),
+    (["lr=0.1", "teacher.lr=-1"], "teacher.lr=-1"),
+    (["student.arch=mlp-tiny,resnet99"], "student.arch=resnet99"),
+])
+def test_an_invalid_grid_value_is_named_before_anything_is_queued(grid, culprit):
+    with pytest.raises(ConfigError, match=f"grid value {culprit} is invalid"):
+        expand(TINY, parse_grid(grid))
+
+
+def test_sweep_cli_queues_runs_that_share_one_teacher(tmp_path):
+    env = {**os.environ, "KDCORE_HOME": str(tmp_path), "KDCORE_MAX_RUNS": "1"}
+    args = [sys.executable, "-m", "kdcore", "sweep", "--set", "dataset=digits", "--set", "epochs=2",
+            "--set", "teacher.arch=cnn-small", "--set", "teacher.epochs=1", "--set", "student.arch=mlp-tiny",
+            "--grid", "temperature=1,4", "--grid", "seed=0,1", "--wait", "--json"]
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(result["runs"]) == 4 and result["sweep_id"].startswith("sweep-")
+    store = Store(tmp_path)
+    records = [store.get_run(r) for r in result["runs"]]
+    assert all(r.status == "done" and r.sweep_id == result["sweep_id"] for r in records)
+    assert sorted((r.config["temperature"], r.config["seed"]) for r in records) == [(1, 0), (1, 1), (4, 0), (4, 1)]
+    assert len({r.summary["teacher_key"] for r in records}) == 1
+    assert all(r.summary.get("group_size") == 4 for r in records)  # one worker trained them together
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 1
+
+
+def test_a_grid_with_a_bad_value_queues_nothing(tmp_path):
+    env = {**os.environ, "KDCORE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "kdcore", "sweep", "--grid", "temperature=1,-2"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "temperature=-2" in out.stderr and "Traceback" not in out.stderr
+    assert Store(tmp_path).list_runs() == []
+
+
+def test_students_trained_as_a_group_match_the_same_runs_trained_alone(tmp_path):
+    base = RunConfig.from_dict(TINY)
+    configs = [base.replace(temperature=t, seed=s, **{"weights.kd": w}) for t, s, w in ((1, 0, 0.5), (4, 0, 0.9), (8, 1, 0.2))]
+    assert len({group_key(c) for c in configs}) == 1
+    cache = tmp_path / "teachers"
+    alone = [run_pipeline(c, [], teacher_cache=cache) for c in configs]
+    grouped = run_group(configs, [Callback() for _ in configs], teacher_cache=cache, artifacts=[None] * 3)
+    for a, g in zip(alone, grouped):
+        for key in ("student_test_acc", "student_val_acc", "baseline_test_acc", "best_epoch", "test_agreement"):
+            assert g[key] == pytest.approx(a[key], abs=1e-6), key
+
+
+class StopAfterFirstEpoch(Callback):
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def on_epoch_end(self, stage, epoch, values):
+        self.epochs = epoch
+
+    def should_stop(self) -> bool:
+        return self.epochs >= 1
+
+
+def test_cancelling_one_run_of_a_group_leaves_the_others_training(tmp_path):
+    base = RunConfig.from_dict(TINY)
+    configs = [base.replace(temperature=t) for t in (1, 4)]
+    outcomes = run_group(configs, [StopAfterFirstEpoch(), Callback()], teacher_cache=tmp_path, artifacts=[None, None])
+    assert isinstance(outcomes[0], Cancelled)
+    assert isinstance(outcomes[1], dict) and outcomes[1]["status"] == "done"
+
+
+def test_runs_that_cannot_share_a_stacked_student_train_alone():
+    base = RunConfig.from_dict(TINY)
+    assert group_key(base.replace(augment=True)) is None
+    assert group_key(base.replace(**{"weights.feature": 1.0})) is None
+    assert group_key(base) != group_key(base.replace(epochs=5))
+    assert group_key(base) == group_key(base.replace(temperature=9, seed=3, name="x"))
