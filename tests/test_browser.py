@@ -17,7 +17,7 @@ from app_helpers import (chart_points, chart_traces, chromium_path, exceptions_o
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REQUIRED = os.environ.get("KDLAB_BROWSER_TESTS") == "1"
-STUDENT_EPOCHS = 30  # digits: ~20 steps an epoch; long enough for several live updates
+STUDENT_EPOCHS = 300  # digits: ~20 steps an epoch (~10 s in all): long enough for several live updates
 RUN_BUDGET_S = 150  # ~20 s on an idle 2-core machine; generous for one shared with other jobs
 ACCURACY = "Validation accuracy"
 
