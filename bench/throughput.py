@@ -7,9 +7,12 @@ Same data (mnist-5k train split), same teacher (the default CNN, trained once he
 soft labels, forward, backward, optimizer step), median of the repeats:
 
 (a) textbook: a DataLoader over the training set, `teacher(x)` under no_grad on every step, KL + CE;
-(b) kdcore: `run_pipeline`'s student stage (timed from its start to its end, validation included).
+(b) kdcore: `run_pipeline` timed from the start of its soft-label stage to the end of its student
+    stage (teacher outputs, per-epoch validation and snapshots included).
 
-Then both again with augmentation (random shifts), where the teacher must run on every step.
+Then both again with augmentation (random shifts). The textbook loop runs the teacher on every
+augmented batch; kdcore looks the teacher's logits up in a table over the finitely many views,
+built in its first run (reported separately as "first run") and cached with the teacher.
 Finally the student's compute floor: its forward+backward FLOPs per sample times the engine's
 samples/s, as a fraction of a large float32 matmul's FLOP rate on this machine.
 """
@@ -84,8 +87,10 @@ class StageClock(Callback):
         self.steps = 0
 
     def on_stage_start(self, stage, epochs, steps_per_epoch):
+        if stage == "soft_labels":  # the teacher's soft labels (and view table) count as kdcore's time
+            self.start = time.perf_counter()
         if stage == "student":
-            self.start, self.steps = time.perf_counter(), epochs * steps_per_epoch
+            self.steps = epochs * steps_per_epoch
 
     def on_stage_end(self, stage, values):
         if stage == "student":
@@ -120,7 +125,7 @@ def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=30, help="the preset's budget")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -144,7 +149,9 @@ def main() -> None:
         book = [textbook(teacher, config, data, args.epochs, augment) for _ in range(args.repeats)]
         ours = [engine(config, cache) for _ in range(args.repeats)]
         key = "augmented" if augment else "plain"
-        results[key] = {"textbook_samples_per_s": statistics.median(book), "kdcore_samples_per_s": statistics.median(ours)}
+        # the first augmented kdcore run also builds the teacher's view table (then cached): "cold"
+        results[key] = {"textbook_samples_per_s": statistics.median(book), "kdcore_samples_per_s": statistics.median(ours),
+                        "kdcore_first_run_samples_per_s": ours[0]}
         results[key]["speedup"] = results[key]["kdcore_samples_per_s"] / results[key]["textbook_samples_per_s"]
 
     flops = student_flops_per_sample(base, data)
@@ -163,7 +170,8 @@ def main() -> None:
     }
     print(f"{'':12}{'textbook':>14}{'kdcore':>14}{'speedup':>10}")
     for key, r in results.items():
-        print(f"{key:12}{r['textbook_samples_per_s']:>12,.0f}/s{r['kdcore_samples_per_s']:>12,.0f}/s{r['speedup']:>9.1f}x")
+        print(f"{key:12}{r['textbook_samples_per_s']:>12,.0f}/s{r['kdcore_samples_per_s']:>12,.0f}/s{r['speedup']:>9.1f}x"
+              f"   (kdcore's first run: {r['kdcore_first_run_samples_per_s']:,.0f}/s)")
     print(f"student: {flops / 1e3:.0f} kFLOP/sample (fwd+bwd); matmul rate {peak / 1e9:.1f} GFLOP/s; "
           f"engine uses {100 * floor:.1f}% of it")
     if args.json:

@@ -476,9 +476,9 @@ def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teach
     data = load_dataset("digits")
     teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
     config = make_config(augment=True, epochs=view_count(data.info))
-    cache = tmp_path / "soft.views.pt"
-    soft = trainer._SoftLabels(teacher, data, config, need_features=False, cache_file=cache)
-    assert soft.view_table is not None and cache.exists()
+    stem = tmp_path / "teacher-key"
+    soft = trainer._SoftLabels(teacher, data, config, need_features=False, cache_stem=stem)
+    assert soft.view_table is not None and (tmp_path / "teacher-key.views.pt").exists()
     idx = torch.arange(0, 200, 3)
     views = random_views(len(idx), data.info, torch.Generator().manual_seed(0))
     x = apply_views(data.train_x[idx], data.info, views)
@@ -486,5 +486,20 @@ def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teach
         expected = teacher(x)
     looked_up, _ = soft.batch(idx, x, views)
     torch.testing.assert_close(looked_up, expected, rtol=1e-4, atol=1e-4)
-    again = trainer._SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_file=cache)
+    again = trainer._SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_stem=stem)
     assert again.view_table is not None and torch.equal(again.view_table, soft.view_table)  # read from the cache
+
+
+def test_soft_labels_are_computed_once_per_teacher_and_reused_from_the_cache(tmp_path, monkeypatch):
+    from kdcore.data import load_dataset
+    from kdcore.models import build_model
+
+    data = load_dataset("digits")
+    teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
+    first = trainer._SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
+    calls = []
+    monkeypatch.setattr(trainer, "predict", lambda *a, **k: calls.append(1))
+    second = trainer._SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
+    assert calls == []  # the teacher did not run again
+    assert torch.equal(first.train_logits, second.train_logits) and torch.equal(first.val_logits, second.val_logits)
+    assert torch.equal(first.train_features, second.train_features)
