@@ -99,6 +99,7 @@ def main() -> None:
     if not args.no_browser:
         from app_helpers import measure_click_to_first_point
 
+        (workdir / "browser").mkdir()
         timing = measure_click_to_first_point(workdir / "browser")
         out["click_to_first_point_s"] = timing["click_to_first_point_s"]
         out["click_to_done_s"] = timing["run_s"]
