@@ -50,7 +50,7 @@ def keep_queue_moving() -> None:
 @st.cache_resource(show_spinner=False)
 def available_devices() -> list[str]:
     """Devices this machine can train on (imports torch once per server process)."""
-    from kdcore.trainer import available_devices as probe
+    from kdcore.evaluation import available_devices as probe
 
     return probe()
 

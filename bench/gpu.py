@@ -20,7 +20,6 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from kdcore.losses import distillation_loss  # noqa: E402
 from kdcore.models import build_model, count_parameters  # noqa: E402

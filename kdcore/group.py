@@ -32,9 +32,10 @@ from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.errors import Cancelled, DivergedError, KDError
 from kdcore.losses import kd_loss_per_sample
+from kdcore.soft_labels import student_snapshot
 from kdcore.trainer import (FLUSH_EVERY, Prepared, _cosine, _make_optimizer, _new_model, _Progress,
-                            _student_snapshot, accuracy, baseline_key, finetune, predict, prepare,
-                            report_soft_labels, summarize, train_baseline, val_metrics)
+                            baseline_key, finetune, prepare, report_soft_labels, summarize, train_baseline,
+                            val_metrics)
 
 MAX_GROUP = 32  # students per stacked model; more gains little and costs memory
 
@@ -160,7 +161,7 @@ def _fit_stacked(configs: list[RunConfig], callbacks: list[Callback], prep: Prep
     for cb in callbacks:
         cb.on_stage_start("student", base.epochs, steps_per_epoch)
     for k, cb in enumerate(callbacks):
-        cb.on_snapshot("student", 0, _student_snapshot(_materialize(students[k], params, buffers, k), data, soft,
+        cb.on_snapshot("student", 0, student_snapshot(_materialize(students[k], params, buffers, k), data, soft,
                                                       configs[k].temperature))
     rates = []
     for epoch in range(1, base.epochs + 1):
@@ -206,7 +207,7 @@ def _fit_stacked(configs: list[RunConfig], callbacks: list[Callback], prep: Prep
                           lr=_cosine(base.lr, epoch * steps_per_epoch, total_steps))
             cb.on_metrics("student", epoch, epoch * steps_per_epoch, values)
             model = _materialize(students[k], params, buffers, k)
-            cb.on_snapshot("student", epoch, _student_snapshot(model, data, soft, config.temperature))
+            cb.on_snapshot("student", epoch, student_snapshot(model, data, soft, config.temperature))
             if values["val_acc"] > best[k]["val_acc"]:
                 best[k].update(state=copy.deepcopy(model.state_dict()), best_epoch=epoch, val_acc=values["val_acc"])
             best[k]["history"].append({"epoch": epoch, **values})

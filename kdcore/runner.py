@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError

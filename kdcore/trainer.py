@@ -11,7 +11,6 @@ The trainer knows nothing of Streamlit or SQLite: it reports through `kdcore.cal
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import fcntl
 import math
@@ -28,75 +27,15 @@ from kdcore import checkpoints
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.data import Splits, apply_views, augment, load_dataset, random_views, view_count
-from kdcore.errors import Cancelled, ConfigError, DivergedError
-from kdcore.losses import distillation_loss, kd_loss_per_sample, soft_targets
+from kdcore.errors import Cancelled, DivergedError
+from kdcore.evaluation import accuracy, autocast, predict, resolve_device
+from kdcore.losses import distillation_loss, kd_loss_per_sample
 from kdcore.method_losses import TeacherEnsemble, method_objective
 from kdcore.methods import METHODS, multi_teacher_seeds
 from kdcore.models import build_model, count_parameters
+from kdcore.soft_labels import SoftLabels, student_snapshot, teacher_snapshot
 
 FLUSH_EVERY = 25  # steps per host sync: loss values are read back in batches, not every step
-EVAL_BATCH = {"cuda": 2048}  # inference batch; on a CPU, conv nets run fastest around 256 (cache-sized)
-SNAPSHOT_SAMPLES = 10
-GRID_SIZE = 60  # decision-region grid for 2-D data
-
-
-# --- devices and seeds -----------------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is a clear error."""
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is available here; use device=auto or device=cpu")
-    if name == "mps" and not has_mps:
-        raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or device=cpu")
-    return torch.device(name)
-
-
-def available_devices() -> list[str]:
-    """Devices this machine can train on, for the UI's picker."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.insert(0, "cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.insert(0, "mps")
-    return devices
-
-
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --- evaluation --------------------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, *, features: bool = False, amp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Logits (and penultimate features) of `model` on all of `x`, in eval mode, in large batches."""
-    was_training = model.training
-    model.eval()
-    logits, feats = [], []
-    batch = EVAL_BATCH.get(x.device.type, 256)
-    with _autocast(x.device, amp):
-        for start in range(0, len(x), batch):
-            chunk = x[start : start + batch]
-            if features:
-                out, feat, _ = model.forward_features(chunk)
-                feats.append(feat.float())
-            else:
-                out = model(chunk)
-            logits.append(out.float())
-    model.train(was_training)
-    out = torch.cat(logits)
-    return (out, torch.cat(feats)) if features else out
-
-
-def accuracy(logits: Tensor, targets: Tensor) -> float:
-    return (logits.argmax(dim=1) == targets).float().mean().item()
 
 
 # --- the training loop shared by every stage ---------------------------------------------------------
@@ -220,7 +159,7 @@ def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, ca
                     x = augment(x, data.info, aug_generator)
             for group in optimizer.param_groups:
                 group["lr"] = _cosine(stage.lr, step - 1, total_steps)
-            with _autocast(device, config.amp):
+            with autocast(device, config.amp):
                 parts, logits = stage.step_loss(idx, x, y, views)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
@@ -288,7 +227,7 @@ class Prepared:
     device: torch.device
     data: Splits
     teacher: _Teacher
-    soft: "_SoftLabels"
+    soft: "SoftLabels"
 
 
 def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -> Prepared:
@@ -311,12 +250,12 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     cache_stem = (Path(teacher_cache) / config.teacher_key()
                   if teacher_cache and not config.teacher.checkpoint and config.method != "multi_teacher" else None)
     need_features = config.weights.feature > 0 or METHODS[config.method].needs_teacher_features
-    soft = _SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem)
+    soft = SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem)
     return Prepared(device, data, teacher, soft)
 
 
 def report_soft_labels(config: RunConfig, prep: Prepared, cb: Callback) -> None:
-    cb.on_snapshot("soft_labels", 0, _teacher_snapshot(prep.data, prep.soft, config.temperature))
+    cb.on_snapshot("soft_labels", 0, teacher_snapshot(prep.data, prep.soft, config.temperature))
     cb.on_stage_end("soft_labels", {"teacher_val_acc": prep.teacher.val_acc})
 
 
@@ -512,149 +451,6 @@ def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: 
     return _Teacher(model, val_acc, test_acc, cached, source)
 
 
-# --- stage 2: soft labels ----------------------------------------------------------------------------
-
-
-MAX_VIEW_TABLE = 64_000_000  # floats (256 MB): larger view tables run the teacher per step instead
-SOFT_LABELS_VERSION = 1  # bump when the meaning of cached soft labels changes
-
-
-class _SoftLabels:
-    """The teacher's outputs the student learns from, computed as few times as possible.
-
-    Without augmentation the training-set logits (and features) are computed once, in eval mode
-    under no_grad, and indexed per step. With augmentation the student sees one of finitely many
-    views of each image (`kdcore.data.view_count`), so the teacher's logits on every view of the
-    training set form a table [views, N, C] that is looked up per step: the teacher never runs in
-    the loop. The table is built when it costs no more than running the teacher per step would, or
-    found in the teacher cache (one per teacher and data view, shared across runs and sweeps).
-    Otherwise (points, feature distillation, huge tables) the teacher runs on each augmented batch.
-    """
-
-    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool,
-                 cache_stem: Path | None = None) -> None:
-        """cache_stem: `<teacher cache>/<teacher key>`; each computed tensor is kept beside the teacher."""
-        self.teacher, self.amp, self.need_features = teacher, config.amp, need_features
-        self.train_logits = self.train_features = self.view_table = None
-        n, classes, views = len(data.train_x), data.info.num_classes, view_count(data.info)
-
-        def cached(name: str, shape: tuple[int, ...], compute: Callable[[], Tensor]) -> Tensor:
-            return _cached_tensor(cache_stem.with_name(f"{cache_stem.name}.{name}.pt") if cache_stem else None,
-                                  shape, compute, data.train_x.device)
-
-        if not config.augment:
-            self.train_logits = cached("train_logits", (n, classes), lambda: predict(teacher, data.train_x, amp=config.amp))
-            if need_features:
-                self.train_features = cached("train_features", (n,),
-                                             lambda: predict(teacher, data.train_x, features=True, amp=config.amp)[1])
-        elif not need_features and 0 < views and views * n * classes <= MAX_VIEW_TABLE:
-            stem_exists = cache_stem is not None and cache_stem.with_name(f"{cache_stem.name}.views.pt").exists()
-            if stem_exists or views <= 1.5 * config.epochs:  # no dearer than running the teacher every step
-                self.view_table = cached("views", (views, n, classes), lambda: self._view_table(data, views))
-        self.val_logits = cached("val_logits", (len(data.val_x), classes), lambda: predict(teacher, data.val_x, amp=config.amp))
-
-    def _view_table(self, data: Splits, views: int) -> Tensor:
-        device = data.train_x.device
-        table = torch.empty(views, len(data.train_x), data.info.num_classes, device=device)
-        for view in range(views):
-            ids = torch.full((len(data.train_x),), view, device=device)
-            step = EVAL_BATCH.get(device.type, 256) * 4  # predict() batches each chunk further
-            for start in range(0, len(data.train_x), step):
-                chunk = apply_views(data.train_x[start : start + step], data.info, ids[start : start + step])
-                table[view, start : start + len(chunk)] = predict(self.teacher, chunk, amp=self.amp)
-        return table
-
-    def batch(self, idx: Tensor, x: Tensor, views: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Teacher logits (and features) for the training batch `x` (dataset indices `idx`, augmentation `views`)."""
-        if self.train_logits is not None:
-            return self.train_logits[idx], (self.train_features[idx] if self.need_features else None)
-        if self.view_table is not None and views is not None:
-            return self.view_table[views, idx], None
-        with torch.no_grad():
-            logits, feats, _ = self.teacher.forward_features(x)
-        return logits.float(), (feats.float() if self.need_features else None)
-
-
-def _cached_tensor(path: Path | None, shape: tuple[int, ...], compute: Callable[[], Tensor],
-                   device: torch.device) -> Tensor:
-    """`compute()`, or its earlier result from `path` when one of the expected leading shape is there."""
-    if path is not None and path.exists():
-        try:
-            stored = checkpoints.load(path, "cached soft labels")
-            tensor = stored["tensor"]
-            if stored.get("version") == SOFT_LABELS_VERSION and tuple(tensor.shape[: len(shape)]) == tuple(shape):
-                return tensor.to(device)
-        except Exception:  # a damaged or foreign cache entry is recomputed, not fatal
-            pass
-    tensor = compute()
-    if path is not None:
-        checkpoints.save_atomic({"version": SOFT_LABELS_VERSION, "tensor": tensor.cpu()}, path)
-    return tensor
-
-
-def _snapshot_indices(labels: Tensor, count: int) -> list[int]:
-    """A fixed, readable set of validation samples: the first example of each class, then more."""
-    labels = labels.tolist()
-    chosen, seen = [], set()
-    for i, y in enumerate(labels):
-        if y not in seen:
-            chosen.append(i)
-            seen.add(y)
-        if len(chosen) == count:
-            return chosen
-    return chosen + [i for i in range(len(labels)) if i not in set(chosen)][: count - len(chosen)]
-
-
-def _teacher_snapshot(data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, Any]:
-    idx = _snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
-    logits = soft.val_logits[idx]
-    x = data.val_x[idx].float().cpu()
-    payload = {
-        "indices": idx,
-        "labels": data.val_y[idx].tolist(),
-        "class_names": list(data.class_names),
-        "temperature": temperature,
-        "teacher_T": soft_targets(logits, temperature).tolist(),
-        "teacher_T1": soft_targets(logits, 1.0).tolist(),
-    }
-    if data.info.kind == "image":
-        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
-        std = torch.tensor(data.std).view(1, -1, 1, 1)
-        payload["images"] = (x * std + mean).clamp(0, 1).tolist()  # [N, C, H, W] in 0..1 for display
-    else:
-        payload["points"] = data.val_x[:600].cpu().tolist()
-        payload["point_labels"] = data.val_y[:600].cpu().tolist()
-        payload["highlight"] = x.tolist()
-        payload["grid"] = _grid(data)
-        payload["teacher_regions"] = _regions(soft.teacher, data)
-    return payload
-
-
-def _student_snapshot(student: nn.Module, data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, Any]:
-    idx = _snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
-    logits = predict(student, data.val_x[idx])
-    payload = {"indices": idx, "student_T": soft_targets(logits, temperature).tolist()}
-    if data.info.kind == "points":
-        payload["student_regions"] = _regions(student, data)
-    return payload
-
-
-def _grid(data: Splits) -> dict[str, list[float]]:
-    low = data.val_x.min(dim=0).values.cpu() - 0.5
-    high = data.val_x.max(dim=0).values.cpu() + 0.5
-    return {"x": torch.linspace(low[0], high[0], GRID_SIZE).tolist(), "y": torch.linspace(low[1], high[1], GRID_SIZE).tolist()}
-
-
-def _regions(model: nn.Module, data: Splits) -> list[list[int]]:
-    """Predicted class over a GRID_SIZE² grid covering the validation points (rows: y, columns: x)."""
-    grid = _grid(data)
-    xs = torch.tensor(grid["x"], device=data.val_x.device)
-    ys = torch.tensor(grid["y"], device=data.val_x.device)
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
-    return predict(model, points).argmax(dim=1).view(GRID_SIZE, GRID_SIZE).tolist()
-
-
 # --- stages 3–5: student, fine-tune, baseline -------------------------------------------------------
 
 
@@ -670,12 +466,12 @@ def _val_hard(model: nn.Module, data: Splits, amp: bool) -> dict[str, float]:
     return {"val_acc": accuracy(logits, data.val_y), "val_loss": F.cross_entropy(logits, data.val_y).item()}
 
 
-def _val_against_teacher(model: nn.Module, data: Splits, soft: _SoftLabels, temperature: float, amp: bool) -> dict[str, float]:
+def _val_against_teacher(model: nn.Module, data: Splits, soft: SoftLabels, temperature: float, amp: bool) -> dict[str, float]:
     """Validation accuracy and loss, plus how closely the student follows the teacher."""
     return val_metrics(predict(model, data.val_x, amp=amp), data, soft, temperature)
 
 
-def val_metrics(logits: Tensor, data: Splits, soft: _SoftLabels, temperature: float) -> dict[str, float]:
+def val_metrics(logits: Tensor, data: Splits, soft: SoftLabels, temperature: float) -> dict[str, float]:
     """Validation metrics of a student's logits [N_val, C] against labels and the teacher."""
     return {
         "val_acc": accuracy(logits, data.val_y),
@@ -685,7 +481,7 @@ def val_metrics(logits: Tensor, data: Splits, soft: _SoftLabels, temperature: fl
     }
 
 
-def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: _SoftLabels, data: Splits) -> Stage:
+def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: SoftLabels, data: Splits) -> Stage:
     w = config.weights
     objective = method_objective(config, student, soft.teacher, data.info)
     ce_weight = w.ce if objective.uses_labels else 0.0
@@ -707,13 +503,13 @@ def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module |
     extra = projector if objective.adapters is None else nn.ModuleList([m for m in (objective.adapters, projector) if m is not None])
     stage = Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
                   validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
-                  extra=extra, snapshot=lambda m: _student_snapshot(m, data, soft, config.temperature),
+                  extra=extra, snapshot=lambda m: student_snapshot(m, data, soft, config.temperature),
                   augment=config.augment)
     return stage
 
 
 def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,
-                      soft: _SoftLabels) -> Stage:
+                      soft: SoftLabels) -> Stage:
     return Stage(name, model, epochs, config.batch_size, lr, config.seed,
                  step_loss=lambda idx, x, y, views: _ce_step(model, x, y),
                  validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),

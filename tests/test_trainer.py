@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcore import checkpoints, trainer
+from kdcore import checkpoints, soft_labels, trainer
+from kdcore.soft_labels import SoftLabels
 from kdcore.callbacks import Callback
 from kdcore.config import RunConfig
 from kdcore.data import load_dataset
@@ -430,13 +431,13 @@ def test_no_projector_without_feature_weight(monkeypatch):
 
 def test_augment_runs_the_teacher_per_batch(monkeypatch):
     calls = []
-    original = trainer._SoftLabels.batch
+    original = SoftLabels.batch
 
     def recording_batch(self, idx, x, views=None):
         calls.append(self.train_logits is None and self.view_table is None)
         return original(self, idx, x, views)
 
-    monkeypatch.setattr(trainer._SoftLabels, "batch", recording_batch)
+    monkeypatch.setattr(SoftLabels, "batch", recording_batch)
     rec = Recorder()
     summary = run_pipeline(make_config(augment=True, baseline=False), [rec])
     assert len(calls) == 2 * steps_per_epoch() and all(calls), "no precomputed logits; the teacher ran each step"
@@ -463,7 +464,7 @@ def test_teacher_checkpoint_for_another_input_shape_is_refused(recorded, teacher
     def accepted(*args, **kwargs):
         raise AssertionError("the 8x8 teacher was accepted for 28x28 images")
 
-    monkeypatch.setattr(trainer, "_SoftLabels", accepted)  # fail fast instead of training on
+    monkeypatch.setattr(trainer, "SoftLabels", accepted)  # fail fast instead of training on
     with pytest.raises(CheckpointError, match="8"):
         run_pipeline(make_config(dataset="mnist-5k", **{"teacher.checkpoint": str(path)}))
 
@@ -477,7 +478,7 @@ def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teach
     teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
     config = make_config(augment=True, epochs=view_count(data.info))
     stem = tmp_path / "teacher-key"
-    soft = trainer._SoftLabels(teacher, data, config, need_features=False, cache_stem=stem)
+    soft = SoftLabels(teacher, data, config, need_features=False, cache_stem=stem)
     assert soft.view_table is not None and (tmp_path / "teacher-key.views.pt").exists()
     idx = torch.arange(0, 200, 3)
     views = random_views(len(idx), data.info, torch.Generator().manual_seed(0))
@@ -486,7 +487,7 @@ def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teach
         expected = teacher(x)
     looked_up, _ = soft.batch(idx, x, views)
     torch.testing.assert_close(looked_up, expected, rtol=1e-4, atol=1e-4)
-    again = trainer._SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_stem=stem)
+    again = SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_stem=stem)
     assert again.view_table is not None and torch.equal(again.view_table, soft.view_table)  # read from the cache
 
 
@@ -496,10 +497,10 @@ def test_soft_labels_are_computed_once_per_teacher_and_reused_from_the_cache(tmp
 
     data = load_dataset("digits")
     teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
-    first = trainer._SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
+    first = SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
     calls = []
-    monkeypatch.setattr(trainer, "predict", lambda *a, **k: calls.append(1))
-    second = trainer._SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
+    monkeypatch.setattr(soft_labels, "predict", lambda *a, **k: calls.append(1))
+    second = SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
     assert calls == []  # the teacher did not run again
     assert torch.equal(first.train_logits, second.train_logits) and torch.equal(first.val_logits, second.val_logits)
     assert torch.equal(first.train_features, second.train_features)

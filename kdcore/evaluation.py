@@ -1,0 +1,71 @@
+"""Devices and inference: where a run trains, and a model's outputs on a whole tensor of inputs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from kdcore.errors import ConfigError
+
+EVAL_BATCH = {"cuda": 2048}  # inference batch; on a CPU, conv nets run fastest around 256 (cache-sized)
+
+
+# --- devices and seeds -----------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then CPU; an explicit device that is absent is a clear error."""
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is available here; use device=auto or device=cpu")
+    if name == "mps" and not has_mps:
+        raise ConfigError("device=mps but Apple MPS is not available here; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can train on, for the UI's picker."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.insert(0, "mps")
+    return devices
+
+
+def autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --- evaluation --------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: Tensor, *, features: bool = False, amp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Logits (and penultimate features) of `model` on all of `x`, in eval mode, in large batches."""
+    was_training = model.training
+    model.eval()
+    logits, feats = [], []
+    batch = EVAL_BATCH.get(x.device.type, 256)
+    with autocast(x.device, amp):
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            if features:
+                out, feat, _ = model.forward_features(chunk)
+                feats.append(feat.float())
+            else:
+                out = model(chunk)
+            logits.append(out.float())
+    model.train(was_training)
+    out = torch.cat(logits)
+    return (out, torch.cat(feats)) if features else out
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> float:
+    return (logits.argmax(dim=1) == targets).float().mean().item()

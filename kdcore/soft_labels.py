@@ -1,0 +1,157 @@
+"""Stage 2: the teacher's soft labels, computed as few times as possible, and the snapshots the app draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from kdcore import checkpoints
+from kdcore.config import RunConfig
+from kdcore.data import Splits, apply_views, view_count
+from kdcore.evaluation import EVAL_BATCH, predict
+from kdcore.losses import soft_targets
+
+SNAPSHOT_SAMPLES = 10
+GRID_SIZE = 60  # decision-region grid for 2-D data
+
+MAX_VIEW_TABLE = 64_000_000  # floats (256 MB): larger view tables run the teacher per step instead
+SOFT_LABELS_VERSION = 1  # bump when the meaning of cached soft labels changes
+
+
+class SoftLabels:
+    """The teacher's outputs the student learns from, computed as few times as possible.
+
+    Without augmentation the training-set logits (and features) are computed once, in eval mode
+    under no_grad, and indexed per step. With augmentation the student sees one of finitely many
+    views of each image (`kdcore.data.view_count`), so the teacher's logits on every view of the
+    training set form a table [views, N, C] that is looked up per step: the teacher never runs in
+    the loop. The table is built when it costs no more than running the teacher per step would, or
+    found in the teacher cache (one per teacher and data view, shared across runs and sweeps).
+    Otherwise (points, feature distillation, huge tables) the teacher runs on each augmented batch.
+    """
+
+    def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool,
+                 cache_stem: Path | None = None) -> None:
+        """cache_stem: `<teacher cache>/<teacher key>`; each computed tensor is kept beside the teacher."""
+        self.teacher, self.amp, self.need_features = teacher, config.amp, need_features
+        self.train_logits = self.train_features = self.view_table = None
+        n, classes, views = len(data.train_x), data.info.num_classes, view_count(data.info)
+
+        def cached(name: str, shape: tuple[int, ...], compute: Callable[[], Tensor]) -> Tensor:
+            return _cached_tensor(cache_stem.with_name(f"{cache_stem.name}.{name}.pt") if cache_stem else None,
+                                  shape, compute, data.train_x.device)
+
+        if not config.augment:
+            self.train_logits = cached("train_logits", (n, classes), lambda: predict(teacher, data.train_x, amp=config.amp))
+            if need_features:
+                self.train_features = cached("train_features", (n,),
+                                             lambda: predict(teacher, data.train_x, features=True, amp=config.amp)[1])
+        elif not need_features and 0 < views and views * n * classes <= MAX_VIEW_TABLE:
+            stem_exists = cache_stem is not None and cache_stem.with_name(f"{cache_stem.name}.views.pt").exists()
+            if stem_exists or views <= 1.5 * config.epochs:  # no dearer than running the teacher every step
+                self.view_table = cached("views", (views, n, classes), lambda: self._view_table(data, views))
+        self.val_logits = cached("val_logits", (len(data.val_x), classes), lambda: predict(teacher, data.val_x, amp=config.amp))
+
+    def _view_table(self, data: Splits, views: int) -> Tensor:
+        device = data.train_x.device
+        table = torch.empty(views, len(data.train_x), data.info.num_classes, device=device)
+        for view in range(views):
+            ids = torch.full((len(data.train_x),), view, device=device)
+            step = EVAL_BATCH.get(device.type, 256) * 4  # predict() batches each chunk further
+            for start in range(0, len(data.train_x), step):
+                chunk = apply_views(data.train_x[start : start + step], data.info, ids[start : start + step])
+                table[view, start : start + len(chunk)] = predict(self.teacher, chunk, amp=self.amp)
+        return table
+
+    def batch(self, idx: Tensor, x: Tensor, views: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Teacher logits (and features) for the training batch `x` (dataset indices `idx`, augmentation `views`)."""
+        if self.train_logits is not None:
+            return self.train_logits[idx], (self.train_features[idx] if self.need_features else None)
+        if self.view_table is not None and views is not None:
+            return self.view_table[views, idx], None
+        with torch.no_grad():
+            logits, feats, _ = self.teacher.forward_features(x)
+        return logits.float(), (feats.float() if self.need_features else None)
+
+
+def _cached_tensor(path: Path | None, shape: tuple[int, ...], compute: Callable[[], Tensor],
+                   device: torch.device) -> Tensor:
+    """`compute()`, or its earlier result from `path` when one of the expected leading shape is there."""
+    if path is not None and path.exists():
+        try:
+            stored = checkpoints.load(path, "cached soft labels")
+            tensor = stored["tensor"]
+            if stored.get("version") == SOFT_LABELS_VERSION and tuple(tensor.shape[: len(shape)]) == tuple(shape):
+                return tensor.to(device)
+        except Exception:  # a damaged or foreign cache entry is recomputed, not fatal
+            pass
+    tensor = compute()
+    if path is not None:
+        checkpoints.save_atomic({"version": SOFT_LABELS_VERSION, "tensor": tensor.cpu()}, path)
+    return tensor
+
+
+def snapshot_indices(labels: Tensor, count: int) -> list[int]:
+    """A fixed, readable set of validation samples: the first example of each class, then more."""
+    labels = labels.tolist()
+    chosen, seen = [], set()
+    for i, y in enumerate(labels):
+        if y not in seen:
+            chosen.append(i)
+            seen.add(y)
+        if len(chosen) == count:
+            return chosen
+    return chosen + [i for i in range(len(labels)) if i not in set(chosen)][: count - len(chosen)]
+
+
+def teacher_snapshot(data: Splits, soft: SoftLabels, temperature: float) -> dict[str, Any]:
+    idx = snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
+    logits = soft.val_logits[idx]
+    x = data.val_x[idx].float().cpu()
+    payload = {
+        "indices": idx,
+        "labels": data.val_y[idx].tolist(),
+        "class_names": list(data.class_names),
+        "temperature": temperature,
+        "teacher_T": soft_targets(logits, temperature).tolist(),
+        "teacher_T1": soft_targets(logits, 1.0).tolist(),
+    }
+    if data.info.kind == "image":
+        mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+        std = torch.tensor(data.std).view(1, -1, 1, 1)
+        payload["images"] = (x * std + mean).clamp(0, 1).tolist()  # [N, C, H, W] in 0..1 for display
+    else:
+        payload["points"] = data.val_x[:600].cpu().tolist()
+        payload["point_labels"] = data.val_y[:600].cpu().tolist()
+        payload["highlight"] = x.tolist()
+        payload["grid"] = _grid(data)
+        payload["teacher_regions"] = _regions(soft.teacher, data)
+    return payload
+
+
+def student_snapshot(student: nn.Module, data: Splits, soft: SoftLabels, temperature: float) -> dict[str, Any]:
+    idx = snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
+    logits = predict(student, data.val_x[idx])
+    payload = {"indices": idx, "student_T": soft_targets(logits, temperature).tolist()}
+    if data.info.kind == "points":
+        payload["student_regions"] = _regions(student, data)
+    return payload
+
+
+def _grid(data: Splits) -> dict[str, list[float]]:
+    low = data.val_x.min(dim=0).values.cpu() - 0.5
+    high = data.val_x.max(dim=0).values.cpu() + 0.5
+    return {"x": torch.linspace(low[0], high[0], GRID_SIZE).tolist(), "y": torch.linspace(low[1], high[1], GRID_SIZE).tolist()}
+
+
+def _regions(model: nn.Module, data: Splits) -> list[list[int]]:
+    """Predicted class over a GRID_SIZE² grid covering the validation points (rows: y, columns: x)."""
+    grid = _grid(data)
+    xs = torch.tensor(grid["x"], device=data.val_x.device)
+    ys = torch.tensor(grid["y"], device=data.val_x.device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    return predict(model, points).argmax(dim=1).view(GRID_SIZE, GRID_SIZE).tolist()
