@@ -47,6 +47,16 @@ def keep_queue_moving() -> None:
     runner().tick()
 
 
+def keep_queue_moving_or_warn() -> None:
+    """`keep_queue_moving()`, with a warning on the page instead of an error when the store refuses."""
+    from kdcore.errors import KDError
+
+    try:
+        keep_queue_moving()
+    except KDError as exc:
+        st.warning(f"Could not update the run queue: {exc}")
+
+
 @st.cache_resource(show_spinner=False)
 def available_devices() -> list[str]:
     """Devices this machine can train on (imports torch once per server process)."""

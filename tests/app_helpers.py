@@ -26,6 +26,16 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+def charts(at) -> dict[str, dict]:
+    """Plotly specs on an AppTest page by title (Streamlit's theme may wrap titles in <b>)."""
+    out = {}
+    for element in at.get("plotly_chart"):
+        spec = json.loads(element.proto.spec)
+        title = spec.get("layout", {}).get("title", {}).get("text", "")
+        out[title.replace("<b>", "").replace("</b>", "")] = spec
+    return out
+
+
 # --- runs in a store ---------------------------------------------------------------------------------------
 
 

@@ -6,14 +6,13 @@ charts are read from their JSON spec. Live updating is tested in a real browser 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from app_helpers import ENTRY, failed_run, finished_run, wait_until_finished  # first: repo root on sys.path
+from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished  # first: repo root on sys.path
 from kdcore.config import RunConfig
 from kdcore.store import ACTIVE, Store
 from streamlit.testing.v1 import AppTest
@@ -59,14 +58,6 @@ def open_app(page: str | None = None, state: dict | None = None, **query: str) -
     return at
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    """Plotly specs on the page by title (Streamlit's theme may wrap titles in <b>)."""
-    out = {}
-    for element in at.get("plotly_chart"):
-        spec = json.loads(element.proto.spec)
-        title = spec.get("layout", {}).get("title", {}).get("text", "")
-        out[title.replace("<b>", "").replace("</b>", "")] = spec
-    return out
 
 
 def trace_names(spec: dict) -> list[str]:

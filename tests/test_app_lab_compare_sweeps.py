@@ -8,7 +8,6 @@ JSON spec; the slider redrawing in a real browser is tests/test_browser_lab.py.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app_helpers import (ENTRY, finished_run, record_downloads, stop_active_runs,  # first: repo root on sys.path
+from app_helpers import (ENTRY, charts, finished_run, record_downloads, stop_active_runs,  # first: repo root on sys.path
                          wait_until_finished)
 from kdcore.config import RunConfig
 from kdcore.runner import Runner
@@ -86,13 +85,6 @@ def open_page(page: str, **query: str) -> AppTest:
     return at
 
 
-def charts(at: AppTest) -> dict[str, dict]:
-    out = {}
-    for element in at.get("plotly_chart"):
-        spec = json.loads(element.proto.spec)
-        title = spec.get("layout", {}).get("title", {}).get("text", "")
-        out[title.replace("<b>", "").replace("</b>", "")] = spec
-    return out
 
 
 def chart(at: AppTest, prefix: str) -> dict:

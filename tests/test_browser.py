@@ -1,6 +1,6 @@
 """The app in a real browser: launch a tiny run from the form and watch it train live.
 
-Drives Debian's Chromium through Playwright (never `playwright install`). Without a browser the
+Drives Debian's Chromium through Playwright (never Playwright's own browser download). Without a browser the
 test skips with the reason, except where KDLAB_BROWSER_TESTS=1 (CI): there it fails.
 """
 
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from app_helpers import (chart_points, chart_traces, chromium_path, exceptions_on, first_point_s, launch_chromium,
-                         launch_from_form, running_app, summary_line, watch_loss_chart)
+from app_helpers import (chart_points, chart_traces, exceptions_on, first_point_s, launch_chromium,
+                         launch_from_form, require_chromium, running_app, summary_line, watch_loss_chart)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -24,17 +24,7 @@ ACCURACY = "Validation accuracy"
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path = chromium_path()
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        path = None
-    if path is None:
-        reason = "no Chromium at /usr/bin/chromium (or $KDLAB_CHROMIUM), or the playwright package is missing"
-        if REQUIRED:
-            pytest.fail(f"KDLAB_BROWSER_TESTS=1 but {reason}")
-        pytest.skip(reason)
-    return path
+    return require_chromium(REQUIRED)
 
 
 def test_launch_watch_and_finish_a_run(chromium: str, tmp_path, capsys) -> None:

@@ -114,10 +114,7 @@ def _empty_state() -> None:
 def _curves(run_ids: list[str], was_active: bool) -> None:
     store = session.store()
     if was_active:
-        try:
-            session.keep_queue_moving()
-        except KDError as exc:
-            st.warning(f"Could not update the run queue: {exc}")
+        session.keep_queue_moving_or_warn()  # start queued runs, notice dead workers
     records = []
     for run_id in run_ids:
         try:

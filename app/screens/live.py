@@ -118,10 +118,7 @@ def _poll(run_id: str, was_active: bool) -> tuple[RunRecord, RunTrace]:
     """
     store = session.store()
     if was_active:
-        try:
-            session.keep_queue_moving()  # start queued runs, notice dead workers
-        except KDError as exc:
-            st.warning(f"Could not update the run queue: {exc}")
+        session.keep_queue_moving_or_warn()  # start queued runs, notice dead workers
     try:
         record = store.get_run(run_id)
     except RunNotFound:

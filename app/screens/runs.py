@@ -34,10 +34,7 @@ def render() -> None:
 def _panel(was_active: bool) -> None:
     store = session.store()
     if was_active:
-        try:
-            session.keep_queue_moving()
-        except KDError as exc:
-            st.warning(f"Could not update the run queue: {exc}")
+        session.keep_queue_moving_or_warn()  # start queued runs, notice dead workers
     records = store.list_runs()
     if was_active and not any(r.active for r in records):
         st.rerun()  # the last active run finished: redraw once more, then stop polling

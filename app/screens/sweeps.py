@@ -199,10 +199,7 @@ def _pick_sweep(store: Store, sweeps: list[dict[str, Any]]) -> str | None:
 def _sweep_panel(sweep_id: str, was_active: bool) -> None:
     store = session.store()
     if was_active:
-        try:
-            session.keep_queue_moving()
-        except KDError as exc:
-            st.warning(f"Could not update the run queue: {exc}")
+        session.keep_queue_moving_or_warn()  # start queued runs, notice dead workers
     try:
         sweep = store.get_sweep(sweep_id)
     except RunNotFound as exc:
