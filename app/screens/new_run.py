@@ -274,7 +274,8 @@ def _param_input(col, method: str, name: str, param: ParamSpec) -> None:
     default = form.param_default(param)
     limits = (int(param.low), int(param.high)) if param.integer else (float(param.low), float(param.high))
     step = 1 if param.integer else _float_step(default)
-    col.number_input(name.replace("_", " "), *limits, step=step, format=None if param.integer else "%g",
+    # named with the method, so DKD's own α is not mistaken for the loss-mix α slider below
+    col.number_input(f"{method} · {name.replace('_', ' ')}", *limits, step=step, format=None if param.integer else "%g",
                      key=PREFIX + form.param_key(method, name), **KEEP,
                      help=f"{param.help}. Paper default {default:g}; from {param.low:g} to {param.high:g}.")
 
