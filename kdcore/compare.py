@@ -10,18 +10,8 @@ import statistics
 import time
 from typing import Any
 
+from kdcore.config import flatten
 from kdcore.store import RunRecord
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"teacher": {"arch": "cnn"}} → {"teacher.arch": "cnn"}: the keys `--set` uses."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def config_diff(records: list[RunRecord]) -> dict[str, list[Any]]:

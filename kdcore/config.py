@@ -282,6 +282,17 @@ def _yaml_loader():
     return Loader
 
 
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"teacher": {"arch": "cnn"}} → {"teacher.arch": "cnn"}: the dotted keys `--set` uses."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 def parse_value(text: str) -> Any:
     """Parse the value side of `--set key=value` as YAML scalars do: 4 → int, 0.5 → float, true, null."""
     import yaml

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdcore.callbacks import STAGES
+from kdcore.config import flatten
 
 STAGE_TITLES = {"teacher": "Teacher", "soft_labels": "Soft labels", "student": "Student",
                 "finetune": "Fine-tune", "baseline": "Baseline"}
@@ -542,23 +543,13 @@ def format_mean_std(cell: MeanStd | None, scale: float = 100.0, digits: int = 2)
     return mean if cell.n < 2 else f"{mean} ± {scale * cell.std:.{digits}f}"
 
 
-def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def _free(key: str) -> bool:
     return any(key == free or key.startswith(free + ".") for free in METHOD_TABLE_FREE)
 
 
 def _differing_settings(configs: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Settings outside METHOD_TABLE_FREE on which these configs disagree: key → the distinct values."""
-    flat = [_flat(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     keys = sorted(set().union(*flat)) if flat else []
     out = {}
     for key in keys:
