@@ -5,12 +5,7 @@ as a legacy multipage app until `st.navigation` first runs, so a shared `/live?r
 right after a restart would run that page without this file.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `app` and `kdcore` import from the repo root
-
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 st.set_page_config(page_title="KD Lab", page_icon=":material/science:", layout="wide")
 st.navigation([

@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from kdcore.losses import distillation_loss  # noqa: E402
-from kdcore.models import build_model, count_parameters  # noqa: E402
+from kdcore.losses import distillation_loss
+from kdcore.models import build_model, count_parameters
 
 SHAPE, CLASSES, N = (3, 32, 32), 100, 50_000
 

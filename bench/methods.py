@@ -17,16 +17,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from kdcore.config import build_config  # noqa: E402
-from kdcore.errors import ConfigError  # noqa: E402
-from kdcore.methods import METHODS  # noqa: E402
-from kdcore.store import Store  # noqa: E402
-from kdcore.worker import execute  # noqa: E402
+from kdcore.config import build_config
+from kdcore.errors import ConfigError
+from kdcore.methods import METHODS
+from kdcore.store import Store
+from kdcore.worker import execute
 
 # settings a method needs beyond its name to be meaningful on this pair
 EXTRA = {"fitnets": ["weights.feature=1.0"]}

@@ -17,17 +17,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from kdcore.config import RunConfig  # noqa: E402
-from kdcore.runner import Runner  # noqa: E402
-from kdcore.store import Store  # noqa: E402
-from kdcore.trainer import run_pipeline  # noqa: E402
-from kdcore.worker import StoreCallback  # noqa: E402
+from kdcore.config import RunConfig
+from kdcore.runner import Runner
+from kdcore.store import Store
+from kdcore.trainer import run_pipeline
+from kdcore.worker import StoreCallback
 
 
 def main() -> None:

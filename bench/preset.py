@@ -15,14 +15,11 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from kdcore.config import build_config  # noqa: E402
-from kdcore.trainer import run_pipeline  # noqa: E402
+from kdcore.config import build_config
+from kdcore.trainer import run_pipeline
 
 
 def main() -> None:

@@ -24,20 +24,17 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from kdcore.callbacks import Callback  # noqa: E402
-from kdcore.config import RunConfig  # noqa: E402
-from kdcore.data import load_dataset  # noqa: E402
-from kdcore.models import build_model  # noqa: E402
-from kdcore.trainer import run_pipeline  # noqa: E402
+from kdcore.callbacks import Callback
+from kdcore.config import RunConfig
+from kdcore.data import load_dataset
+from kdcore.models import build_model
+from kdcore.trainer import run_pipeline
 
 
 class ShiftedDigits(Dataset):

@@ -13,22 +13,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import random
 import statistics
-import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from kdcore.config import RunConfig
+from kdcore.store import Store
 
-from kdcore.config import RunConfig  # noqa: E402
-from kdcore.store import Store  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fill_store(home: Path, runs: int, points: int) -> list[str]:
@@ -56,6 +55,14 @@ def fill_store(home: Path, runs: int, points: int) -> list[str]:
                                               "gap_closed": 0.2, "best_epoch": 28, "wall_s": 20.0})
         ids.append(run_id)
     return ids
+
+
+def _browser_tests_helpers() -> types.ModuleType:
+    """tests/app_helpers.py, which the browser tests use too; tests/ is not an installed package."""
+    spec = importlib.util.spec_from_file_location("app_helpers", ROOT / "tests" / "app_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def render_s(page: str, repeats: int, **query: str) -> float:
@@ -97,8 +104,7 @@ def main() -> None:
           f"Compare (5 runs) {out['compare_5_runs_s']:.2f} s, Compare ({args.runs} runs) "
           f"{out[f'compare_{args.runs}_runs_s']:.2f} s")
     if not args.no_browser:
-        from app_helpers import measure_click_to_first_point
-
+        measure_click_to_first_point = _browser_tests_helpers().measure_click_to_first_point
         (workdir / "browser").mkdir()
         timing = measure_click_to_first_point(workdir / "browser")
         out["click_to_first_point_s"] = timing["click_to_first_point_s"]

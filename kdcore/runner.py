@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
@@ -148,8 +147,6 @@ class Runner:
         """Start `python -m kdcore worker RUN_ID` in a new session, so it outlives this process."""
         log = open(self.store.run_dir(record.id) / "worker.log", "ab")
         env = {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
             proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,

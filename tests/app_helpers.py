@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `app` and `kdcore` import from the repo root, however pytest was started
-    sys.path.insert(0, str(REPO))
 ENTRY = REPO / "app" / "streamlit_app.py"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished  # first: repo root on sys.path
+from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished
 from kdcore.config import RunConfig
 from kdcore.store import ACTIVE, Store
 from streamlit.testing.v1 import AppTest

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app_helpers import (ENTRY, charts, finished_run, record_downloads, stop_active_runs,  # first: repo root on sys.path
+from app_helpers import (ENTRY, charts, finished_run, record_downloads, stop_active_runs,
                          wait_until_finished)
 from kdcore.config import RunConfig
 from kdcore.runner import Runner

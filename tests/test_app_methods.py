@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from app_helpers import ENTRY, finished_run, record_downloads, wait_until_finished  # first: repo root on sys.path
+from app_helpers import ENTRY, finished_run, record_downloads, wait_until_finished
 from app import form
 from kdcore.config import RunConfig
 from kdcore.methods import METHODS

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from app_helpers import REPO  # first: puts the repo root on sys.path for `app`
+from app_helpers import REPO
 from app import form
 from kdcore.config import RunConfig
 from kdcore.views import (RunTrace, ema, format_duration, run_eta, run_plan, run_row, stage_eta, stage_fraction,

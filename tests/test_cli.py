@@ -25,7 +25,7 @@ SUMMARY_KEYS = ("run_id", "status", "teacher_test_acc", "student_test_acc", "bas
 
 def kdcore(*args: str, home: Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """Run `python -m kdcore ARGS` with its own run store; no network, one thread (tiny models)."""
-    environment = {**os.environ, "KDCORE_HOME": str(home), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+    environment = {**os.environ, "KDCORE_HOME": str(home), "OMP_NUM_THREADS": "1",
                    # a download attempt hits a closed local port and fails at once instead of hanging
                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
                    "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
