@@ -19,10 +19,11 @@ import secrets
 import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from kdcore.errors import RunNotFound, StoreError
 
@@ -201,7 +202,7 @@ class Store:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, retried while another process holds the write lock."""
         delay = 0.01
-        for attempt in range(200):
+        for _ in range(200):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 break
@@ -243,7 +244,8 @@ class Store:
                 if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
                     break
             db.execute(
-                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
                 (run_id, name, json.dumps(config, sort_keys=True), status, now,
                  now if status == "running" else None, pid, now if status == "running" else None, sweep_id),
             )

@@ -50,7 +50,8 @@ class StoreCallback(Callback):
         epoch = self.progress.get("epoch", 0) if stage == self.resumed_stage else 0
         self.progress = {"stage": stage, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "epoch": epoch,
                          "step": epoch * steps_per_epoch, "stage_started": time.time()}
-        self.logs.append((time.time(), f"{stage}: started ({epochs} epochs × {steps_per_epoch} steps)" if epochs else f"{stage}: started"))
+        started = f"{stage}: started ({epochs} epochs × {steps_per_epoch} steps)" if epochs else f"{stage}: started"
+        self.logs.append((time.time(), started))
         self.flush()
 
     def on_metrics(self, stage, epoch, step, values):
@@ -116,7 +117,7 @@ class _Reporting:
         self._beat = threading.Thread(target=_heartbeat_loop, args=(store.home, self.callbacks, self._stop), daemon=True)
         self._previous = None
 
-    def __enter__(self) -> "_Reporting":
+    def __enter__(self) -> _Reporting:
         self._beat.start()
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, lambda *_: [cb.stop_signal.set() for cb in self.callbacks.values()])
