@@ -1,0 +1,54 @@
+"""The modules that must stay quick to import never load torch (importing it costs seconds).
+
+Config validation, the run store, the scheduler, the CLI's quick commands and the app's pages and
+live polls work on names and records only; torch belongs to the worker that trains. Each case runs
+in a fresh interpreter, imports the module and does what its users do with it, then checks
+`sys.modules`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+CONFIG = """
+import kdcore.config as c
+config = c.RunConfig.from_dict({'dataset': 'digits', 'teacher': {'arch': 'resnet20'}, 'student': {'arch': 'mlp:8'}})
+c.build_config(None, ['temperature=2', 'method=dkd', 'method.beta=2'])
+config.teacher_key(); c.RunConfig.from_json(config.to_json())
+try:
+    c.RunConfig.from_dict({'student': {'arch': 'nope'}})
+except c.ConfigError:
+    pass
+"""
+
+TORCH_FREE = {
+    "kdcore": "import kdcore, kdcore.errors",
+    "kdcore.config": CONFIG,
+    "kdcore.dataset_names": "import kdcore.dataset_names as d; d.validate_dataset_name('digits'); d.is_imagefolder('x')",
+    "kdcore.model_names": "import kdcore.model_names as m; m.validate_arch('resnet20'); m.check_fits('mlp-tiny', (1, 8, 8))",
+    "kdcore.methods": "import kdcore.methods as m; m.list_methods()",
+    "kdcore.callbacks": "import kdcore.callbacks",
+    "kdcore.store": "from kdcore.store import Store; s = Store(); s.get_run(s.create_run({})); s.list_runs()",
+    "kdcore.runner": "from kdcore.runner import Runner, max_runs; r = Runner(); max_runs(r.store); r.reap()",
+    "kdcore.sweep": "import kdcore.sweep as s; s.expand({'dataset': 'digits'}, s.parse_grid(['temperature=1,4']))",
+    "kdcore.compare (records only)": "from kdcore.compare import comparison_rows, config_diff; comparison_rows([])",
+    "kdcore.cli (runs, list-methods)": "from kdcore.cli import main; main(['runs', '--json']); main(['list-methods'])",
+    "app.form": "import app.form",
+    "app.charts": "import app.charts",
+    "app.session": "import app.session",
+    "app.screens.live": "import app.screens.live",
+    "app.screens.runs": "import app.screens.runs",
+}
+
+
+@pytest.mark.parametrize("code", TORCH_FREE.values(), ids=TORCH_FREE.keys())
+def test_does_not_import_torch(code, kd_home):
+    check = "\nimport sys\nassert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    result = subprocess.run([sys.executable, "-c", code + check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
