@@ -1,17 +1,21 @@
 """The run store: an embedded SQLite database (WAL) plus a folder per run. Only this module knows its layout.
 
     $KDCORE_HOME/
-        kdcore.db            runs, metrics, snapshots, logs, sweeps, settings
+        kdcore.db            runs, metrics, stage results, snapshots, logs, sweeps, settings
         runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log
         teachers/<key>.pt    trained teachers shared by every run with the same teacher settings
+        uploads/<sha>-<name> checkpoints uploaded in the app, named by their content
 
 Many processes read and write at once (the app, CLI commands, one worker per run). WAL lets
 readers proceed while one writer commits; every write retries on a busy database instead of
 surfacing "database is locked". No torch here: the app reads the store without importing it.
+Reads return typed rows (`MetricRow`, `RunMetricRow`, `LogRow`: named tuples, so positional access
+keeps working), and the few files a page shows come through methods here, never through paths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdcore.errors import RunNotFound, StoreError
 
@@ -33,6 +37,8 @@ ACTIVE = ("queued", "starting", "running")
 FINISHED = ("done", "failed", "cancelled")
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}$")
 _SWEEP_ID = re.compile(r"^sweep-[0-9a-f]{8}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+WORKER_LOG_TAIL_BYTES = 64 * 1024  # a page shows the last lines of a worker's output, never the whole file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -66,6 +72,14 @@ CREATE TABLE IF NOT EXISTS metrics (
     t REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, id);
+CREATE TABLE IF NOT EXISTS stage_results (
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value,
+    t REAL NOT NULL,
+    PRIMARY KEY (run_id, stage, name)
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -100,10 +114,58 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 
 
 _MIGRATIONS = {1: _migrate_1_to_2}
+# A table added without changing what older code reads (stage_results) is created by _SCHEMA's IF NOT
+# EXISTS on open, with no new version, so a worker of the previous release can still open the store.
+# stage_results.value has no declared type: an int (best_epoch) stays an int, a float a float.
 
 
 def default_home() -> Path:
     return Path(os.environ.get("KDCORE_HOME") or "./kd-runs")
+
+
+class MetricRow(NamedTuple):
+    """One metric value of one run, as `Store.metrics_since` returns it (`id` is the read cursor)."""
+
+    id: int
+    stage: str
+    epoch: int
+    step: int
+    name: str
+    value: float | None
+    t: float
+
+
+class RunMetricRow(NamedTuple):
+    """One metric value, as `Store.metrics_for` returns it for several runs at once."""
+
+    run_id: str
+    stage: str
+    epoch: int
+    step: int
+    name: str
+    value: float | None
+    t: float
+
+
+class LogRow(NamedTuple):
+    """One line of a run's log."""
+
+    id: int
+    t: float
+    message: str
+
+
+def upload_name(filename: str, data: bytes) -> str:
+    """A safe file name for an uploaded checkpoint: no folders, no dot-files, content-addressed.
+
+    `../../etc/passwd` → `<sha>-passwd.pt`; the hash prefix keeps two users' `teacher.pt` apart
+    and makes saving the same upload twice a no-op.
+    """
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = _UNSAFE.sub("_", base).strip("._-")[:80] or "checkpoint"
+    if not stem.lower().endswith((".pt", ".pth")):
+        stem += ".pt"
+    return f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"
 
 
 @dataclass
@@ -232,6 +294,37 @@ class Store:
 
     def teacher_dir(self) -> Path:
         return self.home / "teachers"
+
+    def worker_log_path(self, run_id: str) -> Path:
+        """Where a run's worker process writes its standard output and error (the runner opens it)."""
+        return self.run_dir(run_id) / "worker.log"
+
+    def worker_log_tail(self, run_id: str, max_lines: int = 30, max_bytes: int = WORKER_LOG_TAIL_BYTES) -> list[str]:
+        """The last `max_lines` lines of the run's worker output, read from at most its last `max_bytes`
+        (a runaway log is never read whole); [] when the worker wrote nothing."""
+        try:
+            with open(self.worker_log_path(run_id), "rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                log.seek(max(size - max_bytes, 0))
+                text = log.read(max_bytes).decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        lines = text.splitlines()
+        if size > max_bytes and lines:
+            lines = lines[1:]  # the first line read is cut at its start
+        return lines[-max_lines:] if max_lines > 0 else []
+
+    def save_upload(self, filename: str, data: bytes) -> Path:
+        """Keep an uploaded checkpoint under the store and return its path. The file is named by its
+        content (`upload_name`), so `filename` never becomes a path and saving it again is a no-op."""
+        folder = self.home / "uploads"
+        path = folder / upload_name(filename, data)
+        if not path.exists():
+            folder.mkdir(exist_ok=True)
+            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+            partial.write_bytes(data)
+            os.replace(partial, path)  # never a half-written file under the final name
+        return path
 
     # --- runs ------------------------------------------------------------------------------------
 
@@ -369,7 +462,7 @@ class Store:
         if record.status in ("starting", "running"):
             raise StoreError(f"run {run_id} is {record.status}; cancel it before deleting it")
         with self._transaction() as db:
-            for table in ("metrics", "snapshots", "logs"):
+            for table in ("metrics", "stage_results", "snapshots", "logs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
@@ -377,13 +470,19 @@ class Store:
     # --- metrics, snapshots, logs ------------------------------------------------------------------
 
     def add_records(self, run_id: str, *, metrics: list[tuple] = (), snapshots: list[tuple] = (),
-                    logs: list[tuple] = (), progress: dict[str, Any] | None = None) -> bool:
+                    logs: list[tuple] = (), stage_results: list[tuple] = (),
+                    progress: dict[str, Any] | None = None) -> bool:
         """Write a batch in one transaction. metrics: (stage, epoch, step, name, value, t);
-        snapshots: (stage, epoch, payload dict, t); logs: (t, message). Returns the cancel flag."""
+        snapshots: (stage, epoch, payload dict, t); logs: (t, message); stage_results: (stage, name,
+        value, t), what a stage reported when it ended (a later value of the same name replaces it).
+        Returns the cancel flag."""
         with self._transaction() as db:
             if metrics:
                 db.executemany("INSERT INTO metrics (run_id, stage, epoch, step, name, value, t) VALUES (?,?,?,?,?,?,?)",
                                [(run_id, *m) for m in metrics])
+            if stage_results:
+                db.executemany("INSERT OR REPLACE INTO stage_results (run_id, stage, name, value, t) VALUES (?,?,?,?,?)",
+                               [(run_id, *r) for r in stage_results])
             if snapshots:
                 db.executemany("INSERT INTO snapshots (run_id, stage, epoch, payload, t) VALUES (?,?,?,?,?)",
                                [(run_id, s, e, json.dumps(p), t) for s, e, p, t in snapshots])
@@ -398,19 +497,21 @@ class Store:
         return bool(row and row[0])
 
     def drop_records_after(self, run_id: str, stage: str, epoch: int) -> None:
-        """Forget what a stage reported after `epoch` (resuming from that epoch's checkpoint)."""
+        """Forget what a stage reported after `epoch` (resuming from that epoch's checkpoint), and what it
+        reported when it ended: it has not ended any more."""
         with self._transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id=? AND stage=? AND epoch>?", (run_id, stage, epoch))
+            db.execute("DELETE FROM stage_results WHERE run_id=? AND stage=?", (run_id, stage))
             db.execute("DELETE FROM snapshots WHERE run_id=? AND stage=? AND epoch>?", (run_id, stage, epoch))
 
-    def metrics_since(self, run_id: str, cursor: int = 0) -> tuple[list[tuple], int]:
-        """Metric rows (id, stage, epoch, step, name, value, t) with id > cursor, and the new cursor."""
-        rows = self._db.execute("SELECT id, stage, epoch, step, name, value, t FROM metrics WHERE run_id=? AND id>? ORDER BY id",
-                                (run_id, cursor)).fetchall()
-        return rows, (rows[-1][0] if rows else cursor)
+    def metrics_since(self, run_id: str, cursor: int = 0) -> tuple[list[MetricRow], int]:
+        """Metric rows with id > cursor, and the new cursor."""
+        rows = self._rows(MetricRow, "SELECT id, stage, epoch, step, name, value, t FROM metrics "
+                                     "WHERE run_id=? AND id>? ORDER BY id", (run_id, cursor))
+        return rows, (rows[-1].id if rows else cursor)
 
-    def metrics_for(self, run_ids: list[str], names: list[str] | None = None) -> list[tuple]:
-        """(run_id, stage, epoch, step, name, value, t) for several runs at once, for comparisons."""
+    def metrics_for(self, run_ids: list[str], names: list[str] | None = None) -> list[RunMetricRow]:
+        """The metric rows of several runs at once (only `names`, when given), for comparisons and exports."""
         if not run_ids:
             return []
         sql = f"SELECT run_id, stage, epoch, step, name, value, t FROM metrics WHERE run_id IN ({','.join('?' * len(run_ids))})"
@@ -418,7 +519,29 @@ class Store:
         if names:
             sql += f" AND name IN ({','.join('?' * len(names))})"
             args += names
-        return self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return self._rows(RunMetricRow, sql + " ORDER BY id", args)
+
+    def series_names(self, run_ids: list[str]) -> list[tuple[str, str]]:
+        """The distinct (stage, name) series these runs recorded, sorted."""
+        if not run_ids:
+            return []
+        return [tuple(row) for row in self._db.execute(
+            f"SELECT DISTINCT stage, name FROM metrics WHERE run_id IN ({','.join('?' * len(run_ids))}) "
+            "ORDER BY stage, name", list(run_ids))]
+
+    def stage_results(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """What each stage reported when it ended, by stage then name, e.g.
+        `{"soft_labels": {"teacher_val_acc": 0.97}, "student": {"best_epoch": 4, "val_acc": 0.95}}`."""
+        out: dict[str, dict[str, Any]] = {}
+        for stage, name, value in self._db.execute(
+                "SELECT stage, name, value FROM stage_results WHERE run_id=? ORDER BY t, stage, name", (run_id,)):
+            out.setdefault(stage, {})[name] = value
+        return out
+
+    def _rows(self, row_type: type, sql: str, args: Any) -> list:
+        cursor = self._db.cursor()
+        cursor.row_factory = lambda _cursor, row: row_type(*row)
+        return cursor.execute(sql, args).fetchall()
 
     def snapshots_since(self, run_id: str, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
         rows = self._db.execute("SELECT id, stage, epoch, payload, t FROM snapshots WHERE run_id=? AND id>? ORDER BY id",
@@ -426,12 +549,13 @@ class Store:
         out = [{"id": r[0], "stage": r[1], "epoch": r[2], "t": r[4], **json.loads(r[3])} for r in rows]
         return out, (rows[-1][0] if rows else cursor)
 
-    def logs(self, run_id: str, *, tail: int | None = None, since: int = 0) -> list[tuple[int, float, str]]:
+    def logs(self, run_id: str, *, tail: int | None = None, since: int = 0) -> list[LogRow]:
+        """The run's log lines after `since`, oldest first; with `tail`, only the last `tail` of them."""
         if tail:
-            rows = self._db.execute("SELECT id, t, message FROM logs WHERE run_id=? ORDER BY id DESC LIMIT ?",
-                                    (run_id, tail)).fetchall()
+            rows = self._rows(LogRow, "SELECT id, t, message FROM logs WHERE run_id=? ORDER BY id DESC LIMIT ?",
+                              (run_id, tail))
             return rows[::-1]
-        return self._db.execute("SELECT id, t, message FROM logs WHERE run_id=? AND id>? ORDER BY id", (run_id, since)).fetchall()
+        return self._rows(LogRow, "SELECT id, t, message FROM logs WHERE run_id=? AND id>? ORDER BY id", (run_id, since))
 
     # --- sweeps and settings --------------------------------------------------------------------------
 

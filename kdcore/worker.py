@@ -34,6 +34,7 @@ class StoreCallback(Callback):
         self.metrics: list[tuple] = []
         self.snapshots: list[tuple] = []
         self.logs: list[tuple] = []
+        self.stage_results: list[tuple] = []
         self.progress: dict[str, Any] = {}
         self.last_flush = time.monotonic()
         self.cancel_requested = False
@@ -69,8 +70,11 @@ class StoreCallback(Callback):
         self.snapshots.append((stage, epoch, payload, time.time()))
 
     def on_stage_end(self, stage, values):
+        now = time.time()
         summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        self.logs.append((time.time(), f"{stage}: finished ({summary})"))
+        self.logs.append((now, f"{stage}: finished ({summary})"))  # for people reading the log
+        self.stage_results.extend((stage, name, value, now) for name, value in values.items()
+                                  if isinstance(value, (int, float)))  # for pages: recorded values, not log text
         self.flush()
 
     def on_resume(self, stage, epoch):
@@ -89,10 +93,11 @@ class StoreCallback(Callback):
 
     def flush(self) -> None:
         with self._lock:
-            metrics, snapshots, logs = self.metrics, self.snapshots, self.logs
-            self.metrics, self.snapshots, self.logs = [], [], []
+            metrics, snapshots, logs, results = self.metrics, self.snapshots, self.logs, self.stage_results
+            self.metrics, self.snapshots, self.logs, self.stage_results = [], [], [], []
             self.cancel_requested |= self.store.add_records(self.run_id, metrics=metrics, snapshots=snapshots,
-                                                            logs=logs, progress=dict(self.progress) or None)
+                                                            logs=logs, stage_results=results,
+                                                            progress=dict(self.progress) or None)
             self.last_flush = time.monotonic()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import sqlite3
 import time
@@ -10,7 +11,7 @@ import pytest
 
 from kdcore.config import RunConfig
 from kdcore.errors import RunNotFound, StoreError
-from kdcore.store import SCHEMA_VERSION, Store
+from kdcore.store import SCHEMA_VERSION, LogRow, MetricRow, RunMetricRow, Store, upload_name
 
 
 @pytest.fixture()
@@ -71,6 +72,77 @@ def test_resume_drops_what_was_reported_after_the_checkpoint(store):
     assert left == [("student", 1), ("teacher", 5)]
 
 
+def test_rows_are_typed_and_still_unpack_by_position(store):
+    run_id = store.create_run({})
+    store.add_records(run_id, metrics=[("student", 1, 7, "train_tckd", 0.25, 5.0)], logs=[(6.0, "hello")])
+    (row,), cursor = store.metrics_since(run_id)
+    assert isinstance(row, MetricRow) and (row.stage, row.epoch, row.step, row.name, row.value) == \
+        ("student", 1, 7, "train_tckd", 0.25)
+    assert row.id == cursor and tuple(row)[1:] == ("student", 1, 7, "train_tckd", 0.25, 5.0)
+    (other,) = store.metrics_for([run_id], ["train_tckd"])
+    assert isinstance(other, RunMetricRow) and other.run_id == run_id and other[5] == 0.25
+    (log,) = store.logs(run_id)
+    assert isinstance(log, LogRow) and log.message == "hello" and log.t == 6.0
+    assert store.logs(run_id, tail=1) == [log]
+    assert store.series_names([run_id]) == [("student", "train_tckd")] and store.series_names([]) == []
+
+
+def test_stage_results_are_recorded_values(store):
+    run_id = store.create_run({})
+    assert store.stage_results(run_id) == {}
+    store.add_records(run_id, stage_results=[("soft_labels", "teacher_val_acc", 0.9731, 1.0),
+                                             ("student", "best_epoch", 4, 2.0), ("student", "val_acc", 0.5, 2.0)])
+    store.add_records(run_id, stage_results=[("student", "val_acc", 0.95, 3.0)])  # the same stage ending again
+    results = store.stage_results(run_id)
+    assert results == {"soft_labels": {"teacher_val_acc": 0.9731}, "student": {"best_epoch": 4, "val_acc": 0.95}}
+    assert isinstance(results["student"]["best_epoch"], int)
+    store.drop_records_after(run_id, "student", 2)  # resumed: the student has not ended any more
+    assert store.stage_results(run_id) == {"soft_labels": {"teacher_val_acc": 0.9731}}
+
+
+def test_the_worker_callback_records_what_a_stage_ends_with(store):
+    from kdcore.worker import StoreCallback
+
+    run_id = store.create_run({})
+    callback = StoreCallback(store, run_id)
+    callback.on_stage_end("soft_labels", {"teacher_val_acc": 0.97})
+    callback.on_stage_end("student", {"best_epoch": 2, "val_acc": 0.9})
+    assert store.stage_results(run_id) == {"soft_labels": {"teacher_val_acc": 0.97},
+                                           "student": {"best_epoch": 2, "val_acc": 0.9}}
+    assert [log.message for log in store.logs(run_id)][-1] == "student: finished (best_epoch 2, val_acc 0.9000)"
+
+
+def test_worker_log_tail_reads_only_the_end_of_the_file(store):
+    run_id = store.create_run({})
+    assert store.worker_log_tail(run_id) == []  # the worker wrote nothing (or never started)
+    path = store.worker_log_path(run_id)
+    assert path.parent == store.run_dir(run_id)
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(100_000)) + b"bad \xff byte\n")
+    tail = store.worker_log_tail(run_id, max_lines=3, max_bytes=4096)
+    assert tail == ["line 99998", "line 99999", "bad \ufffd byte"]
+    assert all(line.startswith(("line", "bad")) for line in store.worker_log_tail(run_id, 10_000, 4096))
+    with pytest.raises(RunNotFound):
+        store.worker_log_tail("../../etc")
+
+
+@pytest.mark.parametrize("filename", ["../../etc/passwd", "..\\..\\boot.ini", "/abs/path/teacher.pt", ".hidden.pt",
+                                      "we!rd name$.pth", "", "...."])
+def test_upload_names_cannot_escape_the_uploads_folder(filename: str) -> None:
+    name = upload_name(filename, b"weights")
+    assert "/" not in name and "\\" not in name and not name.startswith(".")
+    assert name.endswith((".pt", ".pth"))
+    assert name.split("-", 1)[0] == hashlib.sha256(b"weights").hexdigest()[:12]
+
+
+def test_save_upload_stores_a_file_once_under_the_store(store):
+    path = store.save_upload("../../my teacher.pt", b"weights")
+    assert path.parent == store.home / "uploads" and path.name.endswith("-my_teacher.pt")
+    assert path.read_bytes() == b"weights"
+    assert store.save_upload("other/name/my teacher.pt", b"weights").name == path.name  # same content, same file
+    assert store.save_upload("my teacher.pt", b"other weights") != path
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []  # no partial files left
+
+
 def test_claim_respects_the_limit_and_submission_order(store):
     ids = [store.create_run({}) for _ in range(3)]
     first = store.claim_next(limit=2)
@@ -88,10 +160,11 @@ def test_delete_refuses_a_running_run_and_removes_a_finished_one(store):
     with pytest.raises(StoreError, match="cancel it before deleting"):
         store.delete_run(run_id)
     store.finish(run_id, "cancelled")
-    store.add_records(run_id, metrics=[("student", 1, 1, "train_loss", 1.0, 0.0)])
+    store.add_records(run_id, metrics=[("student", 1, 1, "train_loss", 1.0, 0.0)],
+                      stage_results=[("student", "val_acc", 0.5, 0.0)])
     store.delete_run(run_id)
     assert not store.run_dir(run_id).exists()
-    assert store.metrics_since(run_id) == ([], 0)
+    assert store.metrics_since(run_id) == ([], 0) and store.stage_results(run_id) == {}
     with pytest.raises(RunNotFound):
         store.get_run(run_id)
 
