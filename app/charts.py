@@ -1,4 +1,4 @@
-"""Plotly figures of one run, built from a `kdcore.views.RunTrace`. Pure: data in, figure out."""
+"""Plotly figures of runs, built from the read model (`app.read_model`). Pure: data in, figure out."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kdcore.views import STAGE_TITLES, STEP_METRICS, RunTrace, ema, epoch_axis, thin
+from app.read_model.progress import STAGE_TITLES
+from app.read_model.series import Line
+from app.read_model.trace import RunTrace, ema, epoch_axis, thin
 
 MAX_POINTS = 2000  # per line; a browser draws this many quickly, and a long run is thinned to it
 COLORS = {"teacher": "#334155", "student": "#4f46e5", "finetune": "#0d9488", "baseline": "#d97706"}
 PART_COLORS = {"train_loss": "#111827", "train_ce": "#d97706", "train_kd": "#4f46e5", "train_feature": "#0d9488",
-               "val_loss": "#dc2626"}
-PART_NAMES = {"train_loss": "total", "train_ce": "CE", "train_kd": "KD (T²·KL)", "train_feature": "feature (MSE)"}
+               "val_loss": "#dc2626"}  # the terms every method may record keep their colours on every chart
+TERM_PALETTE = ["#db2777", "#65a30d", "#0891b2", "#9333ea", "#ca8a04", "#475569", "#ea580c", "#0f766e"]  # the rest
 SOFT_COLORS = {"teacher_T1": "#cbd5e1", "teacher_T": "#334155", "student_T": "#6366f1"}
 CLASS_COLORS = ["#4f46e5", "#d97706", "#0d9488", "#db2777", "#65a30d", "#0891b2", "#9333ea", "#dc2626", "#ca8a04",
                 "#475569"]
@@ -43,24 +45,46 @@ def _waiting(fig: go.Figure, text: str) -> go.Figure:
 # --- losses ----------------------------------------------------------------------------------------------
 
 
-def loss_figure(trace: RunTrace, stage: str, smoothing: float = 0.0) -> go.Figure:
-    """Per-step loss parts of one stage (parts that stay 0 are left out), and validation CE per epoch."""
-    fig = go.Figure()
-    for name in STEP_METRICS:
-        series = trace.get(stage, name)
-        if not series.values or (name != "train_loss" and not any(series.values)):
-            continue
+def term_colors(lines: list[Line]) -> dict[str, str]:
+    """A colour per line: fixed ones for the common terms, the palette in drawing order for the others (so
+    a method's terms keep their colours from stage to stage and run to run)."""
+    others = [line.name for line in lines if line.name not in PART_COLORS]
+    return {line.name: PART_COLORS.get(line.name) or TERM_PALETTE[others.index(line.name) % len(TERM_PALETTE)]
+            for line in lines}
+
+
+def _step_lines(fig: go.Figure, trace: RunTrace, stage: str, lines: list[Line], smoothing: float) -> None:
+    colors = term_colors(lines)
+    for line in lines:
+        series = trace.get(stage, line.name)
         xs, ys = series.steps, series.values
-        color = PART_COLORS[name]
+        color = colors[line.name]
         if smoothing > 0:
             raw_x, raw_y = thin(xs, ys, MAX_POINTS)
             fig.add_trace(go.Scatter(x=raw_x, y=raw_y, mode="lines", line={"color": color, "width": 1},
-                                       opacity=0.25, name=f"{PART_NAMES[name]} (raw)", showlegend=False,
-                                       hoverinfo="skip"))
+                                     opacity=0.25, name=f"{line.label} (raw)", showlegend=False, hoverinfo="skip"))
             ys = ema(ys, smoothing)
         xs, ys = thin(xs, ys, MAX_POINTS)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=PART_NAMES[name],
-                                   line={"color": color, "width": 2 if name == "train_loss" else 1.5}))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=line.label,
+                                 line={"color": color, "width": 2 if line.name == "train_loss" else 1.5}))
+
+
+def loss_lines(trace: RunTrace, stage: str, method: str | None) -> list[Line]:
+    """The stage's recorded loss terms, in the method's order and with its labels; terms that stay 0 (a
+    weight of 0) are left out, the total never."""
+    return [line for line in trace.step_lines(stage, method) if line.kind == "loss"
+            and (line.name == "train_loss" or any(trace.get(stage, line.name).values))]
+
+
+def value_lines(trace: RunTrace, stage: str, method: str | None) -> list[Line]:
+    """The stage's recorded per-step values that are not losses (a learned temperature)."""
+    return [line for line in trace.step_lines(stage, method) if line.kind == "value"]
+
+
+def loss_figure(trace: RunTrace, stage: str, method: str | None = None, smoothing: float = 0.0) -> go.Figure:
+    """Every loss term one stage recorded per step, labelled from the run's method, and validation CE per epoch."""
+    fig = go.Figure()
+    _step_lines(fig, trace, stage, loss_lines(trace, stage, method), smoothing)
     val = trace.get(stage, "val_loss")
     if val.values:
         fig.add_trace(go.Scatter(x=val.steps, y=val.values, mode="lines+markers", name="validation CE",
@@ -71,6 +95,20 @@ def loss_figure(trace: RunTrace, stage: str, smoothing: float = 0.0) -> go.Figur
         return _waiting(fig, "waiting for the first steps…")
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="loss", rangemode="tozero")
+    return fig
+
+
+def values_figure(trace: RunTrace, stage: str, lines: list[Line], smoothing: float = 0.0) -> go.Figure:
+    """Per-step values a method learns (not losses; `value_lines`) on their own axis, e.g. CTKD's temperature."""
+    fig = go.Figure()
+    _step_lines(fig, trace, stage, lines, smoothing)
+    title = lines[0].label[:1].upper() + lines[0].label[1:] if len(lines) == 1 else "Learned values"
+    _layout(fig, f"{title} · {STAGE_TITLES.get(stage, stage)}", height=260,
+            revision=f"values-{trace.run_id}-{stage}")
+    if not fig.data:
+        return _waiting(fig, "waiting for the first steps…")
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=lines[0].label if len(lines) == 1 else "value")
     return fig
 
 

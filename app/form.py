@@ -9,16 +9,12 @@ hands one method's number to another's widget.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import re
 from typing import Any
 
 from kdcore.config import RunConfig
-from kdcore.dataset_names import CATALOGUE
-from kdcore.errors import ConfigError, ModelError
+from kdcore.errors import ConfigError
 from kdcore.methods import METHODS, ParamSpec
-from kdcore.model_names import check_fits
 
 TEACHER_SOURCES = {"train": "Train a teacher", "store": "Reuse a teacher trained in this store",
                    "upload": "Upload a checkpoint"}
@@ -113,7 +109,7 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
     """The nested config dict the form describes (not yet validated).
 
     base: the config the form was filled from (default: `RunConfig()`); settings the form does not
-    show are kept from it. store_teacher: an entry of `kdcore.views.stored_teachers`; its teacher
+    show are kept from it. store_teacher: an entry of `app.read_model.runs.stored_teachers`; its teacher
     settings and the data settings its key depends on are copied, so the engine finds that teacher
     in its cache instead of training one.
     """
@@ -171,13 +167,6 @@ def validate(values: dict[str, Any], *, base: dict[str, Any] | None = None,
     except ConfigError as exc:
         return None, [str(exc) + _form_hint(values)]
     errors = []
-    info = CATALOGUE.get(config.dataset)
-    if info is not None:  # imagefolder: the shape is known only once the images are read
-        for role, arch in (("teacher", config.teacher.arch), ("student", config.student.arch)):
-            try:
-                check_fits(arch, info.input_shape)
-            except ModelError as exc:
-                errors.append(f"{role}.arch: {exc}")
     if devices is not None and config.device != "auto" and config.device not in devices:
         errors.append(f"device={config.device} is not available on this machine (available: {', '.join(devices)})")
     return (None, errors) if errors else (config, [])
@@ -339,19 +328,3 @@ def loss_legend(values: dict[str, Any]) -> str:
     if extra and not (method == "function_matching" and not p.get("mixup_alpha")):
         parts.append(extra)
     return "; ".join(parts) + "."
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def upload_name(filename: str, data: bytes) -> str:
-    """A safe file name for an uploaded checkpoint: no folders, no dot-files, content-addressed.
-
-    `../../etc/passwd` → `<sha>-passwd.pt`; the hash prefix keeps two users' `teacher.pt` apart
-    and makes saving the same upload twice a no-op.
-    """
-    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = _UNSAFE.sub("_", base).strip("._-")[:80] or "checkpoint"
-    if not stem.lower().endswith((".pt", ".pth")):
-        stem += ".pt"
-    return f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"

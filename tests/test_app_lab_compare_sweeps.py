@@ -18,12 +18,14 @@ import pytest
 
 from app_helpers import (ENTRY, charts, finished_run, record_downloads, stop_active_runs,
                          wait_until_finished)
+from app.read_model.compare import compare_series
+from app.read_model.lab import pick_samples
+from app.read_model.sweeps import (aggregate, axis_values, dotted_value, sweep_progress, sweep_rows,
+                                   typical_run_s)
 from kdcore.config import RunConfig
 from kdcore.runner import Runner
 from kdcore.store import Store
 from kdcore.sweep import CONFIRM_ABOVE, expand, parse_grid, submit_sweep
-from kdcore.views import (aggregate, axis_values, compare_series, dotted_value, pick_samples, sweep_progress,
-                          sweep_rows, typical_run_s)
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 90  # the first lab render computes the teacher's logits; Compare measures latencies
@@ -368,7 +370,7 @@ def test_the_form_queues_one_sweep_that_shares_a_teacher(slot_taken) -> None:
     assert any("0 of 2 runs finished" in str(p.proto.text) for p in at.get("progress"))
 
 
-# --- the pure helpers behind the pages (kdcore.views) -----------------------------------------------------------------
+# --- the pure helpers behind the pages (app.read_model) ----------------------------------------------------------------
 
 
 def test_compare_series_on_each_axis() -> None:
@@ -379,6 +381,9 @@ def test_compare_series_on_each_axis() -> None:
     assert compare_series(rows, "student", "val_acc")["run-a"] == ([4.0, 8.0], [0.5, 0.7])
     assert compare_series(rows, "student", "val_acc", x="epoch")["run-a"][0] == [1.0, 2.0]
     assert compare_series(rows, "student", "train_loss", x="epoch")["run-a"][0] == [s / 4 for s in range(1, 9)]
+    # any series reported every step (a method's own term here) sits at fractional epochs, whatever its name
+    tckd = [(*row[:4], "train_tckd", *row[5:]) for row in rows if row[4] == "train_loss"]
+    assert compare_series(tckd, "student", "train_tckd", x="epoch")["run-a"][0] == [s / 4 for s in range(1, 9)]
     assert compare_series(rows, "student", "val_acc", x="wall", starts={"run-a": 100.0})["run-a"][0] == [4.5, 8.5]
     assert list(compare_series(rows, "baseline", "val_acc")) == ["run-a"]
     with pytest.raises(ValueError):

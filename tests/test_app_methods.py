@@ -1,5 +1,5 @@
 """Distillation methods in the app: the method picker of the New run page, the Methods page and the
-shaping behind its table (`kdcore.views.method_table`), and the form's method values and formula."""
+shaping behind its table (`app.read_model.method_table`), and the form's method values and formula."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 
 from app_helpers import ENTRY, finished_run, record_downloads, wait_until_finished
 from app import form
+from app.read_model.method_table import (MeanStd, format_mean_std, mean_std, method_table, method_table_columns,
+                                         method_table_csv_rows)
 from kdcore.config import RunConfig
 from kdcore.methods import METHODS
 from kdcore.store import Store
-from kdcore.views import MeanStd, format_mean_std, mean_std, method_table, method_table_columns, method_table_csv_rows
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 60  # the first render imports torch for the parameter counts
@@ -183,7 +184,7 @@ def test_methods_page_without_runs_explains_how_to_fill_it(tmp_path: Path, monke
     assert not at.table
 
 
-# --- the table's shaping (kdcore.views) ----------------------------------------------------------------------------
+# --- the table's shaping (app.read_model.method_table) -------------------------------------------------------------
 
 
 def _record(run_id: str, method: str, student: float, *, seed: int = 0, baseline: float | None = None,
@@ -223,6 +224,14 @@ def test_method_table_by_hand() -> None:
     assert dkd["gap_closed"] == pytest.approx(0.75) and dkd["delta"] == pytest.approx(0.15)
     assert first["differs"] == {}  # seeds and methods are what a table varies
     assert second["baseline_acc"] is None and second["methods"]["kd"]["gap_closed"] is None
+
+
+def test_method_table_keeps_runs_of_a_method_no_module_describes() -> None:
+    # an older store may hold runs of a method that is gone: they get a column, and their teacher counts
+    (row,) = method_table([_record("r1", "kd", 0.80, baseline=0.70), _record("r2", "retired", 0.85, teacher_key="t1",
+                                                                              teacher=0.96, seed=1)])
+    assert list(row["methods"]) == ["kd", "retired"]
+    assert row["teacher_acc"].n == 2 and row["teacher_acc"].mean == pytest.approx(0.94)
 
 
 def test_method_table_names_settings_that_make_cells_unlike() -> None:

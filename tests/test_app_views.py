@@ -1,4 +1,4 @@
-"""The app's pure parts: kdcore.views (read-side shaping) and app.form (form ⇄ RunConfig)."""
+"""The app's pure parts: the read model (app.read_model), the run charts (app.charts) and app.form (form ⇄ RunConfig)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from types import SimpleNamespace
 import pytest
 
 from app_helpers import REPO
-from app import form
+from app import charts, form
+from app.read_model.progress import format_duration, run_eta, run_plan, stage_eta, stage_fraction, stage_states
+from app.read_model.runs import run_row, stored_teachers, weights_label
+from app.read_model.series import Line, series_label, series_order, step_lines
+from app.read_model.trace import RunTrace, ema, teacher_val_acc, thin
 from kdcore.config import RunConfig
-from kdcore.views import (RunTrace, ema, format_duration, run_eta, run_plan, run_row, stage_eta, stage_fraction,
-                          stage_states, stored_teachers, teacher_val_acc, thin, weights_label)
+from kdcore.methods import series_terms
 
-# --- views: plan, progress, ETA ------------------------------------------------------------------------------
+# --- read model: plan, progress, ETA ----------------------------------------------------------------------------
 
 
 def test_run_plan_follows_the_config() -> None:
@@ -56,7 +59,7 @@ def test_format_duration() -> None:
     assert format_duration(math.inf) == "—"
 
 
-# --- views: traces, smoothing, thinning ------------------------------------------------------------------------
+# --- read model: traces, smoothing, thinning -------------------------------------------------------------------
 
 
 def test_run_trace_appends_rows_by_stage_and_name() -> None:
@@ -105,14 +108,73 @@ def test_thin_keeps_at_most_about_max_points_and_the_last() -> None:
 
 def test_teacher_reference_accuracy_sources() -> None:
     trace = RunTrace("run-00000001")
-    assert teacher_val_acc({"teacher_val_acc": 0.9}, trace, []) == 0.9
-    assert teacher_val_acc(None, trace, ["soft_labels: finished (teacher_val_acc 0.9731)"]) == pytest.approx(0.9731)
+    assert teacher_val_acc({"teacher_val_acc": 0.9}, trace, {}) == 0.9
+    # a cached teacher reports no epochs: what the soft-label stage recorded when it ended (no log text)
+    assert teacher_val_acc(None, trace, {"soft_labels": {"teacher_val_acc": 0.9731}}) == pytest.approx(0.9731)
     trace.add_metrics([(1, "teacher", 1, 10, "val_acc", 0.8, 0.0)])
-    assert teacher_val_acc(None, trace, []) == 0.8
-    assert teacher_val_acc(None, RunTrace("run-00000002"), ["nothing"]) is None
+    assert teacher_val_acc(None, trace, {}) == 0.8
+    assert teacher_val_acc(None, RunTrace("run-00000002"), {"student": {"val_acc": 0.5}}) is None
 
 
-# --- views: the runs table and stored teachers ------------------------------------------------------------------
+# --- read model: every recorded term, labelled by its method ------------------------------------------------------
+
+
+def _steps(trace: RunTrace, stage: str, **series: list[float]) -> None:
+    rows = [(0, stage, 1, step, name, value, 0.0) for name, values in series.items()
+            for step, value in enumerate(values, start=1)]
+    trace.add_metrics(rows)
+
+
+def test_step_lines_follow_the_methods_terms_in_order_with_its_labels() -> None:
+    recorded = ["train_nckd", "train_loss", "train_acc", "val_acc", "train_tckd", "train_ce", "train_mystery"]
+    lines = step_lines("dkd", recorded)
+    terms = series_terms("dkd")
+    assert [line.name for line in lines] == ["train_loss", "train_ce", "train_tckd", "train_nckd", "train_mystery"]
+    assert lines[2] == Line("train_tckd", terms["train_tckd"].label, "loss")
+    assert lines[-1] == Line("train_mystery", "train_mystery", "loss")  # a series no module names keeps its name
+    assert [line.name for line in step_lines("no-such-method", recorded)][:2] == ["train_loss", "train_ce"]
+    assert series_label("train_loss") == "total loss" and series_label("val_loss") == "validation CE"
+    assert series_label("train_tckd", [None, "dkd"]) == terms["train_tckd"].label
+    assert series_order(["val_acc", "train_nckd", "train_loss", "zz"], ["dkd"]) == \
+        ["train_loss", "train_nckd", "val_acc", "zz"]
+
+
+def test_loss_chart_draws_every_recorded_term_with_its_label() -> None:
+    trace = RunTrace("run-00000001")
+    _steps(trace, "student", train_loss=[2.0, 1.5, 1.2], train_ce=[1.0, 0.8, 0.7], train_kd=[0.0, 0.0, 0.0],
+           train_tckd=[0.3, 0.2, 0.1], train_nckd=[0.9, 0.7, 0.6], train_acc=[0.5])
+    terms = series_terms("dkd")
+    figure = charts.loss_figure(trace, "student", "dkd", smoothing=0.0)
+    names = [t.name for t in figure.data]
+    # every term recorded, in the module's order and with its label; a term that stays 0 and accuracy left out
+    assert names == ["total", "CE", terms["train_tckd"].label, terms["train_nckd"].label]
+    assert list(figure.data[3].y) == [0.9, 0.7, 0.6]
+    colors = [t.line.color for t in figure.data]
+    assert colors[:2] == [charts.PART_COLORS["train_loss"], charts.PART_COLORS["train_ce"]]
+    assert len(set(colors)) == 4 and set(colors[2:]) <= set(charts.TERM_PALETTE)
+    smoothed = charts.loss_figure(trace, "student", "dkd", smoothing=0.5)
+    assert sum(1 for t in smoothed.data if t.name.endswith("(raw)")) == 4  # raw lines stay faint beside each
+    assert not charts.value_lines(trace, "student", "dkd")
+
+
+def test_a_learned_temperature_gets_its_own_chart_not_the_loss_chart() -> None:
+    trace = RunTrace("run-00000001")
+    _steps(trace, "student", train_loss=[2.0, 1.5], train_ce=[1.0, 0.8], train_kd=[1.0, 0.7],
+           train_temperature=[4.0, 4.2])
+    label = series_terms("ctkd")["train_temperature"].label
+    loss = charts.loss_figure(trace, "student", "ctkd")
+    assert label not in [t.name for t in loss.data] and "total" in [t.name for t in loss.data]
+    lines = charts.value_lines(trace, "student", "ctkd")
+    assert lines == [Line("train_temperature", label, "value")]
+    figure = charts.values_figure(trace, "student", lines)
+    assert [t.name for t in figure.data] == [label] and list(figure.data[0].y) == [4.0, 4.2]
+    assert figure.layout.title.text.startswith(label[:1].upper() + label[1:])
+    plain = RunTrace("run-00000002")
+    _steps(plain, "student", train_loss=[1.0])
+    assert charts.value_lines(plain, "student", "kd") == []
+
+
+# --- read model: the runs table and stored teachers -------------------------------------------------------------
 
 
 def _record(run_id: str, status: str = "done", summary: dict | None = None, **config_changes):
@@ -205,15 +267,6 @@ def test_an_uploaded_checkpoint_becomes_teacher_checkpoint() -> None:
     assert form.validate(values)[0].teacher.checkpoint is None
 
 
-@pytest.mark.parametrize("filename", ["../../etc/passwd", "..\\..\\boot.ini", "/abs/path/teacher.pt", ".hidden.pt",
-                                      "we!rd name$.pth", "", "...."])
-def test_upload_names_cannot_escape_the_uploads_folder(filename: str) -> None:
-    name = form.upload_name(filename, b"weights")
-    assert "/" not in name and "\\" not in name and not name.startswith(".")
-    assert name.endswith((".pt", ".pth"))
-    assert name.split("-", 1)[0] == __import__("hashlib").sha256(b"weights").hexdigest()[:12]
-
-
 def test_loss_latex_shows_the_chosen_numbers() -> None:
     latex = form.loss_latex({"ce": 0.1, "kd": 0.9, "feature": 0.0}, 4.0)
     assert "0.1" in latex and r"0.9\cdot 4^2" in latex and "MSE" not in latex
@@ -221,8 +274,10 @@ def test_loss_latex_shows_the_chosen_numbers() -> None:
     assert "CE" not in form.loss_latex({"ce": 0.0, "kd": 1.0, "feature": 0.0}, 2.0)
 
 
-def test_views_and_form_do_not_import_torch() -> None:
+def test_read_model_charts_and_form_do_not_import_torch() -> None:
     import subprocess
 
-    code = "import kdcore.views, app.form, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = ", ".join(f"app.read_model.{name}" for name in ("progress", "series", "trace", "runs", "compare",
+                                                              "sweeps", "method_table", "lab"))
+    code = f"import {modules}, app.charts, app.form, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))

@@ -1,5 +1,6 @@
-"""Compare: runs side by side. Their curves overlaid, a table of final numbers, and only the settings
-that differ; both table and metrics export as CSV.
+"""Compare: runs side by side. Their curves overlaid (any series they recorded: every loss term of their
+methods, the validation metrics), a table of final numbers, and only the settings that differ; both
+table and every recorded metric export as CSV.
 
 The runs come from `?runs=id1,id2` (the Runs and Sweeps pages link here that way) or the picker,
 which keeps the URL in step, so a comparison can be shared. The numbers are the store's own
@@ -15,17 +16,17 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, session
+from app.read_model.compare import X_AXES, compare_series
+from app.read_model.progress import STAGE_TITLES
+from app.read_model.series import PERCENT_SERIES, is_step_series, series_kind, series_label, series_order
 from kdcore.compare import comparison_rows, config_diff, datasets_differ
 from kdcore.dataset_names import CATALOGUE
 from kdcore.errors import KDError, RunNotFound
-from kdcore.store import RunRecord, Store
-from kdcore.views import STAGE_TITLES, STEP_METRICS, X_AXES, compare_series
+from kdcore.store import RunMetricRow, RunRecord, Store
 
 POLL_S = 2.0
-LOSS_PARTS = {"train_loss": "total loss", "train_ce": "CE", "train_kd": "KD (T²·KL)", "train_feature": "feature (MSE)",
-              "val_loss": "validation CE"}
 CURVE_STAGES = ("student", "finetune", "baseline", "teacher")
-METRIC_COLUMNS = ["run_id", "stage", "epoch", "step", "name", "value", "t"]
+METRIC_COLUMNS = list(RunMetricRow._fields)
 LATENCY_BATCHES = (1, 64)
 
 
@@ -123,34 +124,44 @@ def _curves(run_ids: list[str], was_active: bool) -> None:
             continue
     if was_active and not any(r.active for r in records):
         st.rerun()  # the last active run finished: redraw once more, then stop polling
+    methods = list(dict.fromkeys(r.config.get("method") for r in records))
+    names = series_order({name for _, name in store.series_names([r.id for r in records])} or {"train_loss"}, methods)
+    titles = {name: series_label(name, methods) for name in names}
+    if st.session_state.get("cmp_part") not in names:  # another selection recorded other series
+        st.session_state["cmp_part"] = "train_loss" if "train_loss" in names else names[0]
     cols = st.columns([2, 2, 2, 3], vertical_alignment="bottom")
-    part = cols[0].selectbox("Loss", list(LOSS_PARTS), format_func=LOSS_PARTS.get, key="cmp_part")
+    part = cols[0].selectbox("Series", names, format_func=titles.get, key="cmp_part",
+                             help="Any series these runs recorded: the loss and each term of their methods' "
+                                  "objectives per step, the validation metrics per epoch.")
     stage = cols[1].selectbox("Stage", CURVE_STAGES, format_func=STAGE_TITLES.get, key="cmp_stage",
                               help="Student: the distilled one; baseline: the same student on hard labels alone.")
     x = cols[2].segmented_control("X axis", list(X_AXES), format_func=lambda a: "wall time" if a == "wall" else a,
                                   default="step", required=True, key="cmp_x")
     smoothing = cols[3].slider("Smoothing", 0.0, 0.99, 0.6, step=0.01, key="cmp_smoothing",
-                               help="Exponential moving average of the per-step losses; the raw values stay faint.")
-    rows = _metric_rows(store, records)
+                               help="Exponential moving average of the per-step series; the raw values stay faint.")
+    rows = _metric_rows(store, records, part)
     starts = {r.id: r.started for r in records}
     labels = {r.id: _label(r) for r in records}
-    loss = compare_series(rows, stage, part, x=x, starts=starts)
+    picked = compare_series(rows, stage, part, x=x, starts=starts)
     accuracy = compare_series(rows, stage, "val_acc", x=x, starts=starts)
+    kind = series_kind(part, methods)
     left, right = st.columns(2)
-    left.plotly_chart(charts.compare_figure(loss, labels, f"{LOSS_PARTS[part]} · {STAGE_TITLES[stage]}",
-                                            x_title=X_AXES[x], y_title="loss",
-                                            smoothing=smoothing if part in STEP_METRICS else 0.0), key="cmp_loss")
+    left.plotly_chart(charts.compare_figure(picked, labels, f"{titles[part]} · {STAGE_TITLES[stage]}",
+                                            x_title=X_AXES[x], y_title="loss" if kind == "loss" else titles[part],
+                                            smoothing=smoothing if is_step_series(part) else 0.0,
+                                            percent=part in PERCENT_SERIES, markers=kind == "epoch"),
+                      key="cmp_loss")
     right.plotly_chart(charts.compare_figure(accuracy, labels, f"Validation accuracy · {STAGE_TITLES[stage]}",
                                              x_title=X_AXES[x], y_title="accuracy", percent=True, markers=True),
                        key="cmp_accuracy")
 
 
-def _metric_rows(store: Store, records: list[RunRecord]) -> list[tuple]:
+def _metric_rows(store: Store, records: list[RunRecord], part: str) -> list[RunMetricRow]:
     """The curves' rows; read once per session while every run has finished (they cannot change then)."""
-    ids, names = [r.id for r in records], [*LOSS_PARTS, "val_acc"]
+    ids, names = [r.id for r in records], [part, "val_acc"]
     if any(r.active for r in records):
         return store.metrics_for(ids, names)
-    key = tuple((r.id, r.ended) for r in records)
+    key = (part, *((r.id, r.ended) for r in records))
     memo = st.session_state.get("_kdlab_cmp_rows")
     if memo is None or memo[0] != key:
         memo = st.session_state["_kdlab_cmp_rows"] = (key, store.metrics_for(ids, names))
@@ -231,7 +242,8 @@ def _table(store: Store, records: list[RunRecord]) -> None:
     buttons.download_button("Metrics as CSV", _metrics_csv(store.home, [r.id for r in records]),
                             file_name="metrics.csv", mime="text/csv", icon=":material/download:",
                             key="cmp_metrics_csv", on_click="ignore",
-                            help="Every metric row of these runs: run_id, stage, epoch, step, name, value, t.")
+                            help="Every metric row of these runs, every loss term included: "
+                                 + ", ".join(METRIC_COLUMNS) + ".")
 
 
 def _metrics_csv(home: Path, run_ids: list[str]):

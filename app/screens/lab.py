@@ -15,13 +15,14 @@ import numpy as np
 import streamlit as st
 
 from app import charts, session
+from app.read_model.lab import SAMPLE_CHOICES, pick_samples
+from app.read_model.progress import STAGE_TITLES, format_duration, stage_eta, stage_fraction
+from app.read_model.runs import stored_teachers
 from kdcore.config import RunConfig
 from kdcore.errors import KDError, RunNotFound
 from kdcore.losses import soft_targets
 from kdcore.store import ACTIVE, Store
 from kdcore.temperature import class_similarity, dark_knowledge_curve, entropy_curve, teacher_file
-from kdcore.views import (SAMPLE_CHOICES, STAGE_TITLES, format_duration, pick_samples, stage_eta, stage_fraction,
-                          stored_teachers)
 
 CURVE_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.25, 64.0, 49))  # log-spaced: T=1…4 gets its share
 T_MIN, T_MAX, T_STEP = 0.5, 20.0, 0.5

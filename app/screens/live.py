@@ -12,10 +12,12 @@ import time
 import streamlit as st
 
 from app import charts, session
+from app.read_model.progress import (STAGE_TITLES, TRAINED_STAGES, format_duration, run_eta, run_plan, stage_eta,
+                                     stage_fraction, stage_states)
+from app.read_model.runs import weights_label
+from app.read_model.trace import RunTrace, teacher_val_acc
 from kdcore.errors import KDError, RunNotFound
 from kdcore.store import ACTIVE, RunRecord, Store
-from kdcore.views import (STAGE_TITLES, TRAINED_STAGES, RunTrace, format_duration, run_eta, run_plan, stage_eta,
-                          stage_fraction, stage_states, teacher_val_acc, weights_label)
 
 POLL_S = 1.0  # curves and progress
 SNAPSHOT_POLL_S = 3.0  # soft labels change once per epoch, and their figure is large
@@ -139,7 +141,7 @@ def _live_panel(run_id: str, was_active: bool) -> None:
         st.caption("This run stopped before it reported any training, so there is nothing to chart.")
         return
     _loss_section(record, trace)
-    teacher_acc = teacher_val_acc(record.summary, trace, [m for _, _, m in session.store().logs(run_id, tail=50)])
+    teacher_acc = teacher_val_acc(record.summary, trace, session.store().stage_results(run_id))
     left, right = st.columns(2)
     with left:
         st.plotly_chart(charts.accuracy_figure(trace, record.config, teacher_acc), key=f"acc_{run_id}")
@@ -224,15 +226,14 @@ def _pct(value: float | None) -> str:
 
 def _failure(record: RunRecord) -> None:
     st.error(f"**This run failed.** {record.error or 'No reason was recorded.'}", icon=":material/error:")
-    lines = [m for _, _, m in session.store().logs(record.id, tail=15)]
+    lines = [log.message for log in session.store().logs(record.id, tail=15)]
     if lines:
         st.caption("Last lines of the run's log")
         st.code("\n".join(lines), language=None, wrap_lines=True)
-    worker_log = session.store().run_dir(record.id) / "worker.log"
-    if worker_log.is_file() and worker_log.stat().st_size:
+    output = session.store().worker_log_tail(record.id, max_lines=30)
+    if output:
         with st.expander("Worker output"):
-            st.code("\n".join(worker_log.read_text(errors="replace").splitlines()[-30:]), language=None,
-                    wrap_lines=True)
+            st.code("\n".join(output), language=None, wrap_lines=True)
 
 
 def _actions(record: RunRecord) -> None:
@@ -266,7 +267,11 @@ def _loss_section(record: RunRecord, trace: RunTrace) -> None:
     stage = choice if choice != "auto" else _followed_stage(record, trace)
     if stage == "teacher" and not trace.get("teacher", "train_loss").values and "student" in trace.trained_stages():
         st.caption("The teacher was reused (from the cache or a checkpoint), so this run did not train it.")
-    st.plotly_chart(charts.loss_figure(trace, stage, smoothing), key=f"loss_{record.id}")
+    method = record.config.get("method")
+    st.plotly_chart(charts.loss_figure(trace, stage, method, smoothing), key=f"loss_{record.id}")
+    values = charts.value_lines(trace, stage, method)
+    if values:  # e.g. a temperature the method learns: its own small chart, only when recorded
+        st.plotly_chart(charts.values_figure(trace, stage, values, smoothing), key=f"values_{record.id}")
 
 
 def _followed_stage(record: RunRecord, trace: RunTrace) -> str:

@@ -3,7 +3,7 @@
 The table reads like the published CIFAR-100 tables: for one teacher → student pair on one dataset,
 the teacher's and the student-alone test accuracy, then one column per method, each the mean ± std
 over that method's runs (its seeds), with the gap it closes and how many runs each cell averages.
-The shaping is `kdcore.views.method_table`; this page only draws it and offers it as CSV.
+The shaping is `app.read_model.method_table`; this page only draws it and offers it as CSV.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from app import session
-from kdcore.methods import METHODS
-from kdcore.views import (format_mean_std, method_table, method_table_columns, method_table_csv_rows,
-                          method_table_label)
+from app.read_model.method_table import (format_mean_std, method_table, method_table_columns, method_table_csv_rows,
+                                         method_table_label)
+from kdcore.methods import METHODS, method_spec
 
 ROWS = {"acc": "test accuracy (%)", "delta": "Δ vs. student alone", "gap_closed": "gap closed", "runs": "runs"}
 SMALL_LEAD = 0.02  # a teacher this close to the student alone makes "gap closed" magnify noise
@@ -96,14 +96,16 @@ def _caveats(row: dict) -> None:
     if alone is None:
         st.info("No run of this pair trained the student alone, so there is no reference and no gap closed: "
                 "turn on **Train a baseline** for at least one run.", icon=":material/info:")
-    if list(row["methods"]) == ["kd"]:
-        st.info("Only plain KD so far. Run other methods on this pair (New run → Distillation → Method) to "
-                "compare.",
-                icon=":material/info:")
+    if len(row["methods"]) == 1:
+        (only,) = row["methods"]
+        title = method_spec(only).title if only in METHODS else only
+        st.info(f"Only {title} so far. Run other methods on this pair (New run → Distillation → Method) to "
+                "compare.", icon=":material/info:")
 
 
 def _legend(row: dict) -> None:
-    lines = [f"**{name}**: {METHODS[name].title}. {METHODS[name].paper}." for name in row["methods"] if name in METHODS]
+    specs = [method_spec(name) for name in row["methods"] if name in METHODS]
+    lines = [f"**{spec.name}**: {spec.title}. {spec.paper}." for spec in specs]
     st.caption("  \n".join(lines))
 
 

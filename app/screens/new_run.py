@@ -10,18 +10,17 @@ at the paper's defaults.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import streamlit as st
 
 from app import form, session
+from app.read_model.runs import stored_teachers
 from kdcore.config import OPTIMIZERS
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
 from kdcore.methods import METHODS, ParamSpec, multi_teacher_seeds
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
-from kdcore.views import stored_teachers
 
 PREFIX = "nr_"
 KEEP = {"persist_state": "session"}  # form values survive a visit to another page
@@ -297,22 +296,14 @@ def _teacher_label(teacher: dict) -> str:
 
 
 def _upload(store) -> tuple[bool, list[str]]:
-    """Save an uploaded checkpoint under the store's uploads/ and read what it says about itself.
+    """Save an uploaded checkpoint in the store (`Store.save_upload`) and read what it says about itself.
 
     Returns whether the architecture is fixed by the file, and any problem with it.
     """
     uploaded = st.file_uploader("Teacher checkpoint", type=["pt", "pth"], key=PREFIX + "upload",
                                 help="A .pt written by kdcore (it names its architecture), or a bare state dict.")
     if uploaded is not None:
-        data = uploaded.getvalue()
-        folder = store.home / "uploads"
-        path = folder / form.upload_name(uploaded.name, data)
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-            partial.write_bytes(data)
-            os.replace(partial, path)  # never a half-written file under the final name
-        st.session_state[PREFIX + "teacher_checkpoint"] = str(path)
+        st.session_state[PREFIX + "teacher_checkpoint"] = str(store.save_upload(uploaded.name, uploaded.getvalue()))
     checkpoint = st.session_state.get(PREFIX + "teacher_checkpoint")
     if not checkpoint:
         return False, []
@@ -323,16 +314,18 @@ def _upload(store) -> tuple[bool, list[str]]:
         header = session.checkpoint_header(str(path), path.stat().st_mtime)
     except KDError as exc:
         return False, [str(exc)]
-    st.caption(f"Using `{path.name}`" + (f": a kdcore **{header['arch']}** with {header['num_classes']} classes."
-                                        if header["arch"] else ": a bare state dict; choose its architecture."))
-    if not header["arch"]:
-        return False, []
-    if st.session_state.get(PREFIX + "teacher_arch") != header["arch"]:
-        st.session_state[PREFIX + "teacher_arch"] = header["arch"]
-    info = CATALOGUE.get(st.session_state[PREFIX + "dataset"])
-    if info is not None and header["num_classes"] not in (None, info.num_classes):
-        return True, [f"The checkpoint predicts {header['num_classes']} classes; {info.name} has {info.num_classes}."]
-    return True, []
+    st.caption(f"Using `{path.name}`" + (f": a kdcore **{header.arch}** with {header.num_classes} classes."
+                                        if header.arch else ": a bare state dict; choose its architecture."))
+    if header.arch and st.session_state.get(PREFIX + "teacher_arch") != header.arch:
+        st.session_state[PREFIX + "teacher_arch"] = header.arch
+    from kdcore.checkpoints import check_teacher_fits  # torch, already imported to read the header
+
+    try:  # the engine's check, the one `submit` makes: classes, input shape, every tensor's shape
+        check_teacher_fits(header, path.name, arch=st.session_state[PREFIX + "teacher_arch"],
+                           dataset=st.session_state[PREFIX + "dataset"], what="the checkpoint")
+    except KDError as exc:
+        return bool(header.arch), [str(exc)]
+    return bool(header.arch), []
 
 
 # --- what will run ------------------------------------------------------------------------------------------------

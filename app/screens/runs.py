@@ -13,9 +13,10 @@ import pandas as pd
 import streamlit as st
 
 from app import session
+from app.read_model.progress import format_duration
+from app.read_model.runs import run_row
 from kdcore.errors import KDError, RunNotFound
 from kdcore.store import ACTIVE, STATUSES
-from kdcore.views import format_duration, run_row
 
 REFRESH_S = 2.0
 STATUS_LABELS = {"queued": "○ queued", "starting": "◔ starting", "running": "▶ running", "done": "✓ done",

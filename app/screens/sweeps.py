@@ -18,15 +18,16 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, session
+from app.read_model.progress import format_duration
+from app.read_model.sweeps import (ACCURACY_METRICS, SWEEP_METRICS, aggregate, axis_values, dotted_value,
+                                   sweep_progress, sweep_rows, typical_run_s)
 from kdcore.config import RunConfig
-from kdcore.dataset_names import CATALOGUE, DATASET_NAMES
-from kdcore.errors import ConfigError, KDError, ModelError, RunNotFound
-from kdcore.model_names import ARCH_NAMES, check_fits
+from kdcore.dataset_names import DATASET_NAMES
+from kdcore.errors import ConfigError, KDError, RunNotFound
+from kdcore.model_names import ARCH_NAMES
 from kdcore.runner import max_runs
 from kdcore.store import Store
 from kdcore.sweep import CONFIRM_ABOVE, expand, parse_grid, submit_sweep
-from kdcore.views import (ACCURACY_METRICS, SWEEP_METRICS, aggregate, axis_values, dotted_value, format_duration,
-                          sweep_progress, sweep_rows, typical_run_s)
 
 POLL_S = 2.0
 GRID_KEYS = ["temperature", "weights.kd", "weights.ce", "seed", "epochs", "lr", "batch_size", "student.arch",
@@ -125,19 +126,9 @@ def _validate(base: dict[str, Any], specs: list[str]) -> tuple[dict, list, list[
         if size > MAX_RUNS:
             return {}, [], [f"The grid has {size:,} combinations; a sweep can have at most {MAX_RUNS:,} runs."]
         runs = expand(base, grid)
-    except ConfigError as exc:
+    except ConfigError as exc:  # RunConfig's own checks, the architecture-fits-dataset one included
         return {}, [], [str(exc).replace("--grid ", "")]
-    info = CATALOGUE.get(base["dataset"])
-    errors = []
-    if info is not None:
-        archs = {(role, arch) for _, c in runs
-                 for role, arch in (("teacher.arch", c.teacher.arch), ("student.arch", c.student.arch))}
-        for role, arch in sorted(archs):
-            try:
-                check_fits(arch, info.input_shape)
-            except ModelError as exc:
-                errors.append(f"{role}: {exc}")
-    return grid, runs, errors
+    return grid, runs, []
 
 
 def _size_and_time(store: Store, runs: list) -> bool:
