@@ -226,6 +226,41 @@ def test_live_page_explains_a_failed_run(in_lab) -> None:
     assert at.button(key=f"resume_{in_lab.failed}")
 
 
+def test_live_page_charts_every_recorded_term_and_a_learned_temperature(tmp_path, monkeypatch) -> None:
+    """Rows written straight into a store (nothing trains): a CTKD run that recorded its learned temperature,
+    stopped before its summary, with a cached teacher (no teacher epochs) and some worker output."""
+    from kdcore.methods import series_terms
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("KDCORE_HOME", str(home))
+    store = Store(home)
+    run_id = store.create_run(RunConfig().replace(dataset="digits", method="ctkd").to_dict(), status="running",
+                              pid=os.getpid())
+    rows = [("student", 1, step, name, value, time.time()) for step in range(1, 6) for name, value in
+            (("train_loss", 2.0 / step), ("train_ce", 1.0 / step), ("train_kd", 1.0 / step),
+             ("train_feature", 0.0), ("train_temperature", 4.0 + step / 10), ("train_mystery", 0.5))]
+    rows.append(("student", 1, 5, "val_acc", 0.5, time.time()))
+    store.add_records(run_id, metrics=rows, stage_results=[("soft_labels", "teacher_val_acc", 0.9, time.time())],
+                      logs=[(time.time(), "soft_labels: finished (teacher_val_acc 0.9000)")])
+    store.worker_log_path(run_id).write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    store.finish(run_id, "failed", error="internal error: RuntimeError: out of memory")
+    try:
+        at = open_app("live", run=run_id)
+        specs = charts(at)
+        temperature = series_terms("ctkd")["train_temperature"].label
+        loss = trace_names(specs["Training loss · Student"])
+        assert {"total", "CE", "KD (T²·KL)", "train_mystery"} <= set(loss)  # every term, named or not
+        assert temperature not in loss and "feature (MSE)" not in loss  # a value is no loss; a 0 term is left out
+        (values_title,) = [title for title in specs if title.lower().startswith(temperature.lower())]
+        assert trace_names(specs[values_title]) == [temperature]
+        assert [t["y"] for t in specs[values_title]["data"]][0] == pytest.approx([4.1, 4.2, 4.3, 4.4, 4.5])
+        # the teacher's reference line: recorded when the soft-label stage ended, not parsed from the log
+        assert "teacher (90.0%)" in trace_names(specs["Validation accuracy per epoch"])
+        assert any("RuntimeError: out of memory" in c.value for c in at.code)  # the worker's output, from the store
+    finally:
+        store.close()
+
+
 def test_live_page_of_an_unknown_run_says_so(in_lab) -> None:
     at = open_app("live", run="run-deadbeef")
     assert any("no run **run-deadbeef**" in w.value for w in at.warning)

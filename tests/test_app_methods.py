@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from app_helpers import ENTRY, finished_run, record_downloads, wait_until_finished
+from app_helpers import ENTRY, charts, finished_run, record_downloads, wait_until_finished
 from app import form
 from app.read_model.method_table import (MeanStd, format_mean_std, mean_std, method_table, method_table_columns,
                                          method_table_csv_rows)
 from kdcore.config import RunConfig
-from kdcore.methods import METHODS
+from kdcore.methods import METHODS, series_terms
 from kdcore.store import Store
 from streamlit.testing.v1 import AppTest
 
@@ -121,6 +121,10 @@ def test_dkd_shows_its_paper_defaults_and_a_changed_beta_reaches_the_run(tmp_pat
         assert at.query_params.get("run") == run.id
         record = wait_until_finished(store, [run.id], timeout_s=120)[0]
         assert record.status == "done", record.error
+        at.run()  # the Live run page of the finished run: every term DKD returns, labelled by its module
+        loss = {t["name"] for t in charts(at)["Training loss · Student"]["data"]}
+        terms = series_terms("dkd")
+        assert {"total", terms["train_tckd"].label, terms["train_nckd"].label} <= loss
     finally:
         store.close()
 
