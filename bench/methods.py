@@ -70,7 +70,7 @@ def main() -> None:
     rows = []
     for method, runs in results.items():
         m, sd = mean_std([s["student_test_acc"] for s in runs])
-        rows.append({"method": method, "title": METHODS[method].title, "mean": m, "std": sd, "runs": len(runs),
+        rows.append({"method": method, "title": METHODS[method].spec.title, "mean": m, "std": sd, "runs": len(runs),
                      # only meaningful when the teacher beats the student alone
                      "gap_closed": (m - baseline_mean) / (teacher - baseline_mean) if teacher > baseline_mean else None,
                      "wall_s": statistics.mean(s["wall_s"] for s in runs)})

@@ -360,3 +360,59 @@ def mutual_learning_loss(logits_list: list[Tensor], targets: Tensor, temperature
         peers = [kd_loss(logits, other.detach(), temperature) for j, other in enumerate(logits_list) if j != k]
         losses.append(F.cross_entropy(_at_least_float32(logits), targets) + sum(peers) / len(peers))
     return losses
+
+
+# --- logit standardisation, contrastive and adversarial-temperature methods ----------------------------------
+
+
+def standardize_logits(logits: Tensor, eps: float = 1e-7) -> Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024, "Logit Standardization in Knowledge Distillation").
+
+    ẑ = (z − mean(z)) / (std(z) + eps) per sample, std with Bessel's correction as the authors' code.
+    softmax(ẑ/T) depends only on the logits' relations, not their shift or scale.
+    logits [B, C] → [B, C] (float32 at least).
+    """
+    z = _at_least_float32(logits)
+    return (z - z.mean(dim=-1, keepdim=True)) / (z.std(dim=-1, keepdim=True) + eps)
+
+
+def crd_nce_loss(anchors: Tensor, positives: Tensor, negatives: Tensor, valid: Tensor, temperature: float,
+                 n_data: int, normalizer: Tensor | float) -> Tensor:
+    """One direction of CRD's NCE objective (Tian et al., ICLR 2020, "Contrastive Representation Distillation").
+
+    With the critic h(v, m) = exp(⟨v, m⟩/τ) / Z, the noise probability P_n = 1/N and K the count of valid
+    negatives per anchor (K_b = Σ_k valid_bk):
+        L = −(1/B) Σ_b [ log( h(v_b, m⁺_b) / (h(v_b, m⁺_b) + K_b·P_n) )
+                         + Σ_k valid_bk · log( K_b·P_n / (h(v_b, m_k) + K_b·P_n) ) ]
+    anchors [B, D] (unit length), positives [B, D] (each anchor's own example in the other bank),
+    negatives [K, D] (shared by the batch), valid bool [B, K] (False masks an anchor's own class)
+    → scalar. Z is the normaliser (the paper estimates it once from the first batch).
+    """
+    anchors = _at_least_float32(anchors)
+    count = valid.sum(dim=1).clamp(min=1).to(anchors.dtype)  # K_b
+    noise = count / n_data  # K_b · P_n
+    positive = torch.exp((anchors * _at_least_float32(positives)).sum(dim=1) / temperature) / normalizer  # [B]
+    negative = torch.exp(anchors @ _at_least_float32(negatives).t() / temperature) / normalizer  # [B, K]
+    log_positive = torch.log(positive / (positive + noise))
+    log_negative = torch.log(noise.unsqueeze(1) / (negative + noise.unsqueeze(1)))
+    return -(log_positive + (log_negative * valid).sum(dim=1)).mean()
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, strength: float) -> Tensor:
+        ctx.strength = strength
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.strength * grad, None
+
+
+def reverse_gradient(x: Tensor, strength: float) -> Tensor:
+    """The gradient reversal layer (Ganin & Lempitsky 2015), as CTKD uses it (Li et al., AAAI 2023).
+
+    Forward: the identity. Backward: the gradient times −λ (λ = `strength`), so parameters before it
+    ascend the loss that the parameters after it descend.
+    """
+    return _ReverseGradient.apply(x, strength)

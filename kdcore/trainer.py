@@ -5,19 +5,18 @@
 `run_pipeline(config, callbacks, ...)` is the whole path. The data lives as tensors on the training
 device; without augmentation the teacher's logits (and features) on the training set are computed
 once and indexed per step, so a distillation step costs only the student's forward and backward.
-One loop (`_fit`) trains every stage; each stage differs only in its `step_loss`.
+One loop (`kdcore.train.fit`) trains every stage; each stage differs only in its objective, which
+the run's method builds (`kdcore.methods`).
 The trainer knows nothing of Streamlit or SQLite: it reports through `kdcore.callbacks`.
 """
 
 from __future__ import annotations
 
-import copy
 import fcntl
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,185 +25,14 @@ from torch import Tensor, nn
 from kdcore import checkpoints
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
-from kdcore.data import Splits, apply_views, augment, load_dataset, random_views, view_count
-from kdcore.errors import Cancelled, DivergedError
-from kdcore.evaluation import accuracy, autocast, predict, resolve_device
-from kdcore.losses import distillation_loss, kd_loss_per_sample
-from kdcore.method_losses import TeacherEnsemble, method_objective
-from kdcore.methods import METHODS, multi_teacher_seeds
+from kdcore.data import Splits, load_dataset
+from kdcore.evaluation import accuracy, predict, resolve_device
+from kdcore.losses import kd_loss_per_sample
+from kdcore.methods import get_method, resolve_params
+from kdcore.methods.objective import BuildContext, hard_label_objective, hyper_of
 from kdcore.models import build_model, count_parameters
 from kdcore.soft_labels import SoftLabels, student_snapshot, teacher_snapshot
-
-FLUSH_EVERY = 25  # steps per host sync: loss values are read back in batches, not every step
-
-
-# --- the training loop shared by every stage ---------------------------------------------------------
-
-
-@dataclass
-class Stage:
-    """One trained stage: its model (+ extra trainable modules), budget and per-step objective."""
-
-    name: str
-    model: nn.Module
-    epochs: int
-    batch_size: int
-    lr: float
-    seed: int
-    # (dataset indices, inputs, labels, augmentation view ids or None) -> (loss parts, logits)
-    step_loss: Callable[[Tensor, Tensor, Tensor, Tensor | None], tuple[dict[str, Tensor], Tensor]]
-    validate: Callable[[nn.Module], dict[str, float]]
-    extra: nn.Module | None = None  # e.g. the FitNets projector, trained along with the model
-    snapshot: Callable[[nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
-    augment: bool = False
-    epoch: int = 0  # the epoch in training (1-based), set by _fit; DKD's warm-up reads it
-
-
-@dataclass
-class StageResult:
-    best_state: dict[str, Tensor]
-    best_epoch: int
-    best_val_acc: float
-    samples_per_s: float
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _make_optimizer(config: RunConfig, params, lr: float) -> torch.optim.Optimizer:
-    """The configured optimizer, fused (one kernel for all parameters: ~15% faster small-model steps)."""
-    params = list(params)
-    if config.optimizer == "sgd":
-        cls, kwargs = torch.optim.SGD, {"momentum": 0.9, "nesterov": True}
-    else:
-        cls, kwargs = (torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam), {}
-    try:
-        return cls(params, lr=lr, weight_decay=config.weight_decay, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # a device without fused kernels (e.g. MPS on older torch)
-        return cls(params, lr=lr, weight_decay=config.weight_decay, **kwargs)
-
-
-def _cosine(lr: float, step: int, total: int) -> float:
-    """Cosine decay from lr to 0 over the stage; robust and needs no tuning per dataset."""
-    return lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-
-
-class _Progress:
-    """The per-epoch checkpoint of the stage in training, so `resume` continues where it stopped."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.path = folder / "progress.pt" if folder else None
-
-    def load(self) -> dict[str, Any]:
-        if self.path is None or not self.path.exists():
-            return {}
-        return checkpoints.load(self.path, "progress checkpoint")
-
-    def save(self, state: dict[str, Any]) -> None:
-        if self.path is not None:
-            checkpoints.save_atomic(state, self.path)
-
-
-def _fit(stage: Stage, data: Splits, config: RunConfig, device: torch.device, callbacks: Callback,
-         progress: _Progress, done: dict[str, Any], resume_state: dict[str, Any] | None) -> StageResult:
-    """Train one stage with model selection on validation; checkpoint after every epoch."""
-    model, n = stage.model, len(data.train_x)
-    if config.compile and device.type == "cuda":
-        model.compile()  # in place: the state_dict keeps its keys, so checkpoints stay portable
-    params = list(model.parameters()) + (list(stage.extra.parameters()) if stage.extra is not None else [])
-    optimizer = _make_optimizer(config, params, stage.lr)
-    batch_size = min(stage.batch_size, n)
-    steps_per_epoch = n // batch_size  # drop the ragged last batch: a batch of 1 breaks BatchNorm
-    total_steps = steps_per_epoch * stage.epochs
-    generator = torch.Generator().manual_seed(stage.seed)
-    aug_generator = torch.Generator(device=device).manual_seed(stage.seed + 1) if stage.augment else None
-    use_views = view_count(data.info) > 0  # discrete augmentations: the teacher's outputs can be looked up
-    result = StageResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_val_acc=-1.0, samples_per_s=0.0)
-    start_epoch = 0
-    if resume_state:
-        model.load_state_dict(resume_state["model"])
-        if stage.extra is not None and "extra" in resume_state:
-            stage.extra.load_state_dict(resume_state["extra"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        generator.set_state(resume_state["generator"])
-        if aug_generator is not None and "aug_generator" in resume_state:
-            aug_generator.set_state(resume_state["aug_generator"])
-        result = StageResult(resume_state["best_state"], resume_state["best_epoch"], resume_state["best_val_acc"], 0.0,
-                             list(resume_state.get("history", [])))
-        start_epoch = resume_state["epoch"]
-        callbacks.on_resume(stage.name, start_epoch)
-        callbacks.on_log(f"{stage.name}: resumed after epoch {start_epoch}")
-    callbacks.on_stage_start(stage.name, stage.epochs, steps_per_epoch)
-    if stage.snapshot is not None and start_epoch == 0:  # the untrained model: where epoch 1 starts from
-        callbacks.on_snapshot(stage.name, 0, stage.snapshot(model))
-    names = ("loss", "ce", "kd", "feature")
-    rates = []
-    for epoch in range(start_epoch + 1, stage.epochs + 1):
-        stage.epoch = epoch
-        model.train()
-        if stage.extra is not None:
-            stage.extra.train()
-        order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
-        pending: list[Tensor] = []
-        correct = torch.zeros((), device=device)
-        started = time.perf_counter()
-        for i in range(steps_per_epoch):
-            step = (epoch - 1) * steps_per_epoch + i + 1
-            idx = order[i * batch_size : (i + 1) * batch_size]
-            x, y = data.train_x[idx], data.train_y[idx]
-            views = None
-            if aug_generator is not None:
-                if use_views:
-                    views = random_views(len(idx), data.info, aug_generator, device)
-                    x = apply_views(x, data.info, views)
-                else:
-                    x = augment(x, data.info, aug_generator)
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine(stage.lr, step - 1, total_steps)
-            with autocast(device, config.amp):
-                parts, logits = stage.step_loss(idx, x, y, views)
-            optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            optimizer.step()
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            pending.append(torch.stack([parts[k].detach().float() for k in names]))
-            if len(pending) == FLUSH_EVERY or i == steps_per_epoch - 1:
-                _flush(stage.name, epoch, step - len(pending) + 1, names, pending, callbacks)
-                pending = []
-            if callbacks.should_stop():
-                raise Cancelled(f"{stage.name} stopped at epoch {epoch} step {step}")
-        elapsed = time.perf_counter() - started
-        rates.append(steps_per_epoch * batch_size / max(elapsed, 1e-9))
-        values = {"train_acc": correct.item() / (steps_per_epoch * batch_size), "samples_per_s": rates[-1],
-                  "lr": _cosine(stage.lr, epoch * steps_per_epoch, total_steps), **stage.validate(model)}
-        callbacks.on_metrics(stage.name, epoch, epoch * steps_per_epoch, values)
-        if stage.snapshot is not None:
-            callbacks.on_snapshot(stage.name, epoch, stage.snapshot(model))
-        if values["val_acc"] > result.best_val_acc:  # strict: ties keep the earlier, cheaper epoch
-            result.best_state = copy.deepcopy(model.state_dict())
-            result.best_epoch, result.best_val_acc = epoch, values["val_acc"]
-        result.history.append({"epoch": epoch, **values})
-        progress.save({
-            "stage": stage.name, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(), "best_state": result.best_state, "best_epoch": result.best_epoch,
-            "best_val_acc": result.best_val_acc, "history": result.history, "done": done,
-            **({"extra": stage.extra.state_dict()} if stage.extra is not None else {}),
-            **({"aug_generator": aug_generator.get_state()} if aug_generator is not None else {}),
-        })
-        callbacks.on_epoch_end(stage.name, epoch, values)
-    result.samples_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
-    return result
-
-
-def _flush(stage: str, epoch: int, first_step: int, names, pending: list[Tensor], callbacks: Callback) -> None:
-    """Read a batch of step losses back to the host, stop on divergence, report each step."""
-    rows = torch.stack(pending).tolist()
-    for offset, row in enumerate(rows):
-        step = first_step + offset
-        if not all(math.isfinite(v) for v in row):
-            raise DivergedError(
-                f"{stage} diverged at epoch {epoch} step {step}: loss is {row[0]} "
-                "(try a lower lr or temperature)"
-            )
-        callbacks.on_metrics(stage, epoch, step, {f"train_{k}": v for k, v in zip(names, row)})
+from kdcore.train import Progress, Single, Stage, StageResult, TrainState, fit_one
 
 
 # --- the pipeline ------------------------------------------------------------------------------------
@@ -237,19 +65,21 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
     if device.type == "cuda" and data.info.kind == "image":
         data = data.to_memory_format(torch.channels_last)
-    teacher = _get_teacher(config, data, device, cb, Path(teacher_cache) if teacher_cache else None)
-    if config.method == "multi_teacher":  # from here on "the teacher" is the ensemble the student learns from
-        cache = Path(teacher_cache) if teacher_cache else None
+    cache = Path(teacher_cache) if teacher_cache else None
+    method = get_method(config.method)
+    seeds = method.teacher_seeds(config)
+    teacher = _get_teacher(config, data, device, cb, cache)
+    if len(seeds) > 1:  # from here on "the teacher" is the one the student learns from, e.g. an ensemble
         members = [teacher.model] + [_get_teacher(config.replace(**{"teacher.seed": seed}), data, device, cb, cache).model
-                                     for seed in multi_teacher_seeds(config)[1:]]
-        teacher = _evaluated_teacher(TeacherEnsemble(members, config.temperature), data, cached=teacher.cached,
+                                     for seed in seeds[1:]]
+        teacher = _evaluated_teacher(method.combine_teachers(members, config), data, cached=teacher.cached,
                                      source=f"ensemble of {len(members)} teachers", cb=cb)
     teacher.params = count_parameters(teacher.model)  # before freezing: it counts trainable parameters
     teacher.model.requires_grad_(False).eval()
     cb.on_stage_start("soft_labels", 0, 0)
     cache_stem = (Path(teacher_cache) / config.teacher_key()
-                  if teacher_cache and not config.teacher.checkpoint and config.method != "multi_teacher" else None)
-    need_features = config.weights.feature > 0 or METHODS[config.method].needs_teacher_features
+                  if teacher_cache and not config.teacher.checkpoint and len(seeds) == 1 else None)
+    need_features = config.weights.feature > 0 or method.spec.needs_teacher_features
     soft = SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem)
     return Prepared(device, data, teacher, soft)
 
@@ -271,7 +101,7 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     started = time.perf_counter()
     cb = callbacks if isinstance(callbacks, Callback) else CallbackList(callbacks)
     artifacts = Path(artifacts) if artifacts else None
-    progress = _Progress(artifacts)
+    progress = Progress(artifacts)
     saved = progress.load() if resume else {}
     done: dict[str, Any] = dict(saved.get("done", {}))
     prep = prepare(config, cb, teacher_cache)
@@ -279,14 +109,13 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     data, device, soft = prep.data, prep.device, prep.soft
     shape, classes = data.info.input_shape, data.info.num_classes
 
-    student = _new_model(config.student.arch, shape, classes, config.seed, device)
-    projector = nn.Linear(student.feature_dim, prep.teacher.model.feature_dim).to(device) if config.weights.feature > 0 else None
+    student = new_model(config.student.arch, shape, classes, config.seed, device)
     student_result = done.get("student")
     if student_result is None:
-        state = saved if saved.get("stage") == "student" else None
-        result = _fit(_distill_stage(config, student, projector, soft, data), data, config, device, cb, progress, done, state)
-        student_result = {"state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
-                          "samples_per_s": result.samples_per_s}
+        stage = distill_stage([config], Single(student), prep)
+        result = fit_one(stage, _state(stage, Single(student), config, device, saved), data, config, device, cb,
+                         progress, done)
+        student_result = student_summary(result)
         done["student"] = student_result
         cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
     student.load_state_dict(student_result["state"])
@@ -295,17 +124,30 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     return summarize(config, prep, student, student_result, student_val_acc, baseline_result, artifacts, cb, started)
 
 
+def student_summary(result: StageResult) -> dict[str, Any]:
+    """What a finished student stage keeps for the stages after it (and for `resume`)."""
+    return {"state": result.best_state, "best_epoch": result.best_epoch, "val_acc": result.best_val_acc,
+            "samples_per_s": result.samples_per_s}
+
+
+def _state(stage: Stage, members: Single, config: RunConfig, device: torch.device, saved: dict[str, Any]) -> TrainState:
+    """A fresh training state, or the one in `saved` when it is this stage's progress checkpoint."""
+    state = TrainState.start(stage, members, config, device)
+    if saved.get("stage") == stage.name:
+        state.load_checkpoint(saved)
+    return state
+
+
 def finetune(config: RunConfig, prep: Prepared, student: nn.Module, student_result: dict[str, Any], cb: Callback,
-             progress: "_Progress", done: dict[str, Any], saved: dict[str, Any]) -> float:
+             progress: Progress, done: dict[str, Any], saved: dict[str, Any]) -> float:
     """Stage 4 (optional): hard-label epochs after distillation; returns the student's validation accuracy."""
     if config.finetune_epochs <= 0:
         return student_result["val_acc"]
     finetune_result = done.get("finetune")
     if finetune_result is None:
-        state = saved if saved.get("stage") == "finetune" else None
-        stage = _hard_label_stage("finetune", config, student, prep.data, config.finetune_epochs, config.lr * 0.1,
-                                  prep.soft)
-        result = _fit(stage, prep.data, config, prep.device, cb, progress, done, state)
+        stage = hard_label_stage("finetune", config, student, prep, config.finetune_epochs, config.lr * 0.1)
+        result = fit_one(stage, _state(stage, Single(student), config, prep.device, saved), prep.data, config,
+                         prep.device, cb, progress, done)
         # fine-tuning keeps the distilled weights unless validation says it helped
         if result.best_val_acc > student_result["val_acc"]:
             finetune_result = {"state": result.best_state, "val_acc": result.best_val_acc}
@@ -317,17 +159,16 @@ def finetune(config: RunConfig, prep: Prepared, student: nn.Module, student_resu
     return finetune_result["val_acc"]
 
 
-def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: "_Progress", done: dict[str, Any],
+def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: Progress, done: dict[str, Any],
                    saved: dict[str, Any]) -> dict[str, float]:
     """Stage 5: the same student, same seed (so the same initial weights) and budget, on hard labels alone."""
     if done.get("baseline") is not None:
         return done["baseline"]
     data = prep.data
-    baseline = _new_model(config.student.arch, data.info.input_shape, data.info.num_classes, config.seed, prep.device)
-    state = saved if saved.get("stage") == "baseline" else None
-    epochs = config.epochs + config.finetune_epochs
-    result = _fit(_hard_label_stage("baseline", config, baseline, data, epochs, config.lr, prep.soft),
-                  data, config, prep.device, cb, progress, done, state)
+    baseline = new_model(config.student.arch, data.info.input_shape, data.info.num_classes, config.seed, prep.device)
+    stage = hard_label_stage("baseline", config, baseline, prep, config.epochs + config.finetune_epochs, config.lr)
+    result = fit_one(stage, _state(stage, Single(baseline), config, prep.device, saved), data, config, prep.device, cb,
+                     progress, done)
     baseline.load_state_dict(result.best_state)
     baseline_result = {"val_acc": result.best_val_acc, "test_acc": accuracy(predict(baseline, data.test_x), data.test_y)}
     done["baseline"] = baseline_result
@@ -384,7 +225,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
     return summary
 
 
-def _new_model(arch: str, shape, classes: int, seed: int, device: torch.device) -> nn.Module:
+def new_model(arch: str, shape, classes: int, seed: int, device: torch.device) -> nn.Module:
     torch.manual_seed(seed)  # same seed → same initial weights: the baseline starts where the student did
     model = build_model(arch, shape, classes).to(device)
     if device.type == "cuda" and len(shape) == 3:
@@ -432,11 +273,12 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
 
 def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback) -> _Teacher:
     t = config.teacher
-    model = _new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
-    stage = Stage("teacher", model, t.epochs, t.batch_size, t.lr, t.seed,
-                  step_loss=lambda idx, x, y, views: _ce_step(model, x, y), validate=lambda m: _val_hard(m, data, config.amp),
-                  augment=t.augment)
-    result = _fit(stage, data, config, device, cb, _Progress(None), {}, None)
+    model = new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
+    build = BuildContext(config, model, model, data.info, len(data.train_x), device)
+    stage = Stage("teacher", t.epochs, t.batch_size, t.lr, [t.seed], hard_label_objective(build), [_HARD],
+                  teacher=_no_teacher, validate=lambda k, logits: _val_hard(logits, data), augment=t.augment)
+    result = fit_one(stage, TrainState.start(stage, Single(model), config, device), data, config, device, cb,
+                     Progress(None))
     model.load_state_dict(result.best_state)
     teacher = _evaluated_teacher(model, data, cached=False, source="trained", cb=cb)
     cb.on_stage_end("teacher", {"val_acc": teacher.val_acc, "test_acc": teacher.test_acc})
@@ -454,21 +296,15 @@ def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: 
 # --- stages 3–5: student, fine-tune, baseline -------------------------------------------------------
 
 
-def _ce_step(model: nn.Module, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-    logits = model(x)
-    ce = F.cross_entropy(logits.float(), y)
-    zero = ce.new_zeros(())
-    return {"loss": ce, "ce": ce.detach(), "kd": zero, "feature": zero}, logits
+_HARD = {"temperature": 1.0, "ce": 1.0, "kd": 0.0}  # the numbers of a hard-label stage's objective
 
 
-def _val_hard(model: nn.Module, data: Splits, amp: bool) -> dict[str, float]:
-    logits = predict(model, data.val_x, amp=amp)
+def _no_teacher(idx: Tensor, x: Tensor, views: Tensor | None):
+    return None, None, None
+
+
+def _val_hard(logits: Tensor, data: Splits) -> dict[str, float]:
     return {"val_acc": accuracy(logits, data.val_y), "val_loss": F.cross_entropy(logits, data.val_y).item()}
-
-
-def _val_against_teacher(model: nn.Module, data: Splits, soft: SoftLabels, temperature: float, amp: bool) -> dict[str, float]:
-    """Validation accuracy and loss, plus how closely the student follows the teacher."""
-    return val_metrics(predict(model, data.val_x, amp=amp), data, soft, temperature)
 
 
 def val_metrics(logits: Tensor, data: Splits, soft: SoftLabels, temperature: float) -> dict[str, float]:
@@ -481,36 +317,24 @@ def val_metrics(logits: Tensor, data: Splits, soft: SoftLabels, temperature: flo
     }
 
 
-def _distill_stage(config: RunConfig, student: nn.Module, projector: nn.Module | None, soft: SoftLabels, data: Splits) -> Stage:
-    w = config.weights
-    objective = method_objective(config, student, soft.teacher, data.info)
-    ce_weight = w.ce if objective.uses_labels else 0.0
-    kd_weight = w.kd if objective.uses_logit_kd else 0.0
-
-    def step_loss(idx: Tensor, x: Tensor, y: Tensor, views: Tensor | None) -> tuple[dict[str, Tensor], Tensor]:
-        x = objective.prepare_batch(x)  # mixup for function_matching; x itself otherwise
-        teacher_out = objective.teacher_outputs(x) if objective.needs_teacher_forward else (*soft.batch(idx, x, views), None)
-        student_out = student.forward_features(x)  # costs what student(x) costs
-        logits, features, _ = student_out
-        projected = projector(features) if projector is not None else None
-        parts = distillation_loss(logits, y, teacher_logits=teacher_out[0], temperature=config.temperature,
-                                  ce_weight=ce_weight, kd_weight=kd_weight, feature_weight=w.feature,
-                                  projected_student_features=projected, teacher_features=teacher_out[1])
-        terms = objective.step_terms(x, student_out, teacher_out, y, stage.epoch)
-        parts.update(terms, loss=parts["loss"] + terms["method"])
-        return parts, logits
-
-    extra = projector if objective.adapters is None else nn.ModuleList([m for m in (objective.adapters, projector) if m is not None])
-    stage = Stage("student", student, config.epochs, config.batch_size, config.lr, config.seed, step_loss,
-                  validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
-                  extra=extra, snapshot=lambda m: student_snapshot(m, data, soft, config.temperature),
-                  augment=config.augment)
-    return stage
+def distill_stage(configs: list[RunConfig], members: Any, prep: Prepared) -> Stage:
+    """The student stage of one run, or of the K runs of a stacked group (which share all but `hyper`)."""
+    config, data, soft = configs[0], prep.data, prep.soft
+    student = members.module(0)
+    build = BuildContext(config, student, soft.teacher, data.info, len(data.train_x), prep.device,
+                         resolve_params(config.method, config.method_params))
+    objective = get_method(config.method).objective(build)
+    return Stage("student", config.epochs, config.batch_size, config.lr, [c.seed for c in configs], objective,
+                 [hyper_of(c) for c in configs], teacher=lambda idx, x, views: (*soft.batch(idx, x, views), None),
+                 validate=lambda k, logits: val_metrics(logits, data, soft, configs[k].temperature),
+                 snapshot=lambda k, model: student_snapshot(model, data, soft, configs[k].temperature),
+                 augment=config.augment)
 
 
-def _hard_label_stage(name: str, config: RunConfig, model: nn.Module, data: Splits, epochs: int, lr: float,
-                      soft: SoftLabels) -> Stage:
-    return Stage(name, model, epochs, config.batch_size, lr, config.seed,
-                 step_loss=lambda idx, x, y, views: _ce_step(model, x, y),
-                 validate=lambda m: _val_against_teacher(m, data, soft, config.temperature, config.amp),
+def hard_label_stage(name: str, config: RunConfig, model: nn.Module, prep: Prepared, epochs: int, lr: float) -> Stage:
+    """Fine-tuning or the baseline: cross-entropy alone, validated against the labels and the teacher."""
+    data, soft = prep.data, prep.soft
+    build = BuildContext(config, model, soft.teacher, data.info, len(data.train_x), prep.device)
+    return Stage(name, epochs, config.batch_size, lr, [config.seed], hard_label_objective(build), [_HARD],
+                 teacher=_no_teacher, validate=lambda k, logits: val_metrics(logits, data, soft, config.temperature),
                  augment=config.augment)

@@ -19,7 +19,7 @@ from app.read_model.runs import stored_teachers
 from kdcore.config import OPTIMIZERS
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
-from kdcore.methods import METHODS, ParamSpec, multi_teacher_seeds
+from kdcore.methods import METHODS, ParamSpec, teacher_seeds
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
 
 PREFIX = "nr_"
@@ -241,15 +241,15 @@ def _form(store, teachers: list[dict]) -> list[str]:
 
 
 def _method_label(method: str) -> str:
-    spec = METHODS.get(method)
-    return f"{spec.title} ({method})" if spec else method
+    entry = METHODS.get(method)
+    return f"{entry.spec.title} ({method})" if entry else method
 
 
 def _reset_method_params() -> None:
     """A newly picked method starts from its paper's defaults."""
     method = st.session_state[PREFIX + "method"]
     _set_values({form.param_key(method, name): form.param_default(param)
-                 for name, param in METHODS[method].params.items()})
+                 for name, param in METHODS[method].spec.params.items()})
 
 
 def _method_picker() -> None:
@@ -257,9 +257,10 @@ def _method_picker() -> None:
     st.selectbox("Method", list(METHODS), format_func=_method_label, key=PREFIX + "method",
                  on_change=_reset_method_params, **KEEP,
                  help="How the student learns from the teacher. Its parameters start at the paper's defaults.")
-    spec = METHODS.get(st.session_state[PREFIX + "method"])
-    if spec is None:
+    entry = METHODS.get(st.session_state[PREFIX + "method"])
+    if entry is None:
         return
+    spec = entry.spec
     st.markdown(spec.explanation)
     st.caption(f":material/menu_book: {spec.paper}")
     params = list(spec.params.items())
@@ -348,8 +349,8 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
             teacher = f" with the teacher trained in {store_teacher['run_id']}"
         elif config.teacher.checkpoint:
             teacher = " with the uploaded teacher"
-        elif config.method == "multi_teacher":
-            count = len(multi_teacher_seeds(config))
+        elif len(teacher_seeds(config)) > 1:
+            count = len(teacher_seeds(config))
             teacher = f" after {count} {config.teacher.epochs}-epoch teachers (or their cached copies)"
         else:
             teacher = f" after a {config.teacher.epochs}-epoch teacher (or its cached copy)"
