@@ -252,8 +252,9 @@ def test_live_page_charts_every_recorded_term_and_a_learned_temperature(tmp_path
         assert {"total", "CE", "KD (T²·KL)", "train_mystery"} <= set(loss)  # every term, named or not
         assert temperature not in loss and "feature (MSE)" not in loss  # a value is no loss; a 0 term is left out
         (values_title,) = [title for title in specs if title.lower().startswith(temperature.lower())]
-        assert trace_names(specs[values_title]) == [temperature]
-        assert [t["y"] for t in specs[values_title]["data"]][0] == pytest.approx([4.1, 4.2, 4.3, 4.4, 4.5])
+        raw = next(t for t in specs[values_title]["data"] if t["name"] == f"{temperature} (raw)")  # beside the smoothed
+        assert trace_names(specs[values_title]) == [f"{temperature} (raw)", temperature]
+        assert raw["y"] == pytest.approx([4.1, 4.2, 4.3, 4.4, 4.5])
         # the teacher's reference line: recorded when the soft-label stage ended, not parsed from the log
         assert "teacher (90.0%)" in trace_names(specs["Validation accuracy per epoch"])
         assert any("RuntimeError: out of memory" in c.value for c in at.code)  # the worker's output, from the store

@@ -230,6 +230,9 @@ def test_compare_table_shows_the_store_numbers_and_flags_other_datasets(in_store
 def test_compare_curves_overlay_the_runs_on_each_x_axis(in_store) -> None:
     at = open_page("compare", runs=",".join(in_store.run_ids))
     assert not at.warning  # one dataset
+    # any series the runs recorded can be picked, labelled as the charts label them
+    assert {"total loss", "CE", "KD (T²·KL)", "validation CE", "validation accuracy", "training accuracy"} <= \
+        set(at.selectbox(key="cmp_part").options)
     loss = chart(at, "total loss · Student")
     lines = [t for t in loss["data"] if not t["name"].endswith("(raw)")]
     steps = [row for row in in_store.store.metrics_for([in_store.run_ids[0]], ["train_loss"]) if row[1] == "student"]
