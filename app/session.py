@@ -74,24 +74,16 @@ def parameter_count(arch: str, input_shape: tuple[int, ...], num_classes: int) -
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def checkpoint_header(path: str, mtime: float) -> dict:
-    """What an uploaded checkpoint says about itself: arch, input_shape, num_classes (None when it is
-    a bare state dict). mtime is part of the cache key, so a replaced file is read again.
+def checkpoint_header(path: str, mtime: float):
+    """What an uploaded checkpoint says about itself (a `kdcore.checkpoints.CheckpointHeader`: arch,
+    input_shape, num_classes, None when it is a bare state dict). mtime is part of the cache key, so a
+    replaced file is read again.
 
     Raises CheckpointError for a file that is not a readable checkpoint.
     """
-    from kdcore import checkpoints
-    from kdcore.errors import CheckpointError
+    from kdcore.checkpoints import read_header
 
-    data = checkpoints.load(Path(path), "uploaded checkpoint")
-    if data.get("format") == checkpoints.FORMAT:
-        return {"arch": data.get("arch"), "input_shape": tuple(data.get("input_shape") or ()),
-                "num_classes": data.get("num_classes")}
-    import torch
-
-    if data and all(isinstance(value, torch.Tensor) for value in data.values()):
-        return {"arch": None, "input_shape": None, "num_classes": None}
-    raise CheckpointError("uploaded file is neither a kdcore checkpoint nor a PyTorch state dict")
+    return read_header(path, "uploaded checkpoint")
 
 
 # --- the Temperature lab and Compare pages (torch, imported here once per server process) -------------------------

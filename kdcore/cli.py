@@ -13,7 +13,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kdcore.callbacks import Callback
 from kdcore.errors import KDError
@@ -47,9 +48,21 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _build_config(args: argparse.Namespace):
+    """The config of `--config` and `--set`, refused (exit 2, nothing recorded) unless it can run."""
     from kdcore.config import build_config
 
-    return build_config(args.config, args.overrides)
+    config = build_config(args.config, args.overrides)
+    _check_teacher_checkpoint(config)
+    return config
+
+
+def _check_teacher_checkpoint(config) -> None:
+    """The one check of a runnable config that reads a file (and torch): a `teacher.checkpoint` that
+    does not fit the teacher or the data. Everything else was checked when the config was built."""
+    if config.teacher.checkpoint:
+        from kdcore.checkpoints import check_teacher_checkpoint
+
+        check_teacher_checkpoint(config)
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> None:
@@ -255,6 +268,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from kdcore.sweep import CONFIRM_ABOVE, build_sweep, submit_sweep
 
     base, grid, runs = build_sweep(args.config, args.overrides, args.grid)
+    checked = set()
+    for _, config in runs:  # every grid point, before anything is queued
+        teacher = (config.teacher.checkpoint, config.teacher.arch, config.dataset)
+        if teacher not in checked:
+            _check_teacher_checkpoint(config)
+            checked.add(teacher)
     if len(runs) > CONFIRM_ABOVE and not args.yes:
         raise KDError(f"the sweep has {len(runs)} runs (over {CONFIRM_ABOVE}); add --yes to queue them all")
     runner = _runner()
@@ -282,6 +301,51 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _emit(args, data, human)
     failed = [r for r, st in data.get("statuses", {}).items() if st != "done"]
     return EXIT_RUN_FAILED if failed else 0
+
+
+METRIC_COLUMNS = ("stage", "epoch", "step", "name", "value")
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from kdcore.store import Store
+
+    if args.csv and args.json:
+        raise KDError("metrics: choose one of --csv and --json")
+    store = Store()
+    record = store.get_run(args.run_id)  # an unknown or malformed id is a one-line error
+    rows, _ = store.metrics_since(record.id)
+    points = [dict(zip(METRIC_COLUMNS, row[1:6])) for row in rows]  # (id, stage, epoch, step, name, value, t)
+    if args.csv:
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(METRIC_COLUMNS)
+        writer.writerows([p[c] for c in METRIC_COLUMNS] for p in points)
+        return 0
+    series = _series(points)
+    data = {"run_id": record.id, "status": record.status, "series": series, "metrics": points}
+    _emit(args, data, lambda: (
+        print(f"{record.id}  {record.status}  {len(points)} points in {len(series)} series "
+              "(every point: --csv or --json)"),
+        _table([[s["stage"], s["name"], s["points"], _epochs(s), f"{s['last']:.6g}",
+                 f"{s['min']:.6g}", f"{s['max']:.6g}"] for s in series],
+               ["stage", "name", "points", "epochs", "last", "min", "max"])))
+    return 0
+
+
+def _epochs(series: dict[str, Any]) -> str:
+    first, last = series["first_epoch"], series["last_epoch"]
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def _series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One summary per (stage, name), in the order the series were first recorded."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for p in points:
+        grouped.setdefault((p["stage"], p["name"]), []).append(p)
+    return [{"stage": stage, "name": name, "points": len(ps), "first_epoch": ps[0]["epoch"],
+             "last_epoch": ps[-1]["epoch"], "last": ps[-1]["value"], "min": min(p["value"] for p in ps),
+             "max": max(p["value"] for p in ps)} for (stage, name), ps in grouped.items()]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -327,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="a label for the sweep and its runs")
     p.add_argument("--wait", action="store_true", help="wait until every run has finished")
     p.add_argument("--yes", action="store_true", help="confirm a sweep of more than 100 runs")
+    p = command("metrics", cmd_metrics, "print every recorded series of a run (stage, epoch, step, name, value)")
+    p.add_argument("run_id")
+    p.add_argument("--csv", action="store_true", help="every point as CSV with a header row")
     p = command("list-datasets", cmd_list_datasets, "list datasets with shape, classes and offline availability")
     p.add_argument("--data-root", default=None, help="where torchvision datasets are looked for")
     p = command("list-models", cmd_list_models, "list architectures with their parameter counts for a dataset")
@@ -353,3 +420,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdcore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... metrics RUN --csv | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141

@@ -156,6 +156,7 @@ class RunConfig:
         _check_nonnegative_int("finetune_epochs", self.finetune_epochs)
         if not isinstance(self.name, str) or len(self.name) > 200:
             raise ConfigError("name must be a string of at most 200 characters")
+        _check_archs_fit_dataset(self)
         from kdcore.methods import validate_method
 
         self.method_params = validate_method(self)
@@ -207,6 +208,25 @@ class RunConfig:
 
 
 _ROOTED = {"mnist", "fashion-mnist", "cifar10", "cifar100"}
+
+
+def _check_archs_fit_dataset(config: RunConfig) -> None:
+    """Refuse a teacher or student that cannot take the dataset's inputs (a conv net on 2-D points).
+
+    Only a catalogue dataset's shape is known before its files are read; an `imagefolder:` set is
+    always images resized to 32x32, which every architecture takes, so nothing is lost by skipping it.
+    """
+    from kdcore.dataset_names import CATALOGUE
+    from kdcore.model_names import check_fits
+
+    info = CATALOGUE.get(config.dataset)
+    if info is None:
+        return
+    for name, arch in (("teacher.arch", config.teacher.arch), ("student.arch", config.student.arch)):
+        try:
+            check_fits(arch, info.input_shape, dataset=config.dataset)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
 
 
 def _check_arch(name: str, arch: Any, validate) -> None:

@@ -85,22 +85,28 @@ def needs_image(arch: str) -> bool:
     return arch in ARCHS and ARCHS[arch].needs_image
 
 
-def check_fits(arch: str, input_shape: tuple[int, ...]) -> None:
+def check_fits(arch: str, input_shape: tuple[int, ...], dataset: str | None = None) -> None:
     """Raise ModelError unless `arch` is valid and can take inputs of `input_shape`.
 
-    input_shape is (C, H, W) for images or (D,) for flat point data.
+    input_shape is (C, H, W) for images or (D,) for flat point data. `dataset`, when given, names
+    the data in the message.
     """
     shape = tuple(input_shape)
     if not shape or not all(isinstance(size, Integral) and size >= 1 for size in shape):
         raise ModelError(f"input shape must be (C, H, W) or (D,) with positive sizes, got {shape}")
     if not needs_image(arch):
         return
+    if dataset is None:
+        data = f"dataset shape {shape}"
+    elif len(shape) == 1:
+        data = f"dataset {dataset} gives {shape[0]} features per example"
+    else:
+        data = f"dataset {dataset} gives inputs of shape {shape}"
     if len(shape) != 3:
-        raise ModelError(f"{arch} needs image input; dataset shape {shape} — use an MLP: {_MLP_HINT}")
+        raise ModelError(f"{arch} needs image input; {data} — use an MLP: {_MLP_HINT}")
     if min(shape[1:]) < MIN_IMAGE_SIDE:
         raise ModelError(
-            f"{arch} needs images at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; dataset shape {shape} "
-            f"— use an MLP: {_MLP_HINT}"
+            f"{arch} needs images at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}; {data} — use an MLP: {_MLP_HINT}"
         )
 
 

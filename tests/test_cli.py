@@ -140,7 +140,7 @@ def test_bad_run_ids(kd_home, command, run_id, words):
 
 @pytest.fixture(scope="module")
 def missing_checkpoint_run(tmp_path_factory):
-    """A valid config whose teacher.checkpoint does not exist: found out only when the run starts."""
+    """A config whose teacher.checkpoint does not exist: refused before anything is recorded."""
     home, folder = tmp_path_factory.mktemp("ckpt-home"), tmp_path_factory.mktemp("ckpt")
     missing = folder / "no-teacher.pt"
     return home, missing, kdcore("run", *TINY, "--set", f"teacher.checkpoint={missing}", home=home)
@@ -149,8 +149,8 @@ def missing_checkpoint_run(tmp_path_factory):
 def test_missing_teacher_checkpoint_fails_cleanly(missing_checkpoint_run):
     home, missing, result = missing_checkpoint_run
     assert_user_error(result, str(missing), "does not exist")
-    (record,) = Store(home).list_runs()
-    assert record.status == "failed" and str(missing) in record.error
+    assert result.returncode == 2
+    assert Store(home).list_runs() == [], "nothing is recorded for a checkpoint that cannot be the teacher"
 
 
 def test_missing_teacher_checkpoint_is_one_line(missing_checkpoint_run):
@@ -244,3 +244,128 @@ def test_run_store_keeps_the_untrained_student_snapshot(finished_run):
     home, result = finished_run
     snapshots, _ = Store(home).snapshots_since(last_json(result)["run_id"])
     assert [s["epoch"] for s in snapshots if s["stage"] == "student"] == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- configs that cannot run are refused, nothing queued
+
+
+MISFIT = ["--set", "dataset=moons", "--set", "teacher.arch=cnn"]
+
+
+def assert_refused_and_nothing_queued(result: subprocess.CompletedProcess, home: Path, *words: str) -> None:
+    one_line_error(result, *words)
+    assert result.returncode == 2
+    assert last_json(kdcore("runs", "--json", home=home))["runs"] == []
+
+
+@pytest.mark.parametrize("command", [["submit"], ["run", "--json"], ["sweep", "--grid", "temperature=1,4"]])
+def test_a_conv_net_on_points_is_refused_before_queueing(kd_home, command):
+    result = kdcore(*command, *MISFIT, home=kd_home)
+    assert_refused_and_nothing_queued(result, kd_home, "teacher.arch", "cnn needs image input", "moons", "mlp")
+
+
+def test_a_sweep_refuses_a_grid_point_that_does_not_fit(kd_home):
+    result = kdcore("sweep", "--set", "dataset=moons", "--set", "teacher.arch=mlp", "--grid", "student.arch=mlp-tiny,cnn",
+                    home=kd_home)
+    assert_refused_and_nothing_queued(result, kd_home, "student.arch=cnn", "needs image input")
+
+
+@pytest.fixture(scope="module")
+def teacher_files(tmp_path_factory):
+    """Tiny teacher checkpoints for digits (1x8x8, 10 classes): a good one, one of 3 classes, a bare state dict."""
+    from kdcore import checkpoints
+    from kdcore.models import build_model
+
+    folder = tmp_path_factory.mktemp("teachers")
+    for name, classes in (("good.pt", 10), ("three.pt", 3)):
+        model = build_model("cnn-small", (1, 8, 8), classes)
+        checkpoints.save_atomic(checkpoints.model_checkpoint(model, arch="cnn-small", input_shape=(1, 8, 8),
+                                                             num_classes=classes), folder / name)
+    import torch
+
+    torch.save(build_model("mlp-small", (1, 8, 8), 10).state_dict(), folder / "bare.pt")
+    (folder / "junk.pt").write_bytes(b"not a checkpoint")
+    return folder
+
+
+@pytest.mark.parametrize("file, arch, words", [
+    ("good.pt", "cnn", ["good.pt", "'cnn-small'", "'cnn'"]),
+    ("three.pt", "cnn-small", ["three.pt", "3 classes", "10"]),
+    ("bare.pt", "mlp-tiny", ["bare.pt", "does not match mlp-tiny"]),
+    ("junk.pt", "cnn-small", ["junk.pt", "cannot be read"]),
+])
+@pytest.mark.parametrize("command", [["submit"], ["sweep", "--grid", "temperature=1,4"]])
+def test_a_teacher_checkpoint_that_does_not_fit_is_refused(kd_home, teacher_files, command, file, arch, words):
+    result = kdcore(*command, "--set", "dataset=digits", "--set", f"teacher.arch={arch}",
+                    "--set", f"teacher.checkpoint={teacher_files / file}", home=kd_home)
+    assert_refused_and_nothing_queued(result, kd_home, "teacher.checkpoint", *words)
+
+
+def test_a_sweep_checks_the_checkpoint_at_every_grid_point(kd_home, teacher_files):
+    result = kdcore("sweep", "--set", "dataset=digits", "--set", f"teacher.checkpoint={teacher_files / 'good.pt'}",
+                    "--grid", "teacher.arch=cnn-small,cnn", home=kd_home)
+    assert_refused_and_nothing_queued(result, kd_home, "good.pt", "'cnn'")
+
+
+@pytest.mark.parametrize("file, arch", [("good.pt", "cnn-small"), ("bare.pt", "mlp-small")])
+def test_a_teacher_checkpoint_that_fits_is_accepted(kd_home, teacher_files, file, arch):
+    result = kdcore("run", "--json", "--set", "dataset=digits", "--set", "device=cpu", "--set", f"teacher.arch={arch}",
+                    "--set", f"teacher.checkpoint={teacher_files / file}", "--set", "epochs=1",
+                    "--set", "baseline=false", home=kd_home)
+    assert last_json(result)["status"] == "done"
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("metrics-home")
+    result = kdcore("run", "--json", "--set", "dataset=digits", "--set", "epochs=1", "--set", "teacher.epochs=1",
+                    "--set", "device=cpu", home=home)
+    return home, last_json(result)["run_id"]
+
+
+def test_metrics_json_has_every_series(tiny_run):
+    home, run_id = tiny_run
+    data = last_json(kdcore("metrics", run_id, "--json", home=home))
+    assert data["run_id"] == run_id and data["status"] == "done"
+    points = data["metrics"]
+    assert points and all(set(p) == {"stage", "epoch", "step", "name", "value"} for p in points)
+    series = {(p["stage"], p["name"]) for p in points}
+    for stage in ("teacher", "student", "baseline"):
+        assert {(stage, "train_loss"), (stage, "val_acc")} <= series
+    assert {(s["stage"], s["name"]) for s in data["series"]} == series
+    assert sum(s["points"] for s in data["series"]) == len(points)
+    val_acc = [p for p in points if (p["stage"], p["name"]) == ("student", "val_acc")]
+    assert [p["epoch"] for p in val_acc] == [1] and 0.0 <= val_acc[0]["value"] <= 1.0
+
+
+def test_metrics_csv_matches_the_json(tiny_run):
+    home, run_id = tiny_run
+    result = kdcore("metrics", run_id, "--csv", home=home)
+    assert result.returncode == 0, result.stderr
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["stage", "epoch", "step", "name", "value"]
+    points = last_json(kdcore("metrics", run_id, "--json", home=home))["metrics"]
+    assert len(rows) - 1 == len(points)
+    assert [[p["stage"], str(p["epoch"]), str(p["step"]), p["name"], float(p["value"])] for p in points] == \
+        [[stage, epoch, step, name, float(value)] for stage, epoch, step, name, value in rows[1:]]
+    assert {row[0] for row in rows[1:]} == {"teacher", "student", "baseline"}
+
+
+def test_metrics_table_names_every_series(tiny_run):
+    home, run_id = tiny_run
+    result = kdcore("metrics", run_id, home=home)
+    assert result.returncode == 0, result.stderr
+    assert run_id in result.stdout and "train_loss" in result.stdout and "val_acc" in result.stdout
+
+
+@pytest.mark.parametrize("run_id, words", [("run-00000000", ["run-00000000"]), ("../etc", ["malformed run id"])])
+def test_metrics_of_an_unknown_run_is_refused(kd_home, run_id, words):
+    result = kdcore("metrics", run_id, "--json", home=kd_home)
+    one_line_error(result, *words)
+    assert result.returncode == 2

@@ -300,3 +300,41 @@ def test_config_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- architecture fits the dataset
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+@pytest.mark.parametrize("dataset", ["moons", "blobs"])
+def test_a_conv_net_on_points_is_refused_at_validation(role, dataset):
+    data = {"dataset": dataset, "teacher": {"arch": "mlp"}, "student": {"arch": "mlp-tiny"}, role: {"arch": "cnn"}}
+    message = refused(data)
+    assert message.startswith(f"{role}.arch: cnn needs image input"), message
+    assert f"dataset {dataset} gives 2 features" in message and "mlp:W1,W2" in message
+
+
+def test_the_default_cnn_teacher_does_not_fit_points():
+    assert refused({"dataset": "moons"}).startswith("teacher.arch: cnn needs image input")
+    with pytest.raises(ConfigError, match="student.arch: resnet20"):
+        RunConfig().replace(dataset="moons", **{"teacher.arch": "mlp", "student.arch": "resnet20"})
+
+
+@pytest.mark.parametrize("data", [
+    {"dataset": "moons", "teacher": {"arch": "mlp"}, "student": {"arch": "mlp:8"}},
+    {"dataset": "spirals", "teacher": {"arch": "mlp-small"}, "student": {"arch": "mlp-tiny"}},
+    {"dataset": "digits", "teacher": {"arch": "cnn"}, "student": {"arch": "cnn-small"}},
+    {"dataset": "mnist-5k", "teacher": {"arch": "cnn"}, "student": {"arch": "mlp-small"}},
+    {"dataset": "cifar10", "teacher": {"arch": "resnet32x4"}, "student": {"arch": "resnet8x4"}},
+    {"dataset": "imagefolder:/my/pets", "teacher": {"arch": "resnet20"}, "student": {"arch": "mlp-tiny"}},
+])
+def test_architectures_that_fit_the_dataset_pass(data):
+    config = RunConfig.from_dict(data)
+    assert (config.teacher.arch, config.student.arch) == (data["teacher"]["arch"], data["student"]["arch"])
+
+
+def test_a_misfit_is_refused_by_replace_and_the_constructor_too():
+    with pytest.raises(ConfigError, match="teacher.arch: cnn needs image input"):
+        RunConfig().replace(dataset="circles")
+    with pytest.raises(ConfigError, match="teacher.arch: cnn needs image input"):
+        RunConfig(dataset="circles")
