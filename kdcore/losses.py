@@ -91,7 +91,7 @@ def distillation_loss(
     return {"loss": loss, "ce": ce, "kd": kd, "feature": feature}
 
 
-# --- feature- and relation-based methods (kdcore.methods names them; kdcore.method_losses wires them) ----
+# --- feature- and relation-based methods (each kdcore/methods/<name>.py builds its objective from these) ---
 
 
 def _attention_map(feature_map: Tensor, p: float) -> Tensor:

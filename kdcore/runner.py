@@ -145,7 +145,7 @@ class Runner:
 
     def _spawn(self, record: RunRecord) -> None:
         """Start `python -m kdcore worker RUN_ID` in a new session, so it outlives this process."""
-        log = open(self.store.run_dir(record.id) / "worker.log", "ab")
+        log = open(self.store.worker_log_path(record.id), "ab")
         env = {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,

@@ -224,3 +224,29 @@ def dist(student_logits: Any, teacher_logits: Any, beta: float = 1.0, gamma: flo
     inter = 1 - np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(y_s, y_t)])
     intra = 1 - np.mean([np.corrcoef(a, b)[0, 1] for a, b in zip(y_s.T, y_t.T)])
     return float(temperature**2 * (beta * inter + gamma * intra))
+
+
+def standardize(z: Any) -> np.ndarray:
+    """Logit standardisation (Sun et al. 2024): (z − mean) / (std + 1e-7) per row, std with Bessel's correction."""
+    z = f64(z)
+    return (z - z.mean(axis=-1, keepdims=True)) / (z.std(axis=-1, ddof=1, keepdims=True) + 1e-7)
+
+
+def crd_nce(anchors: Any, positives: Any, negatives: Any, valid: Any, temperature: float, n_data: int,
+            normalizer: float) -> float:
+    """One direction of CRD's NCE loss (Tian et al. 2020), written per anchor and per negative with loops.
+
+    h(v, m) = exp(v·m/τ)/Z, K_b = valid negatives of anchor b, P_n = 1/N:
+    L = −mean_b [log(h⁺/(h⁺ + K_b/N)) + Σ_valid log((K_b/N)/(h⁻ + K_b/N))]
+    """
+    anchors, positives, negatives, valid = f64(anchors), f64(positives), f64(negatives), np.asarray(valid)
+    total = 0.0
+    for b in range(len(anchors)):
+        noise = max(valid[b].sum(), 1) / n_data
+        h_pos = np.exp(anchors[b] @ positives[b] / temperature) / normalizer
+        total += np.log(h_pos / (h_pos + noise))
+        for k in range(len(negatives)):
+            if valid[b, k]:
+                h_neg = np.exp(anchors[b] @ negatives[k] / temperature) / normalizer
+                total += np.log(noise / (h_neg + noise))
+    return -total / len(anchors)

@@ -68,7 +68,7 @@ def test_attention_transfer_on_an_mlp_student_is_refused(tmp_path: Path, monkeyp
     at = open_new_run()
     assert at.selectbox(key="nr_method").value == "kd"
     at.selectbox(key="nr_method").set_value("at").run()
-    assert any("at needs convolutional feature maps; student mlp-small has none" in e.value for e in at.error)
+    assert any("at needs convolutional feature maps; student.arch mlp-small has none" in e.value for e in at.error)
     assert at.button(key="nr_start").disabled
     assert any("Zagoruyko" in c.value for c in at.caption)  # the paper, under the explanation
     assert at.number_input(key="nr_mp_at_weight").value == 1000.0
@@ -319,7 +319,7 @@ def test_the_formula_names_the_methods_own_terms(method: str, present: list[str]
 
 def test_invalid_method_combinations_are_explained_by_the_config() -> None:
     config, errors = form.validate({**form.defaults(), "method": "at"}, devices=["cpu"])
-    assert config is None and "student mlp-small has none" in errors[0]
+    assert config is None and "student.arch mlp-small has none" in errors[0]
     config, errors = form.validate({**form.defaults(), "method": "fitnets"}, devices=["cpu"])
     assert config is None and "In this form: Loss weights → Advanced" in errors[0]
     config, errors = form.validate({**form.defaults(), "method": "dkd", "mp_dkd_beta": 50.0}, devices=["cpu"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kdcore.methods.objective as objective_module
 from kdcore import checkpoints, soft_labels, trainer
 from kdcore.soft_labels import SoftLabels
 from kdcore.callbacks import Callback
@@ -208,14 +209,14 @@ def test_same_seed_reproduces_and_other_seed_differs():
 
 def test_baseline_starts_from_the_students_init(monkeypatch):
     built: list[tuple[str, dict]] = []
-    original = trainer._new_model
+    original = trainer.new_model
 
     def recording_new_model(arch, shape, classes, seed, device):
         model = original(arch, shape, classes, seed, device)
         built.append((arch, {k: v.clone() for k, v in model.state_dict().items()}))
         return model
 
-    monkeypatch.setattr(trainer, "_new_model", recording_new_model)
+    monkeypatch.setattr(trainer, "new_model", recording_new_model)
     run_pipeline(make_config(seed=5))
     students = [state for arch, state in built if arch == "mlp-tiny"]
     assert len(students) == 2, "student and baseline"
@@ -327,16 +328,14 @@ def test_divergence_is_reported_with_epoch_and_step():
 def test_divergence_step_counts_across_epochs(monkeypatch):
     spe = steps_per_epoch()
     calls = {"n": 0}
-    original = trainer.distillation_loss
+    original = objective_module.default_kd
 
-    def nan_at_step(*args, **kwargs):
+    def nan_at_step(ctx):
         calls["n"] += 1
-        parts = original(*args, **kwargs)
-        if calls["n"] == spe + 5:  # epoch 2, step spe + 5
-            parts["loss"] = parts["loss"] * float("nan")
-        return parts
+        kd = original(ctx)
+        return kd * float("nan") if calls["n"] == spe + 5 else kd  # epoch 2, step spe + 5
 
-    monkeypatch.setattr(trainer, "distillation_loss", nan_at_step)
+    monkeypatch.setattr(objective_module, "default_kd", nan_at_step)
     with pytest.raises(DivergedError, match=rf"^student diverged at epoch 2 step {spe + 5}: loss is nan"):
         run_pipeline(make_config(baseline=False))
 
@@ -397,14 +396,15 @@ def test_points_dataset_draws_decision_regions():
 
 def test_feature_distillation_trains_the_projector(monkeypatch):
     captured = {}
-    original = trainer._distill_stage
+    original = trainer.distill_stage
 
-    def capturing(config, student, projector, soft, data):
-        captured["projector"] = projector
+    def capturing(configs, members, prep):
+        stage = original(configs, members, prep)
+        projector = captured["projector"] = stage.objective.projector
         captured["before"] = {k: v.clone() for k, v in projector.state_dict().items()}
-        return original(config, student, projector, soft, data)
+        return stage
 
-    monkeypatch.setattr(trainer, "_distill_stage", capturing)
+    monkeypatch.setattr(trainer, "distill_stage", capturing)
     rec = Recorder()
     summary = run_pipeline(make_config(baseline=False, **{"weights.feature": 1.0}), [rec])
     projector = captured["projector"]
@@ -418,13 +418,14 @@ def test_feature_distillation_trains_the_projector(monkeypatch):
 
 def test_no_projector_without_feature_weight(monkeypatch):
     captured = {}
-    original = trainer._distill_stage
+    original = trainer.distill_stage
 
-    def capturing(config, student, projector, soft, data):
-        captured["projector"] = projector
-        return original(config, student, projector, soft, data)
+    def capturing(configs, members, prep):
+        stage = original(configs, members, prep)
+        captured["projector"] = stage.objective.projector
+        return stage
 
-    monkeypatch.setattr(trainer, "_distill_stage", capturing)
+    monkeypatch.setattr(trainer, "distill_stage", capturing)
     run_pipeline(make_config(baseline=False, epochs=1))
     assert captured["projector"] is None
 
