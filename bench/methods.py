@@ -4,7 +4,8 @@
 
 Each run is recorded in the run store ($KDCORE_HOME, default ./kd-runs), so the app's Methods page
 shows the same table. One teacher (the preset's) serves every run; the student alone is trained
-once per seed (the `kd` runs carry it). Methods that cannot run on the pair (attention transfer
+once per seed (the runs of the first method listed carry it, `kd` by default). A method's own
+needed settings (FitNets' feature weight) come from its spec (`MethodSpec.suggested`). Methods that cannot run on the pair (attention transfer
 needs convolutional feature maps) are reported as such. Prints a table in the style of the
 published CIFAR-100 tables: test accuracy mean ± std over seeds, and the gap closed,
 (student − baseline) / (teacher − baseline).
@@ -25,8 +26,6 @@ from kdcore.methods import METHODS
 from kdcore.store import Store
 from kdcore.worker import execute
 
-# settings a method needs beyond its name to be meaningful on this pair
-EXTRA = {"fitnets": ["weights.feature=1.0"]}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -48,8 +47,9 @@ def main() -> None:
     for method in args.methods:
         for seed in args.seeds:
             settings = [*args.overrides, f"epochs={args.epochs}", f"seed={seed}", f"method={method}",
-                        f"baseline={'true' if method == 'kd' else 'false'}", f"name=method table: {method} seed {seed}",
-                        *EXTRA.get(method, [])]
+                        f"baseline={'true' if method == args.methods[0] else 'false'}",
+                        f"name=method table: {method} seed {seed}",
+                        *(f"{key}={value}" for key, value in METHODS[method].spec.suggested.items())]
             try:
                 config = build_config(None, settings)
             except ConfigError as exc:
@@ -64,9 +64,9 @@ def main() -> None:
             print(f"{method:18} seed {seed}: student {100 * summary['student_test_acc']:.2f}%  "
                   f"({summary['wall_s']:.1f} s)", flush=True)
 
-    kd = results.get("kd", [])
-    teacher = statistics.mean(s["teacher_test_acc"] for s in kd)
-    baseline_mean, baseline_std = mean_std([s["baseline_test_acc"] for s in kd])
+    carriers = results.get(args.methods[0], [])  # the runs that trained the student alone
+    teacher = statistics.mean(s["teacher_test_acc"] for s in carriers)
+    baseline_mean, baseline_std = mean_std([s["baseline_test_acc"] for s in carriers])
     rows = []
     for method, runs in results.items():
         m, sd = mean_std([s["student_test_acc"] for s in runs])

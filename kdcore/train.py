@@ -21,7 +21,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -268,7 +269,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
     Returns one result per member, or the exception that ended it (cancelled, diverged); members
     that end early stop training while the others go on.
     """
-    members, objective, k_count = state.members, stage.objective, state.members.count
+    members, k_count = state.members, state.members.count
     if config.compile and device.type == "cuda" and isinstance(members, Single):
         members.model.compile()  # in place: the state_dict keeps its keys, so checkpoints stay portable
     n = len(data.train_x)

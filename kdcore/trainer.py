@@ -55,7 +55,7 @@ class Prepared:
     device: torch.device
     data: Splits
     teacher: _Teacher
-    soft: "SoftLabels"
+    soft: SoftLabels
 
 
 def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -> Prepared:
@@ -106,7 +106,7 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     done: dict[str, Any] = dict(saved.get("done", {}))
     prep = prepare(config, cb, teacher_cache)
     report_soft_labels(config, prep, cb)
-    data, device, soft = prep.data, prep.device, prep.soft
+    data, device = prep.data, prep.device
     shape, classes = data.info.input_shape, data.info.num_classes
 
     student = new_model(config.student.arch, shape, classes, config.seed, device)

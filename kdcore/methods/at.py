@@ -42,7 +42,8 @@ class AttentionTransfer(Method):
     def formula(self, weights, temperature, params):
         j = "" if int(params["stages"]) == 1 else "^j"
         body = rf"\mathrm{{AT}}_{{p={num(params['p'])}}}\big(\hat Q{j}_s,\ \hat Q{j}_t\big)"
-        return super().formula(weights, temperature, params) + [rf"{num(params['weight'])}\," + stages_sum(params["stages"], body)]
+        weighted = rf"{num(params['weight'])}\," + stages_sum(params["stages"], body)
+        return super().formula(weights, temperature, params) + [weighted]
 
     def legend(self, params):
         return [rf"$\hat Q$ is {matched(params)} attention map $\sum_c |A_c|^p$, normalised to unit length"]

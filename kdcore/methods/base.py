@@ -76,6 +76,7 @@ class MethodSpec:
     trains_extra_modules: bool = False  # learns modules of its own with the student (heads, a peer, a temperature)
     ensemble_teacher: bool = False  # the teacher it learns from (and reports) is an ensemble of teachers
     stackable: bool = False  # runs differing only in temperature, weights and seed can train as one stacked model
+    suggested: dict[str, float] = field(default_factory=dict)  # settings it needs to mean anything (dotted keys)
 
 
 class Method:

@@ -52,10 +52,10 @@ class CRD(Method):
         return Objective(build, terms=terms, modules=bank)
 
     def formula(self, weights, temperature, params):
-        k = num(params["negatives"])
+        k, tau = num(params["negatives"]), num(params["nce_temperature"])
         return super().formula(weights, temperature, params) + [
             rf"{num(params['weight'])}\,\big(\mathcal{{L}}_{{\mathrm{{NCE}}}}(g_t \to \mathcal{{M}}_s)"
-            rf" + \mathcal{{L}}_{{\mathrm{{NCE}}}}(g_s \to \mathcal{{M}}_t)\big)_{{K={k},\ \tau={num(params['nce_temperature'])}}}"]
+            rf" + \mathcal{{L}}_{{\mathrm{{NCE}}}}(g_s \to \mathcal{{M}}_t)\big)_{{K={k},\ \tau={tau}}}"]
 
     def legend(self, params):
         return [r"$g_s, g_t$ are the learned unit-length embeddings of the penultimate features; $\mathcal{M}$ is "

@@ -11,7 +11,7 @@ SPEC = MethodSpec(
     "On top of KD, the student's penultimate features are mapped by a small learned linear projector and "
     "pulled towards the teacher's features with a mean squared error (the 'hint'). Its weight is "
     "weights.feature, which must be above 0.",
-    needs_teacher_features=True, trains_extra_modules=True,
+    needs_teacher_features=True, trains_extra_modules=True, suggested={"weights.feature": 1.0},
 )
 
 

@@ -37,7 +37,8 @@ class SimilarityPreserving(Method):
     def formula(self, weights, temperature, params):
         j = "" if int(params["stages"]) == 1 else "^j"
         body = rf"\tfrac{{1}}{{B^2}}\big\|\tilde G{j}_s - \tilde G{j}_t\big\|_F^2"
-        return super().formula(weights, temperature, params) + [rf"{num(params['weight'])}\," + stages_sum(params["stages"], body)]
+        weighted = rf"{num(params['weight'])}\," + stages_sum(params["stages"], body)
+        return super().formula(weights, temperature, params) + [weighted]
 
     def legend(self, params):
         return [rf"$\tilde G$ is the row-normalised $B\times B$ similarity matrix of {matched(params)} activations "
