@@ -5,9 +5,9 @@
 Each run is recorded in the run store ($KDCORE_HOME, default ./kd-runs), so the app's Methods page
 shows the same table. One teacher (the preset's) serves every run; the student alone is trained
 once per seed (the runs of the first method listed carry it, `kd` by default). A method's own
-needed settings (FitNets' feature weight) come from its spec (`MethodSpec.suggested`). Methods that cannot run on the pair (attention transfer
-needs convolutional feature maps) are reported as such. Prints a table in the style of the
-published CIFAR-100 tables: test accuracy mean ± std over seeds, and the gap closed,
+needed settings (FitNets' feature weight) come from its spec (`MethodSpec.suggested`). Methods that
+cannot run on the pair (attention transfer needs convolutional feature maps) are reported as such.
+Prints a table in the style of the published CIFAR-100 tables: test accuracy mean ± std over seeds, and the gap closed,
 (student − baseline) / (teacher − baseline).
 """
 
