@@ -1,10 +1,10 @@
-"""Every registered architecture, built for every dataset shape it should accept."""
+"""Tests for kdcore.models: every registered architecture, built for every dataset shape it should accept."""
 
 import pytest
 import torch
 
 from kdcore.errors import ModelError
-from kdcore.model_names import ARCH_NAMES, MLP_PRESETS, validate_arch
+from kdcore.model_names import ARCH_NAMES, MLP_PRESETS
 from kdcore.models import (
     MODELS,
     KDModel,
@@ -101,8 +101,6 @@ def test_conv_nets_refuse_images_too_small_to_pool():
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ModelError, match="unknown architecture 'resnet1000'; valid: mlp, .*resnet20.*mlp:W1,W2"):
         build_model("resnet1000", (1, 28, 28), NUM_CLASSES)
-    with pytest.raises(ModelError):
-        fits("resnet1000", (1, 28, 28))
 
 
 def test_custom_mlp_widths():
@@ -118,10 +116,8 @@ def test_mlp_presets_use_their_widths(name):
     assert tuple(layer.out_features for layer in model.hidden) == MLP_PRESETS[name]
 
 
-@pytest.mark.parametrize("arch", ["mlp:", "mlp:0", "mlp:abc", "mlp:128,", "mlp:-4", "mlp: 64", "mlp:100000"])
+@pytest.mark.parametrize("arch", ["mlp:", "mlp:abc", "mlp:100000"])  # every malformed form: test_model_names.py
 def test_malformed_mlp_widths_are_refused(arch):
-    with pytest.raises(ModelError, match="bad MLP widths"):
-        validate_arch(arch)
     with pytest.raises(ModelError, match="bad MLP widths"):
         build_model(arch, POINT_SHAPE, NUM_CLASSES)
 
