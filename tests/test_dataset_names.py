@@ -1,6 +1,6 @@
 """Tests for kdcore.dataset_names: the catalogue of datasets and name checks, without loading any pixels.
 
-That this module never imports torch is checked in tests/test_imports.py; loading is tests/test_data.py.
+That this module never imports torch is checked in tests/test_imports.py; loading is tests/data/.
 """
 
 from __future__ import annotations
