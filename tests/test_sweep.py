@@ -1,4 +1,4 @@
-"""Sweeps: grid parsing and validation, the CLI end to end, and students trained as a group."""
+"""Sweeps: grid parsing and validation, and the CLI end to end (the stacked training: test_group.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.callbacks import Callback
-from kdcore.config import RunConfig
-from kdcore.errors import Cancelled, ConfigError
-from kdcore.group import group_key, run_group
+from kdcore.errors import ConfigError
 from kdcore.store import Store
 from kdcore.sweep import expand, parse_grid
-from kdcore.trainer import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"dataset": "digits", "epochs": 3, "teacher": {"arch": "cnn-small", "epochs": 1}, "student": {"arch": "mlp-tiny"}}
@@ -74,42 +70,3 @@ def test_a_grid_with_a_bad_value_queues_nothing(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "temperature=-2" in out.stderr and "Traceback" not in out.stderr
     assert Store(tmp_path).list_runs() == []
-
-
-def test_students_trained_as_a_group_match_the_same_runs_trained_alone(tmp_path):
-    base = RunConfig.from_dict(TINY)
-    configs = [base.replace(temperature=t, seed=s, **{"weights.kd": w}) for t, s, w in ((1, 0, 0.5), (4, 0, 0.9), (8, 1, 0.2))]
-    assert len({group_key(c) for c in configs}) == 1
-    cache = tmp_path / "teachers"
-    alone = [run_pipeline(c, [], teacher_cache=cache) for c in configs]
-    grouped = run_group(configs, [Callback() for _ in configs], teacher_cache=cache, artifacts=[None] * 3)
-    for a, g in zip(alone, grouped):
-        for key in ("student_test_acc", "student_val_acc", "baseline_test_acc", "best_epoch", "test_agreement"):
-            assert g[key] == pytest.approx(a[key], abs=1e-6), key
-
-
-class StopAfterFirstEpoch(Callback):
-    def __init__(self) -> None:
-        self.epochs = 0
-
-    def on_epoch_end(self, stage, epoch, values):
-        self.epochs = epoch
-
-    def should_stop(self) -> bool:
-        return self.epochs >= 1
-
-
-def test_cancelling_one_run_of_a_group_leaves_the_others_training(tmp_path):
-    base = RunConfig.from_dict(TINY)
-    configs = [base.replace(temperature=t) for t in (1, 4)]
-    outcomes = run_group(configs, [StopAfterFirstEpoch(), Callback()], teacher_cache=tmp_path, artifacts=[None, None])
-    assert isinstance(outcomes[0], Cancelled)
-    assert isinstance(outcomes[1], dict) and outcomes[1]["status"] == "done"
-
-
-def test_runs_that_cannot_share_a_stacked_student_train_alone():
-    base = RunConfig.from_dict(TINY)
-    assert group_key(base.replace(augment=True)) is None
-    assert group_key(base.replace(**{"weights.feature": 1.0})) is None
-    assert group_key(base) != group_key(base.replace(epochs=5))
-    assert group_key(base) == group_key(base.replace(temperature=9, seed=3, name="x"))
