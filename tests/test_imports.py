@@ -39,6 +39,9 @@ TORCH_FREE = {
     "kdcore.sweep": "import kdcore.sweep as s; s.expand({'dataset': 'digits'}, s.parse_grid(['temperature=1,4']))",
     "kdcore.compare (records only)": "from kdcore.compare import comparison_rows, config_diff; comparison_rows([])",
     "kdcore.cli (runs, list-methods)": "from kdcore.cli import main; main(['runs', '--json']); main(['list-methods'])",
+    "app.read_model (every module)": "import importlib, pkgutil, app.read_model as read_model\n"
+                                     "for module in pkgutil.iter_modules(read_model.__path__):\n"
+                                     "    importlib.import_module(f'app.read_model.{module.name}')",
     "app.form": "import app.form",
     "app.charts": "import app.charts",
     "app.session": "import app.session",
