@@ -43,6 +43,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one setting, e.g. --set temperature=4 --set teacher.arch=resnet20 (repeatable)")
 
 
+def _owner_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--owner", metavar="NAME", default=None,
+                   help="who the runs belong to: the queue is fair across owners, and KDCORE_MAX_RUNS_PER_OWNER "
+                        "caps one owner's queued + running runs")
+
+
 def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
@@ -199,7 +205,7 @@ def _runner():
 def cmd_submit(args: argparse.Namespace) -> int:
     config = _build_config(args)
     runner = _runner()
-    run_id = runner.submit(config)
+    run_id = runner.submit(config, owner=args.owner)
     record = runner.store.get_run(run_id)
     _emit(args, {"run_id": run_id, "status": record.status}, lambda: print(f"{run_id} {record.status}"))
     return 0
@@ -228,20 +234,23 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     runner = _runner()
     runner.tick()
-    records = runner.store.list_runs(status=args.status or None, limit=args.limit)
+    records = runner.store.list_runs(status=args.status or None, limit=args.limit, owner=args.owner)
     rows = []
     for r in records:
         s = r.summary or {}
         c = r.config
-        rows.append({"run_id": r.id, "status": r.status, "name": r.name, "dataset": c.get("dataset"),
+        rows.append({"run_id": r.id, "status": r.status, "name": r.name, "owner": r.owner, "dataset": c.get("dataset"),
                      "teacher": c.get("teacher", {}).get("arch"), "student": c.get("student", {}).get("arch"),
                      "temperature": c.get("temperature"), "teacher_test_acc": s.get("teacher_test_acc"),
                      "student_test_acc": s.get("student_test_acc"), "baseline_test_acc": s.get("baseline_test_acc"),
                      "wall_s": s.get("wall_s"), "created": r.created, "sweep_id": r.sweep_id})
+    owners = any(r["owner"] for r in rows)  # the owner column only where someone said who they are
     _emit(args, {"runs": rows}, lambda: _table(
-        [[r["run_id"], r["status"], r["dataset"], f"{r['teacher']} → {r['student']}", r["temperature"],
-          _pct(r["teacher_test_acc"]), _pct(r["student_test_acc"]), _pct(r["baseline_test_acc"])] for r in rows],
-        ["run", "status", "dataset", "teacher → student", "T", "teacher", "student", "baseline"]))
+        [[r["run_id"], r["status"], *([r["owner"]] if owners else []), r["dataset"], f"{r['teacher']} → {r['student']}",
+          r["temperature"], _pct(r["teacher_test_acc"]), _pct(r["student_test_acc"]), _pct(r["baseline_test_acc"])]
+         for r in rows],
+        ["run", "status", *(["owner"] if owners else []), "dataset", "teacher → student", "T", "teacher", "student",
+         "baseline"]))
     return 0
 
 
@@ -277,7 +286,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len(runs) > CONFIRM_ABOVE and not args.yes:
         raise KDError(f"the sweep has {len(runs)} runs (over {CONFIRM_ABOVE}); add --yes to queue them all")
     runner = _runner()
-    sweep_id, run_ids = submit_sweep(runner, base, grid, runs, name=args.name or "")
+    sweep_id, run_ids = submit_sweep(runner, base, grid, runs, name=args.name or "", owner=args.owner)
     print(f"sweep {sweep_id}: {len(run_ids)} runs queued", file=sys.stderr)
     data: dict[str, Any] = {"sweep_id": sweep_id, "runs": run_ids}
     if args.wait:
@@ -373,12 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p = command("submit", cmd_submit, "queue a background run and return its id at once")
     _config_args(p)
+    _owner_arg(p)
     p = command("status", cmd_status, "show a run's status, progress and results")
     p.add_argument("run_id")
     p = command("runs", cmd_runs, "list runs, newest first")
     p.add_argument("--status", action="append", choices=["queued", "starting", "running", "done", "failed", "cancelled"],
                    help="only runs with this status (repeatable)")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--owner", default=None, help="only runs of this owner")
     for name, func, text in (("cancel", cmd_cancel, "stop a queued or running run"),
                              ("resume", cmd_resume, "continue a failed or cancelled run from its last epoch checkpoint"),
                              ("delete", cmd_delete, "delete a finished run and its files (refused while running)")):
@@ -391,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="a label for the sweep and its runs")
     p.add_argument("--wait", action="store_true", help="wait until every run has finished")
     p.add_argument("--yes", action="store_true", help="confirm a sweep of more than 100 runs")
+    _owner_arg(p)
     p = command("metrics", cmd_metrics, "print every recorded series of a run (stage, epoch, step, name, value)")
     p.add_argument("run_id")
     p.add_argument("--csv", action="store_true", help="every point as CSV with a header row")

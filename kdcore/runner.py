@@ -19,6 +19,7 @@ import time
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
+from kdcore.owners import max_runs_per_owner, validate_owner
 from kdcore.store import ACTIVE, RunRecord, Store
 
 HEARTBEAT_STALE_S = 90.0  # a worker refreshes its heartbeat every few seconds, even inside a long step
@@ -69,15 +70,29 @@ def pid_alive(pid: int | None) -> bool:
 class Runner:
     """Submits runs to a store and keeps its queue moving."""
 
-    def __init__(self, store: Store | None = None) -> None:
+    def __init__(self, store: Store | None = None, *, owner_cap: int | None = None) -> None:
+        """owner_cap: the per-owner cap when KDCORE_MAX_RUNS_PER_OWNER is unset (None: no cap; the
+        app passes 3 in workshop mode)."""
         self.store = store or Store()
+        self.default_owner_cap = owner_cap
+
+    def owner_cap(self) -> int | None:
+        """How many queued + running runs one owner may have: KDCORE_MAX_RUNS_PER_OWNER, else the default."""
+        return max_runs_per_owner(self.default_owner_cap)
 
     # --- submitting --------------------------------------------------------------------------------
 
     def submit(self, config: RunConfig, *, name: str | None = None, sweep_id: str | None = None,
-               start: bool = True) -> str:
-        """Record a queued run and return its id at once; a worker starts when a slot is free."""
-        run_id = self.store.create_run(config.to_dict(), name=name if name is not None else config.name, sweep_id=sweep_id)
+               start: bool = True, owner: str | None = None) -> str:
+        """Record a queued run and return its id at once; a worker starts when a slot is free.
+
+        With an `owner`, the per-owner cap applies (`OwnerLimitError` when it is reached)."""
+        cap = None
+        if owner is not None:
+            validate_owner(owner)
+            cap = self.owner_cap()
+        run_id = self.store.create_run(config.to_dict(), name=name if name is not None else config.name,
+                                       sweep_id=sweep_id, owner=owner, owner_cap=cap)
         if start:
             self.tick()
         return run_id

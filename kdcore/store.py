@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kdcore.errors import RunNotFound, StoreError
+from kdcore.owners import OwnerLimitError, limit_message
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "starting", "running")
 FINISHED = ("done", "failed", "cancelled")
@@ -58,9 +59,11 @@ CREATE TABLE IF NOT EXISTS runs (
     progress TEXT,
     sweep_id TEXT,
     resume INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, status);
 CREATE TABLE IF NOT EXISTS metrics (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -113,7 +116,13 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2}
+def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+    """Version 2 had no owners: its runs belong to nobody (NULL), which the fair queue treats as one owner."""
+    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+        db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 # A table added without changing what older code reads (stage_results) is created by _SCHEMA's IF NOT
 # EXISTS on open, with no new version, so a worker of the previous release can still open the store.
 # stage_results.value has no declared type: an int (best_epoch) stays an int, a float a float.
@@ -188,6 +197,7 @@ class RunRecord:
     sweep_id: str | None
     resume: bool
     cancel_requested: bool
+    owner: str | None = None  # who submitted it (`submit --owner`, a workshop participant); None: nobody said
 
     @property
     def active(self) -> bool:
@@ -195,7 +205,7 @@ class RunRecord:
 
     def to_json(self) -> dict[str, Any]:
         """What `status --json` prints: the summary's numbers first-class, beside the run's state."""
-        out = {"run_id": self.id, "status": self.status, "name": self.name, "created": self.created,
+        out = {"run_id": self.id, "status": self.status, "name": self.name, "owner": self.owner, "created": self.created,
                "started": self.started, "ended": self.ended, "error": self.error, "sweep_id": self.sweep_id,
                "progress": self.progress, "config": self.config}
         if self.status in ("starting", "running") and self.pid:
@@ -329,18 +339,27 @@ class Store:
     # --- runs ------------------------------------------------------------------------------------
 
     def create_run(self, config: dict[str, Any], *, name: str = "", status: str = "queued",
-                   sweep_id: str | None = None, pid: int | None = None) -> str:
+                   sweep_id: str | None = None, pid: int | None = None, owner: str | None = None,
+                   owner_cap: int | None = None) -> str:
+        """Record a run. With `owner_cap`, refuse it (OwnerLimitError) when `owner` already has that many
+        queued or running runs; the count and the insert are one transaction, so two submissions at
+        once cannot both slip under the cap."""
         now = time.time()
         with self._transaction() as db:
+            if owner is not None and owner_cap is not None:
+                active = db.execute("SELECT COUNT(*) FROM runs WHERE owner=? AND status IN ('queued','starting',"
+                                    "'running')", (owner,)).fetchone()[0]
+                if active >= owner_cap:
+                    raise OwnerLimitError(limit_message(owner, active, owner_cap))
             while True:
                 run_id = f"run-{secrets.token_hex(4)}"
                 if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
                     break
             db.execute(
-                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id) "
-                "VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id, owner) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_id, name, json.dumps(config, sort_keys=True), status, now,
-                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id),
+                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id, owner),
             )
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return run_id
@@ -353,8 +372,8 @@ class Store:
         return _record(row)
 
     def list_runs(self, status: str | list[str] | None = None, *, sweep_id: str | None = None,
-                  limit: int | None = None) -> list[RunRecord]:
-        """Runs, newest first, optionally filtered by status (one or several) and sweep."""
+                  limit: int | None = None, owner: str | None = None) -> list[RunRecord]:
+        """Runs, newest first, optionally filtered by status (one or several), sweep and owner."""
         where, args = [], []
         if status:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -366,17 +385,27 @@ class Store:
         if sweep_id:
             where.append("sweep_id=?")
             args.append(sweep_id)
+        if owner is not None:
+            where.append("owner=?")
+            args.append(owner)
         sql = f"SELECT {_RUN_COLUMNS} FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY seq DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return [_record(row) for row in self._db.execute(sql, args)]
 
-    def count_runs(self, statuses: tuple[str, ...]) -> int:
-        return self._db.execute(f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})",
-                                statuses).fetchone()[0]
+    def count_runs(self, statuses: tuple[str, ...], *, owner: str | None = None) -> int:
+        sql = f"SELECT COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(statuses))})"
+        if owner is not None:
+            return self._db.execute(sql + " AND owner=?", (*statuses, owner)).fetchone()[0]
+        return self._db.execute(sql, statuses).fetchone()[0]
 
     def claim_next(self, limit: int) -> RunRecord | None:
-        """Atomically move the oldest queued run to `starting` if fewer than `limit` runs are active.
+        """Atomically move the next queued run to `starting` if fewer than `limit` runs are active.
+
+        The next run is fair across owners (round-robin): it comes from the owner who has waited
+        longest, and within an owner in submission order. An owner waits from the later of their
+        oldest queued run's submission and their last run's start, so an owner who just got a slot
+        goes behind everyone already waiting. Runs without an owner count as one owner.
 
         Two schedulers in two processes can call this at once: BEGIN IMMEDIATE serialises them, so a
         run is claimed once and the limit holds.
@@ -387,7 +416,7 @@ class Store:
                               "WHERE status IN ('starting','running')").fetchone()[0]
             if busy >= limit:
                 return None
-            row = db.execute("SELECT id FROM runs WHERE status='queued' ORDER BY seq LIMIT 1").fetchone()
+            row = db.execute(_NEXT_FAIR_RUN).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE runs SET status='starting', started=?, heartbeat=?, pid=NULL WHERE id=?",
@@ -585,14 +614,48 @@ class Store:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting.{key}", value))
 
+    def settings_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every setting whose key starts with `prefix`, by key (e.g. a workshop room's participants)."""
+        start = f"setting.{prefix}"
+        rows = self._db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                (len(start), start)).fetchall()
+        return {key[len("setting."):]: value for key, value in rows}
+
+    def set_setting_if_absent(self, key: str, value: str) -> bool:
+        """Set a setting only if it has no value yet; True when this call set it (one transaction)."""
+        with self._transaction() as db:
+            return db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (f"setting.{key}", value)).rowcount == 1
+
+    def delete_settings(self, prefix: str) -> int:
+        """Forget every setting whose key starts with `prefix`; returns how many were removed."""
+        start = f"setting.{prefix}"
+        with self._transaction() as db:
+            return db.execute("DELETE FROM meta WHERE substr(key, 1, ?) = ?", (len(start), start)).rowcount
+
 
 _RUN_COLUMNS = ("id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress, "
-                "sweep_id, resume, cancel_requested")
+                "sweep_id, resume, cancel_requested, owner")
+
+# The fair queue's next run (see `Store.claim_next`). `waiting` ranks owners by how long they have
+# waited: since their oldest queued run was submitted, or since their last run started if later.
+_NEXT_FAIR_RUN = """
+WITH waiting AS (
+    SELECT owner, MIN(seq) AS first_seq, MIN(created) AS first_created FROM runs WHERE status='queued' GROUP BY owner
+), served AS (
+    SELECT owner, MAX(started) AS last_start FROM runs
+    WHERE started IS NOT NULL AND status != 'queued' GROUP BY owner
+)
+SELECT runs.id FROM waiting
+JOIN runs ON runs.seq = waiting.first_seq
+LEFT JOIN served ON served.owner IS waiting.owner
+ORDER BY MAX(waiting.first_created, COALESCE(served.last_start, 0)), waiting.first_seq
+LIMIT 1
+"""
 
 
 def _record(row: tuple) -> RunRecord:
     (run_id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress,
-     sweep_id, resume, cancel_requested) = row
+     sweep_id, resume, cancel_requested, owner) = row
     return RunRecord(run_id, seq, name, json.loads(config), status, created, started, ended, pid, heartbeat, error,
                      json.loads(summary) if summary else None, json.loads(progress) if progress else None,
-                     sweep_id, bool(resume), bool(cancel_requested))
+                     sweep_id, bool(resume), bool(cancel_requested), owner)

@@ -76,14 +76,34 @@ def build_sweep(config_file: str | None, overrides: list[str], grid_specs: list[
 
 
 def submit_sweep(runner, base: dict[str, Any], grid: dict[str, list[Any]],
-                 runs: list[tuple[dict[str, Any], RunConfig]], *, name: str = "") -> tuple[str, list[str]]:
-    """Record the sweep and queue its runs (in grid order); returns (sweep_id, run_ids)."""
+                 runs: list[tuple[dict[str, Any], RunConfig]], *, name: str = "",
+                 owner: str | None = None) -> tuple[str, list[str]]:
+    """Record the sweep and queue its runs (in grid order); returns (sweep_id, run_ids).
+
+    With an `owner`, a sweep that would take them over the per-owner cap is refused whole, before
+    anything is recorded."""
     store = runner.store
+    if owner is not None:
+        check_owner_room(runner, owner, len(runs))
     sweep_id = store.create_sweep({"name": name, "base": base, "grid": grid, "size": len(runs)})
     run_ids = []
     for values, config in runs:
         label = name or "sweep"
         run_name = f"{label}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-        run_ids.append(runner.submit(config, name=run_name, sweep_id=sweep_id, start=False))
+        run_ids.append(runner.submit(config, name=run_name, sweep_id=sweep_id, start=False, owner=owner))
     runner.tick()
     return sweep_id, run_ids
+
+
+def check_owner_room(runner, owner: str, adding: int) -> None:
+    """Refuse (OwnerLimitError) `adding` more runs for `owner` when they would pass the per-owner cap."""
+    from kdcore.owners import OwnerLimitError, limit_message, validate_owner
+    from kdcore.store import ACTIVE
+
+    validate_owner(owner)
+    cap = runner.owner_cap()
+    if cap is None:
+        return
+    active = runner.store.count_runs(ACTIVE, owner=owner)
+    if active + adding > cap:
+        raise OwnerLimitError(limit_message(owner, active, cap, adding))
