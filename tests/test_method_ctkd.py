@@ -7,6 +7,8 @@ import torch
 
 import references as ref
 from kdcore import losses
+from kdcore.config import build_config
+from kdcore.errors import ConfigError
 from kdcore.methods import resolve_params
 from kdcore.methods.ctkd import curriculum_lambda
 from run_helpers import run_and_metrics
@@ -59,6 +61,11 @@ def test_instance_temperatures_are_per_example_and_in_range():
     parts["loss"].backward()
     assert 1.0 < float(parts["temperature"]) < 5.0
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in objective.modules.parameters())
+
+
+def test_without_a_kd_term_there_is_nothing_to_learn_a_temperature_from():
+    with pytest.raises(ConfigError, match="^method ctkd learns its temperature through the KD term; weights.kd must be > 0$"):
+        build_config(None, ["method=ctkd", "weights.kd=0", "weights.ce=1"])
 
 
 def test_a_one_epoch_cli_run_records_the_learned_temperature(tmp_path):

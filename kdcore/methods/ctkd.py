@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from kdcore.errors import ConfigError
 from kdcore.methods.base import STANDARDIZE, Method, MethodSpec, Term, common_formula, num, param, switch
 
 SPEC = MethodSpec(
@@ -38,6 +39,10 @@ SPEC = MethodSpec(
 
 class CTKD(Method):
     spec = SPEC
+
+    def check(self, config):
+        if config.weights.kd <= 0:
+            raise ConfigError("method ctkd learns its temperature through the KD term; weights.kd must be > 0")
 
     def objective(self, build):
         import torch
