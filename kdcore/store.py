@@ -336,6 +336,11 @@ class Store:
             os.replace(partial, path)  # never a half-written file under the final name
         return path
 
+    def is_upload(self, path: str | Path) -> bool:
+        """True when `path` is a file `save_upload` wrote (so no one typed it)."""
+        candidate = Path(path).resolve()
+        return candidate.parent == (self.home / "uploads").resolve() and candidate.is_file()
+
     # --- runs ------------------------------------------------------------------------------------
 
     def create_run(self, config: dict[str, Any], *, name: str = "", status: str = "queued",
