@@ -357,6 +357,42 @@ def _series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "max": max(p["value"] for p in ps)} for (stage, name), ps in grouped.items()]
 
 
+# --- deployment: export and the compression report (kdcore.compress) -------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdcore.compress.report import export_run
+    from kdcore.store import Store
+
+    result = export_run(Store(), args.run_id, args.format, quantize=args.quantize, out=args.out)
+    _emit(args, result, lambda: print(f"{result['path']}  ({result['bytes']:,} bytes)"))
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from kdcore.compress.options import CompressOptions
+
+    options = CompressOptions(prune=args.prune, structured=args.structured, recover_epochs=args.recover_epochs,
+                              quantize=args.quantize, repeats=args.repeats)  # refused here, before torch loads
+    from kdcore.compress.report import compress_run
+    from kdcore.store import Store
+
+    def progress(step: int, total: int, message: str) -> None:
+        print(f"compress: [{step}/{total}] {message}", file=sys.stderr, flush=True)
+
+    report = compress_run(Store(), args.run_id, options, progress)
+    _emit(args, report, lambda: _table(
+        [[v["variant"], _pct(v["test_acc"]), f"{v['nonzero_params']:,}", f"{v['bytes']:,}",
+          _ms(v["torch_p50_ms"]), _ms(v["torch_p95_ms"]), _ms(v["ort_p50_ms"]), _ms(v["ort_p95_ms"]),
+          f"{v['ort_throughput']:,.0f}"] for v in report["variants"]],
+        ["variant", "test acc", "params", "ONNX bytes", "torch p50", "p95", "ORT p50", "p95", "ORT samples/s @64"]))
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from kdcore.worker import worker_main
 
@@ -412,6 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist-5k")
     p.add_argument("--data-root", default=None)
     command("list-methods", cmd_list_methods, "list distillation methods with their papers and parameters")
+    p = command("export", cmd_export, "write a finished run's student as ONNX (fp32 or int8) or a .pt checkpoint")
+    p.add_argument("run_id")
+    p.add_argument("--format", required=True, choices=["onnx", "pt"])
+    p.add_argument("--quantize", choices=["int8"], default=None, help="post-training int8, calibrated on training data")
+    p.add_argument("--out", default=None, help="file to write (default: the run's artefacts in the store)")
+    p = command("compress", cmd_compress, "the deployment report of a finished run: teacher, student and compressed "
+                "students with accuracy, parameters, bytes, latency and throughput")
+    p.add_argument("run_id")
+    p.add_argument("--prune", type=float, default=None, metavar="F", help="prune a fraction F in (0, 1) of the student")
+    p.add_argument("--structured", action="store_true", help="remove channels/neurons instead of single weights")
+    p.add_argument("--recover-epochs", type=int, default=0, metavar="N", help="distil the pruned student from the "
+                   "teacher for N epochs")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="post-training int8 of each student variant")
+    p.add_argument("--repeats", type=int, default=200, help="timed calls per latency measurement")
     p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_worker, json=False)

@@ -2,7 +2,8 @@
 
     $KDCORE_HOME/
         kdcore.db            runs, metrics, stage results, snapshots, logs, sweeps, settings
-        runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log
+        runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log,
+                             artifacts/ (exported and compressed models, deployment reports)
         teachers/<key>.pt    trained teachers shared by every run with the same teacher settings
         uploads/<sha>-<name> checkpoints uploaded in the app, named by their content
 
@@ -39,6 +40,7 @@ FINISHED = ("done", "failed", "cancelled")
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}$")
 _SWEEP_ID = re.compile(r"^sweep-[0-9a-f]{8}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no folders, no dot-files
 WORKER_LOG_TAIL_BYTES = 64 * 1024  # a page shows the last lines of a worker's output, never the whole file
 
 _SCHEMA = """
@@ -154,6 +156,14 @@ class RunMetricRow(NamedTuple):
     name: str
     value: float | None
     t: float
+
+
+class ArtifactRow(NamedTuple):
+    """One file of a run's artefacts, as `Store.artifacts` lists it."""
+
+    name: str
+    bytes: int
+    mtime: float
 
 
 class LogRow(NamedTuple):
@@ -335,6 +345,44 @@ class Store:
             partial.write_bytes(data)
             os.replace(partial, path)  # never a half-written file under the final name
         return path
+
+    # --- a finished run's model and its deployment artefacts (kdcore.compress) ----------------------------
+
+    def student_checkpoint(self, run_id: str) -> Path:
+        """The final student a finished run saved (the worker passes `run_dir` to the trainer, which writes it)."""
+        return self.run_dir(run_id) / "student.pt"
+
+    def artifact_path(self, run_id: str, name: str) -> Path:
+        """Where the run's artefact `name` (an exported or compressed model, a report) lives; its folder is
+        created. `name` is a plain file name, checked, so it can never point outside the run's folder."""
+        if not isinstance(name, str) or not _ARTIFACT_NAME.match(name):
+            raise StoreError(f"artefact name {name!r} is not a plain file name (letters, digits, '.', '_', '-')")
+        folder = self.run_dir(run_id) / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / name
+
+    def write_artifact(self, run_id: str, name: str, data: bytes) -> Path:
+        """Write an artefact whole or not at all (a temporary file, then an atomic rename)."""
+        path = self.artifact_path(run_id, name)
+        partial = path.with_name(f".{name}.{os.getpid()}.part")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return path
+
+    def read_artifact(self, run_id: str, name: str) -> bytes | None:
+        """An artefact's bytes; None when the run has no artefact of that name."""
+        try:
+            return self.artifact_path(run_id, name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def artifacts(self, run_id: str) -> list[ArtifactRow]:
+        """The run's artefacts (not partial writes), by name."""
+        folder = self.run_dir(run_id) / "artifacts"
+        if not folder.is_dir():
+            return []
+        return [ArtifactRow(p.name, p.stat().st_size, p.stat().st_mtime) for p in sorted(folder.iterdir())
+                if p.is_file() and _ARTIFACT_NAME.match(p.name)]
 
     def is_upload(self, path: str | Path) -> bool:
         """True when `path` is a file `save_upload` wrote (so no one typed it)."""
