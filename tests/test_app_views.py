@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from app_helpers import REPO
 from app import charts, form
 from app.read_model.progress import format_duration, run_eta, run_plan, stage_eta, stage_fraction, stage_states
 from app.read_model.runs import run_row, stored_teachers, weights_label
@@ -272,12 +270,3 @@ def test_loss_latex_shows_the_chosen_numbers() -> None:
     assert "0.1" in latex and r"0.9\cdot 4^2" in latex and "MSE" not in latex
     assert "MSE" in form.loss_latex({"ce": 0.0, "kd": 1.0, "feature": 0.5}, 2.0)
     assert "CE" not in form.loss_latex({"ce": 0.0, "kd": 1.0, "feature": 0.0}, 2.0)
-
-
-def test_read_model_charts_and_form_do_not_import_torch() -> None:
-    import subprocess
-
-    modules = ", ".join(f"app.read_model.{name}" for name in ("progress", "series", "trace", "runs", "compare",
-                                                              "sweeps", "method_table", "lab"))
-    code = f"import {modules}, app.charts, app.form, sys; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))
