@@ -433,3 +433,44 @@ def sweep_temperature_figure(lines: list[tuple[str, list[float], list[float], li
                      xs_all[-1] / xs_all[0] >= 8 else "linear", tickvals=xs_all, ticktext=[f"{x:g}" for x in xs_all])
     fig.update_yaxes(title_text=metric_label, tickformat=".0%")
     return fig
+
+
+DEPLOY_COLORS = {"teacher": COLORS["teacher"], "fp32": COLORS["student"], "int8": COLORS["finetune"]}
+TRADEOFF_TITLE = "Accuracy · size · latency trade-off"
+
+
+def deploy_tradeoff_figure(points: list[dict[str, Any]]) -> go.Figure:
+    """Two panels sharing the accuracy axis: accuracy vs ONNX file size, and accuracy vs ONNX Runtime latency
+    at batch 1; each variant a labelled point, its Pareto frontier (nothing smaller or faster is as
+    accurate) a dashed staircase. Points are `app.read_model.deploy.tradeoff_points`."""
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("vs ONNX file size", "vs latency (ONNX Runtime, batch 1, p50)"))
+    for col, (x_key, frontier) in enumerate((("size_kb", "pareto_size"), ("latency_ms", "pareto_latency")), start=1):
+        for point in points:
+            group = "teacher" if point["role"] == "teacher" else point["precision"]
+            color = DEPLOY_COLORS.get(group, "#64748b")
+            fig.add_trace(go.Scatter(
+                x=[point[x_key]], y=[point["acc"]], mode="markers+text", text=[point["label"]], name=point["label"],
+                textposition="top center", textfont={"size": 10}, showlegend=False, legendgroup=point["label"],
+                marker={"size": 13 if point[frontier] else 9, "color": color, "symbol": "circle" if point[frontier]
+                        else "circle-open", "line": {"width": 1.5, "color": color}},
+                hovertemplate=(f"<b>{point['label']}</b><br>%{{y:.2f}}% · {point['size_kb']:.1f} KB · "
+                               f"{point['latency_ms']:.3f} ms<extra></extra>")), row=1, col=col)
+        front = sorted((p for p in points if p[frontier]), key=lambda p: p[x_key])
+        if len(front) > 1:
+            xs, ys = [], []
+            for previous, point in zip(front, front[1:]):  # a staircase: the best accuracy at each cost
+                xs += [previous[x_key], point[x_key]]
+                ys += [previous["acc"], previous["acc"]]
+            xs.append(front[-1][x_key])
+            ys.append(front[-1]["acc"])
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="Pareto frontier", showlegend=col == 1,
+                                     line={"color": "#94a3b8", "dash": "dash", "width": 1.5}, hoverinfo="skip"),
+                          row=1, col=col)
+    _layout(fig, TRADEOFF_TITLE, height=440, revision="deploy-tradeoff", legend_below=True)
+    if not points:
+        return _waiting(fig, "appears when the report is computed")
+    fig.update_xaxes(type="log", title_text="KB on disk (log)", row=1, col=1)
+    fig.update_xaxes(type="log", title_text="ms per sample (log)", row=1, col=2)
+    fig.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
+    return fig

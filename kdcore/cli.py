@@ -361,10 +361,17 @@ def _series(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from kdcore.compress.report import export_run
+    from kdcore.compress.checks import export_format, finished_run, output_path
     from kdcore.store import Store
 
-    result = export_run(Store(), args.run_id, args.format, quantize=args.quantize, out=args.out)
+    store = Store()
+    export_format(args.format, args.quantize)  # bad input is refused before torch loads
+    if args.out is not None:
+        output_path(args.out)
+    finished_run(store, args.run_id)
+    from kdcore.compress.report import export_run
+
+    result = export_run(store, args.run_id, args.format, quantize=args.quantize, out=args.out)
     _emit(args, result, lambda: print(f"{result['path']}  ({result['bytes']:,} bytes)"))
     return 0
 
@@ -372,10 +379,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from kdcore.compress.options import CompressOptions
 
+    from kdcore.compress.checks import finished_run
+    from kdcore.store import Store
+
     options = CompressOptions(prune=args.prune, structured=args.structured, recover_epochs=args.recover_epochs,
                               quantize=args.quantize, repeats=args.repeats)  # refused here, before torch loads
+    finished_run(Store(), args.run_id, verb="compressed")
     from kdcore.compress.report import compress_run
-    from kdcore.store import Store
 
     def progress(step: int, total: int, message: str) -> None:
         print(f"compress: [{step}/{total}] {message}", file=sys.stderr, flush=True)

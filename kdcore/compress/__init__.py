@@ -6,8 +6,9 @@
     quantize    post-training int8 in ONNX Runtime, calibrated on training inputs
     measure     test accuracy, parameters, bytes on disk, latency and throughput in PyTorch and ONNX Runtime
     report      the deployment report of a run: every variant, measured (`python -m kdcore compress`)
-    options     what a report is asked for (torch-free, so the app and the CLI's checks need no torch)
+    options     what a report is asked for, and the names of its artefacts (torch-free)
+    checks      bad input refused before any work: the run, the output path, the format (torch-free)
     jobs        a report computed in a background process, for the app (torch-free)
 
-Nothing is imported here: `options` and `jobs` load without torch, the rest import it.
+Nothing is imported here: `options`, `checks` and `jobs` load without torch, the rest import it.
 """

@@ -90,6 +90,23 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:.4f}".rstrip("0").rstrip(".")
 
 
+# The run's artefacts that belong to one report, by the options' key.
+
 def report_name(options: CompressOptions) -> str:
-    """The artefact that holds the deployment report for these options."""
+    """The deployment report for these options."""
     return f"report-{options.key}.json"
+
+
+def progress_name(options: CompressOptions) -> str:
+    """Where the report's computation says which step it is at."""
+    return f"report-{options.key}.progress.json"
+
+
+def job_name(options: CompressOptions) -> str:
+    """The background process computing it (`kdcore.compress.jobs`)."""
+    return f"report-{options.key}.job.json"
+
+
+def log_name(options: CompressOptions) -> str:
+    """That process's standard error."""
+    return f"report-{options.key}.log"

@@ -36,52 +36,21 @@ from torch import nn
 from kdcore import checkpoints
 from kdcore.callbacks import Callback
 from kdcore.compress import measure
+from kdcore.compress.checks import export_format, finished_run, output_path
 from kdcore.compress.export import export_checkpoint, export_onnx
-from kdcore.compress.options import CompressOptions, report_name
+from kdcore.compress.options import CompressOptions, progress_name, report_name
 from kdcore.compress.prune import (Pruned, channel_prune, magnitude_prune, nonzero_parameters, total_parameters,
                                    weight_sparsity)
 from kdcore.compress.quantize import calibration_inputs, quantize_int8
 from kdcore.compress.recover import recover
 from kdcore.config import RunConfig
-from kdcore.errors import KDError
 from kdcore.models import build_model
 from kdcore.store import RunRecord, Store
 
 Progress = Callable[[int, int, str], None]  # (step, of total steps, what is being done)
 
 
-def progress_name(options: CompressOptions) -> str:
-    return f"report-{options.key}.progress.json"
-
-
-# --- which run, which file ------------------------------------------------------------------------------------
-
-
-def finished_run(store: Store, run_id: str, verb: str = "exported") -> RunRecord:
-    """The run, if it finished with a student; a one-line KDError otherwise."""
-    record = store.get_run(run_id)  # RunNotFound for an unknown or malformed id
-    if record.status != "done":
-        raise KDError(f"run {run_id} is {record.status}: only a finished run (status done) can be {verb}")
-    if not store.student_checkpoint(run_id).is_file():
-        raise KDError(f"run {run_id} has no saved student ({store.student_checkpoint(run_id)} is missing)")
-    return record
-
-
-def check_output_path(out: str | Path) -> Path:
-    """A file path whose folder exists and can be written to (checked by creating a probe file there)."""
-    path = Path(out).expanduser()
-    if path.is_dir():
-        raise KDError(f"--out {out} is a folder; give the path of the file to write")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise KDError(f"--out {out}: folder {folder} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".kdcore-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise KDError(f"--out {out}: folder {folder} is not writable ({exc.strerror or exc})") from None
-    return path
+# --- the run's student ----------------------------------------------------------------------------------------
 
 
 def load_student(store: Store, record: RunRecord, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -106,16 +75,10 @@ def deployment_metadata(record: RunRecord, data, role: str, **extra: Any) -> dic
 def export_run(store: Store, run_id: str, fmt: str, *, quantize: str | None = None,
                out: str | Path | None = None) -> dict[str, Any]:
     """Write a finished run's student as ONNX (fp32 or int8) or as a kdcore checkpoint; returns what was written."""
-    from kdcore.compress.options import EXPORT_FORMATS, QUANTIZATIONS
     from kdcore.data import load_dataset
 
-    if fmt not in EXPORT_FORMATS:
-        raise KDError(f"--format: unknown format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
-    if quantize is not None and quantize not in QUANTIZATIONS:
-        raise KDError(f"--quantize: unknown quantisation {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
-    if quantize and fmt != "onnx":
-        raise KDError("--quantize int8 writes an ONNX model (it runs in ONNX Runtime): use --format onnx")
-    path = check_output_path(out) if out is not None else None
+    export_format(fmt, quantize)
+    path = output_path(out) if out is not None else None
     record = finished_run(store, run_id)
     config = RunConfig.from_dict(record.config)
     data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction)
