@@ -14,6 +14,7 @@ st.navigation([
     st.Page("screens/runs.py", title="Runs", icon=":material/table_rows:"),
     st.Page("screens/methods.py", title="Methods", icon=":material/table_chart:"),
     st.Page("screens/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("screens/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
     st.Page("screens/sweeps.py", title="Sweeps", icon=":material/grid_on:"),
     st.Page("screens/lab.py", title="Temperature lab", icon=":material/thermostat:"),
 ]).run()
