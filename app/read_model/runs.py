@@ -27,6 +27,7 @@ def run_row(record: Any, now: float | None = None) -> dict[str, Any]:
     return {
         "run": record.id,
         "name": record.name or "",
+        "owner": getattr(record, "owner", None) or "",
         "status": record.status,
         "dataset": config.get("dataset", "?"),
         "models": f"{teacher_label} → {student.get('arch', '?')}",

@@ -12,6 +12,8 @@ import time
 import streamlit as st
 
 from app import charts, session
+from app.text import plain
+from app.workshop import access
 from app.read_model.progress import (STAGE_TITLES, TRAINED_STAGES, format_duration, run_eta, run_plan, stage_eta,
                                      stage_fraction, stage_states)
 from app.read_model.runs import weights_label
@@ -80,11 +82,12 @@ def _run_label(record: RunRecord) -> str:
 def _header(record: RunRecord) -> None:
     config = record.config
     teacher = config.get("teacher", {})
-    st.title(record.name or record.id)
+    st.title(plain(record.name) or record.id)
     teacher_text = (f"checkpoint `{teacher['checkpoint']}` ({teacher.get('arch')})" if teacher.get("checkpoint")
                     else f"{teacher.get('arch')} ({teacher.get('epochs')} epochs)")
     st.caption(
-        f"`{record.id}` · **{config.get('dataset')}** · teacher {teacher_text}"
+        f"`{record.id}`" + (f" · by {plain(record.owner)}" if record.owner else "")
+        + f" · **{config.get('dataset')}** · teacher {teacher_text}"
         f" → student **{config.get('student', {}).get('arch')}**"
         f" · T = {config.get('temperature'):g} · {weights_label(config.get('weights', {}))}"
         f" · {config.get('epochs')} epochs × batch {config.get('batch_size')} · lr {config.get('lr'):g}"
@@ -237,17 +240,19 @@ def _failure(record: RunRecord) -> None:
 
 
 def _actions(record: RunRecord) -> None:
+    if not access.can_change(record):  # someone else's run in a workshop: readable, not changeable
+        return
     if record.active:
         if st.button("Cancel run", icon=":material/stop:", key=f"cancel_{record.id}", width="stretch"):
             try:
-                session.runner().cancel(record.id)
+                access.cancel(record.id)
                 st.toast(f"Cancelling {record.id}…")
             except KDError as exc:
                 st.error(str(exc))
     elif record.status in ("failed", "cancelled"):
         if st.button("Resume", icon=":material/play_arrow:", key=f"resume_{record.id}", width="stretch"):
             try:
-                session.runner().resume(record.id)
+                access.resume(record.id)
             except KDError as exc:
                 st.error(str(exc))
             else:

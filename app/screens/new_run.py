@@ -16,6 +16,7 @@ import streamlit as st
 
 from app import form, session
 from app.read_model.runs import stored_teachers
+from app.workshop import access, policy
 from kdcore.config import OPTIMIZERS
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
@@ -40,9 +41,10 @@ def render() -> None:
     devices = session.available_devices()
     base = st.session_state.get("_kdlab_form_base")
     config, errors = form.validate(values, base=base, store_teacher=store_teacher, devices=devices)
-    errors = header_errors + errors
+    errors = header_errors + errors + _workshop_problems(config)
     with right:
         _summary(values, store_teacher, config, errors)
+        _budget_note(config)
 
 
 # --- state ------------------------------------------------------------------------------------------------------
@@ -135,9 +137,17 @@ def _form(store, teachers: list[dict]) -> list[str]:
     from_store = source == "store"
 
     st.subheader("Data", divider="gray")
-    st.selectbox("Dataset", _with_current(list(DATASET_NAMES), PREFIX + "dataset"), key=PREFIX + "dataset",
-                 accept_new_options=True, disabled=from_store, **KEEP,
-                 help=f"A bundled set, or {IMAGEFOLDER_PREFIX}/path/to/images (one subfolder per class).")
+    workshop = access.enabled()  # a shared server: only listed datasets and names, no folders, no paths
+    if workshop:
+        allowed = policy.allowed_datasets()
+        if st.session_state[PREFIX + "dataset"] not in allowed:
+            st.session_state[PREFIX + "dataset"] = allowed[0]
+        st.selectbox("Dataset", allowed, key=PREFIX + "dataset", disabled=from_store, **KEEP,
+                     help="The datasets this workshop offers.")
+    else:
+        st.selectbox("Dataset", _with_current(list(DATASET_NAMES), PREFIX + "dataset"), key=PREFIX + "dataset",
+                     accept_new_options=True, disabled=from_store, **KEEP,
+                     help=f"A bundled set, or {IMAGEFOLDER_PREFIX}/path/to/images (one subfolder per class).")
     info = CATALOGUE.get(st.session_state[PREFIX + "dataset"])
     if info is not None:
         shape = "×".join(map(str, info.input_shape))
@@ -166,7 +176,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
     cols = st.columns(2)
     cols[0].selectbox("Teacher architecture", _with_current(list(ARCH_NAMES), PREFIX + "teacher_arch"),
                       key=PREFIX + "teacher_arch",
-                      accept_new_options=True, disabled=arch_locked, format_func=_arch_label, **KEEP,
+                      accept_new_options=not workshop, disabled=arch_locked, format_func=_arch_label, **KEEP,
                       help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
     if source != "upload":
         cols[1].number_input("Teacher epochs", step=1, key=PREFIX + "teacher_epochs", disabled=from_store, **KEEP)
@@ -174,7 +184,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
     st.subheader("Student", divider="gray")
     st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"),
                  key=PREFIX + "student_arch",
-                 accept_new_options=True, format_func=_arch_label, **KEEP,
+                 accept_new_options=not workshop, format_func=_arch_label, **KEEP,
                  help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
 
     st.subheader("Distillation", divider="gray")
@@ -213,7 +223,8 @@ def _form(store, teachers: list[dict]) -> list[str]:
     cols = st.columns([1, 2])
     cols[0].toggle("Train a baseline", key=PREFIX + "baseline", **KEEP,
                    help="The same student on hard labels alone, same seed and budget: what distillation must beat.")
-    cols[1].text_input("Run name (optional)", key=PREFIX + "name", max_chars=200, **KEEP)
+    cols[1].text_input("Run name (optional)", key=PREFIX + "name", max_chars=policy.NAME_MAX_CHARS if workshop else 200,
+                       **KEEP)
 
     with st.expander("Advanced settings"):
         cols = st.columns(3)
@@ -234,8 +245,9 @@ def _form(store, teachers: list[dict]) -> list[str]:
         cols[1].toggle("Augment the student's data", key=PREFIX + "augment", **KEEP,
                        help="Random shifts for student and baseline; the teacher then runs on every batch.")
         cols[2].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
-        cols[0].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
-                           placeholder="$KDCORE_DATA or ./data")
+        if not workshop:
+            cols[0].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
+                               placeholder="$KDCORE_DATA or ./data")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
 
@@ -301,9 +313,16 @@ def _upload(store) -> tuple[bool, list[str]]:
 
     Returns whether the architecture is fixed by the file, and any problem with it.
     """
+    limit_mb = policy.upload_limit_bytes() // (1024 * 1024) if access.enabled() else None
     uploaded = st.file_uploader("Teacher checkpoint", type=["pt", "pth"], key=PREFIX + "upload",
+                                max_upload_size=max(limit_mb, 1) if limit_mb is not None else None,
                                 help="A .pt written by kdcore (it names its architecture), or a bare state dict.")
     if uploaded is not None:
+        if access.enabled():
+            try:  # the browser enforces the limit too; this is the check
+                policy.check_upload(uploaded.size)
+            except KDError as exc:
+                return False, [str(exc)]
         st.session_state[PREFIX + "teacher_checkpoint"] = str(store.save_upload(uploaded.name, uploaded.getvalue()))
     checkpoint = st.session_state.get(PREFIX + "teacher_checkpoint")
     if not checkpoint:
@@ -375,9 +394,30 @@ def _sizes(values: dict, store_teacher: dict | None) -> None:
     cols[2].metric("Compression", f"{ratio:,.1f}×" if ratio else "—", help="teacher parameters / student parameters")
 
 
+def _workshop_problems(config) -> list[str]:
+    """In workshop mode, what the room's policy refuses (the same check `access.submit` makes)."""
+    if config is None or not access.enabled():
+        return []
+    room = access.room()
+    actor = access.actor()
+    try:
+        policy.check_run(config.to_dict(), is_upload=session.store().is_upload,
+                         budget=None if actor.is_instructor else room.budget())
+    except KDError as exc:
+        return [str(exc)]
+    return []
+
+
+def _budget_note(config) -> None:
+    cost = policy.run_budget(config.to_dict()) if config is not None and access.enabled() else None
+    if cost is not None and not access.actor().is_instructor:
+        st.caption(f"This run trains {cost:,} example-epochs (epochs × training examples); the room allows "
+                   f"{access.room().budget():,} a run.")
+
+
 def _start(config) -> None:
     try:
-        run_id = session.runner().submit(config)
+        run_id = access.submit(config)
     except KDError as exc:
         st.error(f"Could not start the run: {exc}")
         return

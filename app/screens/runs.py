@@ -15,6 +15,8 @@ import streamlit as st
 from app import session
 from app.read_model.progress import format_duration
 from app.read_model.runs import run_row
+from app.text import plain
+from app.workshop import access
 from kdcore.errors import KDError, RunNotFound
 from kdcore.store import ACTIVE, STATUSES
 
@@ -96,11 +98,13 @@ def _table(frame: pd.DataFrame) -> str | None:
     default = {"selection": {"rows": [ids.index(selected)] if selected in ids else [], "columns": []}}
     event = st.dataframe(
         frame, key=key, on_select="rerun", selection_mode="single-row", selection_default=default, hide_index=True,
-        column_order=["link", "name", "state", "dataset", "models", "T", "weights", "teacher_acc", "student_acc",
+        column_order=["link", "name", *(["owner"] if frame["owner"].astype(bool).any() else []), "state", "dataset",
+                      "models", "T", "weights", "teacher_acc", "student_acc",
                       "baseline_acc", "wall", "created"],
         column_config={
             "link": st.column_config.LinkColumn("Run", display_text=r"live\?run=(.*)", help="Open the live page"),
             "name": "Name",
+            "owner": "Owner",
             "state": st.column_config.TextColumn("Status", width="small"),
             "dataset": "Dataset",
             "models": "Teacher → student",
@@ -134,22 +138,27 @@ def _compare(frame: pd.DataFrame) -> None:
 
 
 def _actions(record) -> None:
-    st.markdown(f"**{record.id}**" + (f" · {record.name}" if record.name else "") + f" · {record.status}")
+    st.markdown(f"**{record.id}**" + (f" · {plain(record.name)}" if record.name else "")
+                + (f" · by {plain(record.owner)}" if record.owner else "") + f" · {record.status}")
     if record.error and record.status == "failed":
         st.caption(f"Failed: {record.error}")
+    mine = access.can_change(record)  # in a workshop, someone else's run is read-only (access checks it again)
+    if not mine:
+        st.caption("Someone else's run: you can open and compare it, not change it.")
     cols = st.columns([1, 1, 1, 1, 1.7])
     if cols[0].button("Open", icon=":material/monitoring:", width="stretch", key="runs_open"):
         st.switch_page("screens/live.py", query_params={"run": record.id})
-    if cols[1].button("Cancel", icon=":material/stop:", width="stretch", key="runs_cancel", disabled=not record.active):
-        _do(lambda: session.runner().cancel(record.id), f"Cancelling {record.id}")
+    if cols[1].button("Cancel", icon=":material/stop:", width="stretch", key="runs_cancel",
+                      disabled=not record.active or not mine):
+        _do(lambda: access.cancel(record.id), f"Cancelling {record.id}")
     if cols[2].button("Resume", icon=":material/play_arrow:", width="stretch", key="runs_resume",
-                      disabled=record.status not in ("failed", "cancelled")):
-        _do(lambda: session.runner().resume(record.id), f"Resumed {record.id}", rerun=True)
+                      disabled=record.status not in ("failed", "cancelled") or not mine):
+        _do(lambda: access.resume(record.id), f"Resumed {record.id}", rerun=True)
     with cols[3].popover("Delete", icon=":material/delete:", width="stretch",
-                         disabled=record.status in ("starting", "running")):
+                         disabled=record.status in ("starting", "running") or not mine):
         st.markdown(f"Delete **{record.id}**, its metrics and its checkpoints? This cannot be undone.")
         if st.button("Delete permanently", type="primary", key="runs_delete"):
-            _do(lambda: session.runner().delete(record.id), f"Deleted {record.id}", rerun=True)
+            _do(lambda: access.delete(record.id), f"Deleted {record.id}", rerun=True)
     if cols[4].button("New run from this config", icon=":material/content_copy:", width="stretch", key="runs_copy"):
         st.session_state.pop("_kdlab_form_from", None)  # fill the form again, even from the same run
         st.switch_page("screens/new_run.py", query_params={"from": record.id})

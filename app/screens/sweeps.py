@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, session
+from app.workshop import access
 from app.read_model.progress import format_duration
 from app.read_model.sweeps import (ACCURACY_METRICS, SWEEP_METRICS, aggregate, axis_values, dotted_value,
                                    sweep_progress, sweep_rows, typical_run_s)
@@ -233,10 +234,9 @@ def _progress(sweep: dict[str, Any], records: list) -> None:
     row.progress(counts["finished"] / max(counts["total"], 1),
                  text=f"{counts['finished']} of {counts['total']} runs finished · " + " · ".join(parts))
     if active and row.button("Cancel the rest", icon=":material/stop:", key="sw_cancel"):
-        runner = session.runner()
         for record in active:
             try:
-                runner.cancel(record.id)
+                access.cancel(record.id)  # checks who may (in a workshop this page is the instructor's)
             except KDError as exc:
                 st.error(str(exc))
         st.toast(f"Cancelling {len(active)} runs")
