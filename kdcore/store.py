@@ -355,11 +355,14 @@ class Store:
     def artifact_path(self, run_id: str, name: str) -> Path:
         """Where the run's artefact `name` (an exported or compressed model, a report) lives; its folder is
         created. `name` is a plain file name, checked, so it can never point outside the run's folder."""
+        path = self._artifact_file(run_id, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _artifact_file(self, run_id: str, name: str) -> Path:
         if not isinstance(name, str) or not _ARTIFACT_NAME.match(name):
             raise StoreError(f"artefact name {name!r} is not a plain file name (letters, digits, '.', '_', '-')")
-        folder = self.run_dir(run_id) / "artifacts"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / name
+        return self.run_dir(run_id) / "artifacts" / name
 
     def write_artifact(self, run_id: str, name: str, data: bytes) -> Path:
         """Write an artefact whole or not at all (a temporary file, then an atomic rename)."""
@@ -372,7 +375,7 @@ class Store:
     def read_artifact(self, run_id: str, name: str) -> bytes | None:
         """An artefact's bytes; None when the run has no artefact of that name."""
         try:
-            return self.artifact_path(run_id, name).read_bytes()
+            return self._artifact_file(run_id, name).read_bytes()
         except FileNotFoundError:
             return None
 

@@ -1,0 +1,240 @@
+"""kdcore.compress on models and files, without a run store: export, pruning, int8, measurement, options.
+
+ONNX outputs are checked against PyTorch's on the whole digits test set with onnxruntime; pruning
+against an independent count of zeros; the int8 model by running it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcore.compress import measure
+from kdcore.compress.export import export_checkpoint, export_onnx, load_model, onnx_metadata, written_atomically
+from kdcore.compress.options import CompressOptions, report_name
+from kdcore.compress.prune import (apply_masks, channel_prune, hold_at_zero, magnitude_prune, prunable_weights,
+                                   weight_sparsity)
+from kdcore.compress.quantize import calibration_inputs, quantize_int8
+from kdcore.data import load_dataset
+from kdcore.errors import ConfigError
+from kdcore.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread, and the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def trained(arch: str, digits, steps: int = 150, seed: int = 0) -> torch.nn.Module:
+    """`arch` after a few hundred Adam steps on digits (enough for ~90% test accuracy with an MLP)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, digits.info.input_shape, digits.info.num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(len(digits.train_x), (64,), generator=generator)
+        loss = F.cross_entropy(model(digits.train_x[idx]), digits.train_y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def onnx_logits(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+# --- export ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["mlp-small", "cnn-small"])
+def test_onnx_logits_equal_pytorch_on_the_test_set(arch, digits, tmp_path):
+    model = trained(arch, digits, steps=30)
+    path = export_onnx(model, digits.info.input_shape, tmp_path / "model.onnx", {"class_names": digits.class_names})
+    with torch.inference_mode():
+        expected = model(digits.test_x).numpy()
+    got = onnx_logits(path, digits.test_x)
+    assert got.shape == expected.shape == (len(digits.test_x), 10)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_logits(path, digits.test_x[:1]), expected[:1], atol=1e-4, rtol=0)  # batch 1 too
+    assert onnx_metadata(path)["class_names"] == digits.class_names
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # one self-contained file, no partial left
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError), written_atomically(target) as partial:
+        partial.write_bytes(b"half a model")
+        raise RuntimeError("the exporter failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_rebuilds_its_model(digits, tmp_path):
+    model = trained("mlp-tiny", digits, steps=10)
+    path = export_checkpoint(model, tmp_path / "student.pt", arch="mlp-tiny", input_shape=digits.info.input_shape,
+                             num_classes=10, deployment={"input_mean": list(digits.mean)})
+    rebuilt, checkpoint = load_model(path)
+    assert checkpoint["arch"] == "mlp-tiny" and checkpoint["deployment"]["input_mean"] == list(digits.mean)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(digits.test_x), model(digits.test_x), rtol=0, atol=0)
+
+
+# --- unstructured pruning --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.9, 0.333])
+@pytest.mark.parametrize("arch", ["mlp-small", "cnn-small"])
+def test_magnitude_pruning_hits_the_sparsity_exactly(arch, sparsity, digits):
+    model = build_model(arch, digits.info.input_shape, 10)
+    before = {name: w.detach().clone() for name, w in prunable_weights(model)}
+    masks, done = magnitude_prune(model, sparsity)
+    total = sum(w.numel() for w in before.values())
+    zeros = sum(int((w == 0).sum()) for _, w in prunable_weights(model))
+    assert zeros == round(sparsity * total)  # exactly: no more, no fewer
+    assert done.sparsity == pytest.approx(round(sparsity * total) / total)
+    # global: the threshold is one magnitude for the whole network
+    all_before = torch.cat([w.abs().flatten() for w in before.values()])
+    threshold = all_before.sort().values[round(sparsity * total) - 1]
+    for name, weight in prunable_weights(model):
+        kept = masks[name]
+        assert torch.equal(weight.detach()[kept], before[name][kept])  # survivors untouched
+        assert (before[name][~kept].abs() <= threshold).all() and (before[name][kept].abs() >= threshold).all()
+
+
+def test_recovery_training_keeps_pruned_weights_at_zero(digits):
+    model = build_model("mlp-small", digits.info.input_shape, 10)
+    masks, _ = magnitude_prune(model, 0.7)
+    pruned_zero = {name: ~mask for name, mask in masks.items()}
+    release = hold_at_zero(model, masks)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)  # momentum and decay: both must hold
+    for step in range(20):
+        idx = torch.arange(step * 32, step * 32 + 32)
+        loss = F.cross_entropy(model(digits.train_x[idx]), digits.train_y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    release()
+    params = dict(model.named_parameters())
+    for name, zero in pruned_zero.items():
+        assert (params[name].detach()[zero] == 0).all(), name
+    assert weight_sparsity(model) == pytest.approx(0.7, abs=1e-4)
+    apply_masks(model, masks)  # a no-op now
+    assert weight_sparsity(model) == pytest.approx(0.7, abs=1e-4)
+
+
+# --- structured pruning ----------------------------------------------------------------------------------------------
+
+
+def test_channel_pruning_narrows_an_mlp_and_rebuilds_from_its_checkpoint(digits, tmp_path):
+    model = trained("mlp-small", digits, steps=20)
+    done = channel_prune(model, 0.5, digits.info.input_shape)
+    assert model.hidden[0].out_features == 32 and model.head.in_features == 32 and model.head.out_features == 10
+    assert done.params_after == 64 * 32 + 32 + 32 * 10 + 10 < done.params_before
+    path = export_checkpoint(model, tmp_path / "pruned.pt", arch="mlp-small", input_shape=digits.info.input_shape,
+                             num_classes=10, pruning={"structured": True, "fraction": 0.5})
+    rebuilt, _ = load_model(path)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(digits.test_x), model(digits.test_x), rtol=0, atol=0)
+
+
+def test_channel_pruning_a_cnn_keeps_its_classes_and_exports(digits, tmp_path):
+    model = trained("cnn-small", digits, steps=20)
+    done = channel_prune(model, 0.5, digits.info.input_shape)
+    assert [block[0][0].out_channels if isinstance(block[0], torch.nn.Sequential) else block[0].out_channels
+            for block in model.blocks] == [4, 8, 8]
+    assert done.params_after < done.params_before / 2
+    path = export_onnx(model, digits.info.input_shape, tmp_path / "pruned.onnx")
+    with torch.inference_mode():
+        np.testing.assert_allclose(onnx_logits(path, digits.test_x), model(digits.test_x).numpy(), atol=1e-4, rtol=0)
+    rebuilt, _ = load_model(export_checkpoint(model, tmp_path / "pruned.pt", arch="cnn-small",
+                                              input_shape=digits.info.input_shape, num_classes=10,
+                                              pruning={"structured": True}))
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(digits.test_x), model(digits.test_x))
+
+
+# --- int8 --------------------------------------------------------------------------------------------------------------
+
+
+def test_int8_model_runs_in_onnxruntime_smaller_and_close_in_accuracy(digits, tmp_path):
+    model = trained("mlp-small", digits)
+    fp32 = export_onnx(model, digits.info.input_shape, tmp_path / "fp32.onnx")
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_inputs(digits.train_x.numpy()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # no scratch files left
+    assert int8.stat().st_size < fp32.stat().st_size / 2
+    session = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    assert any(node.op_type == "DequantizeLinear" for node in __import__("onnx").load(str(int8)).graph.node)
+    fp32_acc = measure.accuracy(onnx_logits(fp32, digits.test_x), digits.test_y.numpy())
+    int8_acc = measure.accuracy(session.run(None, {"input": digits.test_x.numpy()})[0], digits.test_y.numpy())
+    assert fp32_acc > 0.85
+    assert abs(int8_acc - fp32_acc) <= 0.03  # measured, by running it
+
+
+def test_calibration_inputs_are_a_fixed_subset_of_the_training_inputs(digits):
+    train = digits.train_x.numpy()
+    first, second = calibration_inputs(train, 100), calibration_inputs(train, 100)
+    assert first.shape == (100, *train.shape[1:]) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, second)
+    rows = {row.tobytes() for row in train}
+    assert all(row.tobytes() in rows for row in first)
+
+
+# --- measurement -------------------------------------------------------------------------------------------------------
+
+
+def test_speed_and_accuracy_measure_what_they_say(digits):
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        return np.eye(10, dtype=np.float32)[digits.test_y.numpy()[: len(x)]]
+
+    result = measure.speed(run, digits.test_x.numpy(), repeats=20)
+    assert calls.count(1) == 20 + measure.WARMUP_CALLS and calls.count(64) == 4 + measure.WARMUP_CALLS
+    assert 0 < result.p50_ms <= result.p95_ms and result.throughput > 0
+    logits = measure.logits_of(run, digits.test_x.numpy()[:10])
+    assert measure.accuracy(logits, digits.test_y.numpy()[:10]) == 1.0
+    assert measure.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
+
+
+# --- options -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prune", [0, 1, 1.5, -0.1, math.nan, math.inf, True, "0.5"])
+def test_a_sparsity_outside_0_1_is_refused(prune):
+    with pytest.raises(ConfigError, match="strictly between 0 and 1"):
+        CompressOptions(prune=prune)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"quantize": "int4"}, "unknown quantisation 'int4'; valid: int8"),
+    ({"recover_epochs": 2}, "add --prune"),
+    ({"prune": 0.5, "recover_epochs": -1}, "from 0 to"),
+    ({"repeats": 0}, "--repeats"),
+])
+def test_other_bad_options_are_refused_by_name(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        CompressOptions(**kwargs)
+
+
+def test_options_name_their_artefacts_and_flags():
+    options = CompressOptions(prune=0.5, structured=True, recover_epochs=2, quantize="int8")
+    assert options.key == "p50s-r2-int8" and report_name(options) == "report-p50s-r2-int8.json"
+    assert options.cli_args() == ["--prune", "0.5", "--structured", "--recover-epochs", "2", "--quantize", "int8"]
+    assert CompressOptions().key == "plain"
+    assert CompressOptions(prune=0.125, repeats=5).key == "p12.5u-n5"
