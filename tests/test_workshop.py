@@ -72,6 +72,7 @@ def test_only_bundled_datasets_and_the_instructors_are_allowed():
     ({"dataset": "imagefolder:/etc"}, "dataset 'imagefolder:/etc' is not available in this workshop"),
     ({"dataset": "mnist"}, "dataset 'mnist' is not available"),
     ({"data_root": "/etc"}, "a data folder cannot be set in this workshop"),
+    ({"transfer": "imagefolder:/home"}, "transfer set 'imagefolder:/home' is not available in this workshop"),
     ({"teacher": {"arch": "hf:/srv/models/bert", "epochs": 1}}, "teacher.arch 'hf:/srv/models/bert' is not available"),
     ({"student": {"arch": "timm:resnet50"}}, "student.arch 'timm:resnet50' is not available"),
     ({"teacher": {"arch": "cnn", "epochs": 1, "checkpoint": "/etc/passwd"}}, "must be uploaded through the form"),

@@ -104,6 +104,10 @@ def check_run(config: dict[str, Any], *, is_upload: Callable[[str], bool], budge
                                   f"{', '.join(allowed)}")
     if config.get("data_root"):
         raise WorkshopPolicyError("a data folder cannot be set in this workshop")
+    transfer = config.get("transfer")
+    if transfer and transfer not in allowed:
+        raise WorkshopPolicyError(f"transfer set {transfer!r} is not available in this workshop; choose one of "
+                                  f"{', '.join(allowed)}")
     for role in ("teacher", "student"):
         arch = (config.get(role) or {}).get("arch", "")
         if not _is_registered(arch):
