@@ -338,9 +338,19 @@ def test_runs_page_deletes_a_run(in_lab) -> None:
     assert not at.exception
 
 
-def test_pages_render_quickly_once_warm(in_lab) -> None:
-    open_app()  # warms torch and the caches
-    started = time.perf_counter()
-    open_app("live", run=in_lab.digits)
-    open_app("runs")
-    assert time.perf_counter() - started < 15
+def test_live_and_runs_pages_only_read_the_store(in_lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What keeps these pages quick to redraw: they draw the store's records, and never load a dataset,
+    build a model or train (the New run page, opened first, builds models for its parameter counts)."""
+    at = open_app()
+    calls = []
+    for target in ("kdcore.data.load_dataset", "kdcore.data.splits.load_dataset", "kdcore.models.build_model",
+                   "kdcore.trainer.run_pipeline", "kdcore.worker.execute"):
+        monkeypatch.setattr(target, lambda *args, _target=target, **kwargs: calls.append(_target))
+    at.switch_page("screens/live.py")
+    at.query_params["run"] = in_lab.digits
+    at.run()
+    assert not at.exception and at.title[0].value == "digits demo"
+    at.switch_page("screens/runs.py")
+    at.run()
+    assert not at.exception and in_lab.digits in set(at.dataframe[0].value["run"])
+    assert calls == []

@@ -389,7 +389,7 @@ def test_compare_series_on_each_axis() -> None:
     assert compare_series(tckd, "student", "train_tckd", x="epoch")["run-a"][0] == [s / 4 for s in range(1, 9)]
     assert compare_series(rows, "student", "val_acc", x="wall", starts={"run-a": 100.0})["run-a"][0] == [4.5, 8.5]
     assert list(compare_series(rows, "baseline", "val_acc")) == ["run-a"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="x must be one of .*, got 'time'"):
         compare_series(rows, "student", "val_acc", x="time")
 
 

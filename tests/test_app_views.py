@@ -93,7 +93,7 @@ def test_ema_is_bias_corrected_and_matches_a_reference() -> None:
     assert ema(values, weight) == pytest.approx(expected)
     assert ema(values, 0.0) == values
     assert ema([2.0, float("nan"), 4.0], 0.5)[1] == 2.0  # a NaN repeats the last smoothed value
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"smoothing weight must be in \[0, 1\), got 1.0"):
         ema(values, 1.0)
 
 

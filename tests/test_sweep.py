@@ -21,9 +21,14 @@ TINY = {"dataset": "digits", "epochs": 3, "teacher": {"arch": "cnn-small", "epoc
 def test_parse_grid_types_values_and_refuses_malformed_specs():
     assert parse_grid(["temperature=1,2.5,4", "baseline=true,false"]) == {"temperature": [1, 2.5, 4],
                                                                           "baseline": [True, False]}
-    for bad in (["temperature"], ["=1,2"], ["temperature="], ["seed=1,1"], []):
-        with pytest.raises(ConfigError):
+    for bad, message in ((["temperature"], "--grid expects key=v1,v2,..., got 'temperature'"),
+                         (["=1,2"], "--grid expects key=v1,v2,..., got '=1,2'"),
+                         (["temperature="], "--grid expects key=v1,v2,..., got 'temperature='"),
+                         (["seed=1,1"], "--grid seed repeats a value"),
+                         ([], "a sweep needs at least one --grid key=v1,v2,...")):
+        with pytest.raises(ConfigError) as info:
             parse_grid(bad)
+        assert str(info.value) == message
     with pytest.raises(ConfigError, match="given twice"):
         parse_grid(["seed=1", "seed=2"])
 
