@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from app import session
+from app.text import plain
 from app.workshop import access, lessons, policy
 from app.workshop.leaderboard import predictions_vs_outcomes
 from app.workshop.room import Challenge
@@ -65,6 +66,13 @@ def _room_state(room, actor) -> None:
                                       f"{policy.run_budget(RunConfig().to_dict()):,}.")
         if st.form_submit_button("Set the budget"):
             _act(lambda: room.set_budget(actor, int(budget)), "Budget set")
+    recent = store.list_runs(limit=12)
+    if recent:
+        with st.expander("Latest runs (open one to cancel or delete it)", expanded=True):
+            for record in recent:
+                st.page_link("screens/live.py", query_params={"run": record.id},
+                             label=f"{record.id} · {plain(record.owner) or 'no owner'} · {record.status}"
+                                   + (f" · {plain(record.name)}" if record.name else ""))
     if participants:
         with st.expander(f"Who is here ({len(participants)})"):
             st.dataframe(pd.DataFrame([{"name": m.name, "joined": pd.Timestamp(m.joined, unit="s")}

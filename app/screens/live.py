@@ -257,6 +257,16 @@ def _actions(record: RunRecord) -> None:
                 st.error(str(exc))
             else:
                 st.rerun()
+    if not record.active:
+        with st.popover("Delete", icon=":material/delete:", width="stretch"):
+            st.markdown(f"Delete **{record.id}**, its metrics and its checkpoints? This cannot be undone.")
+            if st.button("Delete permanently", type="primary", key=f"delete_{record.id}"):
+                try:
+                    access.delete(record.id)
+                except KDError as exc:
+                    st.error(str(exc))
+                else:
+                    st.switch_page("screens/runs.py")
 
 
 def _loss_section(record: RunRecord, trace: RunTrace) -> None:

@@ -1,4 +1,4 @@
-"""Runs: every run in the store, filterable, with open / cancel / resume / delete / copy.
+"""Runs: every run in the store, filterable, with open / cancel / resume / delete / copy (`?run=run-…` selects one).
 
 The table refreshes itself while any run is active. Actions act on the run id that was selected,
 never on a row position, so a run added or deleted by someone else cannot redirect a click.
@@ -26,6 +26,10 @@ STATUS_LABELS = {"queued": "○ queued", "starting": "◔ starting", "running": 
 
 
 def render() -> None:
+    requested = st.query_params.get("run")  # `runs?run=run-…` opens with that run selected, once
+    if requested:
+        st.session_state["_kdlab_runs_selected"] = requested
+        del st.query_params["run"]
     title, refresh = st.columns([5, 1], vertical_alignment="bottom")
     title.title("Runs")
     # a click reruns the whole page, so polling starts again if someone else started a run meanwhile
