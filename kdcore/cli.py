@@ -63,12 +63,21 @@ def _build_config(args: argparse.Namespace):
 
 
 def _check_teacher_checkpoint(config) -> None:
-    """The one check of a runnable config that reads a file (and torch): a `teacher.checkpoint` that
-    does not fit the teacher or the data. Everything else was checked when the config was built."""
+    """The checks of a runnable config that read files (and torch), beyond those of the config itself: a
+    `teacher.checkpoint` that does not fit the teacher or the data, a `labeled_fraction` that leaves a class
+    without a label, a `transfer` set of another shape, timm models and pretrained weights that cannot be had."""
     if config.teacher.checkpoint:
         from kdcore.checkpoints import check_teacher_checkpoint
 
         check_teacher_checkpoint(config)
+    if config.labeled_fraction < 1 or config.transfer is not None:
+        from kdcore.data import check_labels
+
+        check_labels(config)
+    if config.teacher.pretrained or "timm:" in config.teacher.arch + config.student.arch:
+        from kdcore.pretrained import check_available
+
+        check_available(config)
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> None:
@@ -279,7 +288,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base, grid, runs = build_sweep(args.config, args.overrides, args.grid)
     checked = set()
     for _, config in runs:  # every grid point, before anything is queued
-        teacher = (config.teacher.checkpoint, config.teacher.arch, config.dataset)
+        teacher = (config.teacher.checkpoint, config.teacher.arch, config.dataset, config.labeled_fraction,
+                   config.transfer, config.teacher.pretrained, config.student.arch)
         if teacher not in checked:
             _check_teacher_checkpoint(config)
             checked.add(teacher)

@@ -61,6 +61,8 @@ class TeacherConfig:
     seed: int = 0  # separate from the student's seed so runs of a seed sweep share one teacher
     augment: bool = True  # a teacher trained on shifted digits generalises better; costs nothing later
     checkpoint: str | None = None  # path to a .pt file written by kdcore; skips training
+    pretrained: bool = False  # start from ImageNet weights (torchvision resnet18/mobilenet_v3_small, timm:<name>)
+    bundled: bool = True  # a teacher shipped with KD Lab for exactly these settings is used instead of training
 
     def __post_init__(self) -> None:
         from kdcore.model_names import validate_arch
@@ -73,6 +75,10 @@ class TeacherConfig:
         _check_bool("teacher.augment", self.augment)
         if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or not self.checkpoint.strip()):
             raise ConfigError(f"teacher.checkpoint must be a file path or null, got {self.checkpoint!r}")
+        _check_bool("teacher.pretrained", self.pretrained)
+        _check_bool("teacher.bundled", self.bundled)
+        if self.pretrained:
+            _check_pretrained(self)
 
 
 @dataclass
@@ -122,6 +128,8 @@ class RunConfig:
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU/MPS
     compile: bool = False  # torch.compile the models on CUDA (slow first epoch, faster after); ignored elsewhere
     baseline: bool = True  # also train the student on hard labels alone, same seed and budget
+    labeled_fraction: float = 1.0  # share of the training split whose labels the student (and baseline) may use
+    transfer: str | None = None  # extra unlabelled inputs the teacher labels: a dataset name or imagefolder:<path>
     finetune_epochs: int = 0  # hard-label epochs after distillation
     name: str = ""
     method: str = "kd"  # a name in kdcore.methods.METHODS; kd is Hinton's, the teaching preset
@@ -154,6 +162,9 @@ class RunConfig:
         _check_bool("compile", self.compile)
         _check_bool("baseline", self.baseline)
         _check_nonnegative_int("finetune_epochs", self.finetune_epochs)
+        _check_number("labeled_fraction", self.labeled_fraction, low=0, low_inclusive=False, high=1)
+        _check_transfer(self)
+        _check_labeled_fraction(self)
         if not isinstance(self.name, str) or len(self.name) > 200:
             raise ConfigError("name must be a string of at most 200 characters")
         _check_archs_fit_dataset(self)
@@ -203,6 +214,7 @@ class RunConfig:
             "optimizer": self.optimizer,
             "weight_decay": self.weight_decay,
             "version": 1,
+            **({"pretrained": True} if t.pretrained else {}),  # absent when false: older keys stay valid
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -227,6 +239,65 @@ def _check_archs_fit_dataset(config: RunConfig) -> None:
             check_fits(arch, info.input_shape, dataset=config.dataset)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+
+
+def _check_pretrained(teacher: TeacherConfig) -> None:
+    """Pretrained weights exist for some architectures only, and a checkpoint already is the teacher."""
+    from kdcore.model_names import has_pretrained, pretrained_hint
+
+    if not has_pretrained(teacher.arch):
+        raise ConfigError(f"teacher.pretrained: {teacher.arch} has no pretrained weights; {pretrained_hint()}")
+    if teacher.checkpoint:
+        raise ConfigError("teacher.pretrained and teacher.checkpoint exclude each other: a checkpoint is already trained")
+
+
+def _check_transfer(config: RunConfig) -> None:
+    """Refuse a transfer set that cannot be the dataset's extra inputs, as far as names alone tell.
+
+    A catalogue set's shape is known here; an image folder is resized to the dataset's images, so only
+    a point dataset refuses it; a dataset that is itself an image folder is checked when it is read.
+    """
+    from kdcore.dataset_names import CATALOGUE, is_imagefolder, validate_dataset_name
+
+    transfer = config.transfer
+    if transfer is None:
+        return
+    if not isinstance(transfer, str) or not transfer.strip():
+        raise ConfigError(f"transfer must be a dataset name or imagefolder:<path>, got {transfer!r}")
+    try:
+        validate_dataset_name(transfer)
+    except Exception as exc:  # DatasetError
+        raise ConfigError(f"transfer: {exc}") from None
+    if transfer == config.dataset:
+        raise ConfigError(f"transfer: {transfer} is the dataset itself (its test images would leak into training); "
+                          "to leave part of it unlabelled use labeled_fraction")
+    info = CATALOGUE.get(config.dataset)
+    if info is None:
+        return
+    if is_imagefolder(transfer):
+        if info.kind != "image":
+            raise ConfigError(f"transfer: {transfer} gives images; dataset {config.dataset} takes "
+                              f"{info.input_shape[0]} features per example")
+        return
+    shape = CATALOGUE[transfer].input_shape
+    if shape != info.input_shape:
+        raise ConfigError(f"transfer: {transfer} gives inputs of shape {shape}; dataset {config.dataset}'s are "
+                          f"{info.input_shape}")
+
+
+def _check_labeled_fraction(config: RunConfig) -> None:
+    """Refuse a labelled fraction that surely leaves a class without a label (fewer labels than classes).
+
+    The exact per-class check needs the labels: `kdcore.data.check_labels` at the edge, and at load.
+    """
+    from kdcore.dataset_names import CATALOGUE
+
+    info = CATALOGUE.get(config.dataset)
+    if config.labeled_fraction < 1 and info is not None and info.size:
+        labels = config.labeled_fraction * info.size
+        if labels < info.num_classes:
+            raise ConfigError(f"labeled_fraction {config.labeled_fraction:g} leaves about {labels:.0f} labels for "
+                              f"{info.num_classes} classes in {config.dataset}: some class would have none")
 
 
 def _check_arch(name: str, arch: Any, validate) -> None:

@@ -101,7 +101,7 @@ def _fit_students(configs: list[RunConfig], members: Single | Stacked, callbacks
     stage = distill_stage(configs, members, prep)
     state = TrainState.start(stage, members, configs[0], prep.device)
     try:
-        results = fit(stage, state, prep.data, configs[0], prep.device, callbacks, [Progress(a) for a in artifacts])
+        results = fit(stage, state, prep.student_data, configs[0], prep.device, callbacks, [Progress(a) for a in artifacts])
     except (KDError, Cancelled) as exc:
         return [exc] * len(configs)
     out: list[dict[str, Any] | BaseException] = []

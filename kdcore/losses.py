@@ -45,6 +45,22 @@ def kd_loss_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperatu
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
+def labeled_cross_entropy(logits: Tensor, targets: Tensor, labeled: Tensor | None = None) -> Tensor:
+    """Cross-entropy over the labelled samples of a batch only (semi-supervised distillation).
+
+    CE = Σ_b m_b · (−log softmax(z_b)[y_b]) / max(Σ_b m_b, 1), with m the labelled mask: the mean over
+    labelled samples, and 0 (not NaN) for a batch without any. labeled None: every sample (plain CE).
+    Written without data-dependent branches, so it batches under torch.vmap.
+    logits [B, C], targets int64 [B], labeled bool [B] → scalar.
+    """
+    logits = _at_least_float32(logits)
+    if labeled is None:
+        return F.cross_entropy(logits, targets)
+    mask = labeled.to(logits.dtype)
+    per_sample = F.cross_entropy(logits, targets, reduction="none")
+    return (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def hint_loss(projected_student_features: Tensor, teacher_features: Tensor) -> Tensor:
     """FitNets hint loss (Romero et al. 2015, "FitNets: Hints for Thin Deep Nets").
 

@@ -45,10 +45,13 @@ ARCHS: dict[str, ArchInfo] = {
 ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
 
 MLP_PREFIX = "mlp:"
+TIMM_PREFIX = "timm:"  # any model of the optional `timm` package, e.g. timm:resnet18 (pip install timm)
+PRETRAINED_ARCHS = ("resnet18", "mobilenet_v3_small")  # torchvision's ImageNet weights fit these
 MAX_MLP_WIDTH = 16384  # a typo like mlp:1000000 would otherwise try to allocate gigabytes
 MIN_IMAGE_SIDE = 8  # cnn max-pools twice; smaller images would pool down to nothing
 
-_VALID_HINT = f"valid: {', '.join(ARCH_NAMES)}, or {MLP_PREFIX}W1,W2,... (e.g. mlp:128,64)"
+_VALID_HINT = (f"valid: {', '.join(ARCH_NAMES)}, {MLP_PREFIX}W1,W2,... (e.g. mlp:128,64), "
+               f"or {TIMM_PREFIX}<name> (a timm model)")
 _MLP_HINT = f"{', '.join(MLP_PRESETS)} or {MLP_PREFIX}W1,W2,..."
 
 
@@ -72,9 +75,31 @@ def mlp_widths(arch: str) -> tuple[int, ...] | None:
     return widths
 
 
+def timm_name(arch: str) -> str | None:
+    """The timm model name of `timm:<name>`; None for any other architecture."""
+    return arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else None
+
+
+def has_pretrained(arch: str) -> bool:
+    """Whether `teacher.pretrained` can start `arch` from ImageNet weights."""
+    return arch in PRETRAINED_ARCHS or timm_name(arch) is not None
+
+
+def pretrained_hint() -> str:
+    return f"pretrained weights exist for {', '.join(PRETRAINED_ARCHS)} and {TIMM_PREFIX}<name>"
+
+
 def validate_arch(arch: str) -> None:
-    """Raise ModelError unless `arch` is a registered name or well-formed `mlp:W1,W2,...`."""
+    """Raise ModelError unless `arch` is a registered name, well-formed `mlp:W1,W2,...` or `timm:<name>`.
+
+    A timm name is checked against timm's registry only when the model is built (importing timm is slow).
+    """
     if arch in ARCHS or mlp_widths(arch) is not None:
+        return
+    name = timm_name(arch)
+    if name is not None:
+        if not name or not all(c.isalnum() or c in "._-" for c in name):
+            raise ModelError(f"bad timm model name in {arch!r}: expected {TIMM_PREFIX}<name>, e.g. timm:resnet18")
         return
     raise ModelError(f"unknown architecture {arch!r}; {_VALID_HINT}")
 
@@ -82,7 +107,7 @@ def validate_arch(arch: str) -> None:
 def needs_image(arch: str) -> bool:
     """Whether `arch` is a conv net that needs (C, H, W) input."""
     validate_arch(arch)
-    return arch in ARCHS and ARCHS[arch].needs_image
+    return (arch in ARCHS and ARCHS[arch].needs_image) or timm_name(arch) is not None
 
 
 def check_fits(arch: str, input_shape: tuple[int, ...], dataset: str | None = None) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.errors import ModelError
-from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PRESETS, check_fits, fits, mlp_widths, validate_arch
+from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PRESETS, check_fits, fits, mlp_widths, timm_name, validate_arch
 
 __all__ = [
     "ARCH_NAMES", "MODELS", "KDModel", "ModelSpec", "build_model", "check_fits", "count_parameters",
@@ -232,6 +232,30 @@ class TorchvisionMobileNetV3Small(KDModel):
         return self.net.classifier[-1](features), features, stages
 
 
+class TimmModel(KDModel):
+    """A model of the optional timm package (`timm:<name>`), for the dataset's channels and classes.
+
+    Penultimate features are what timm's head gives before its classifier; the one stage output is
+    the last feature map (for conv nets).
+    """
+
+    def __init__(self, name: str, input_shape: InputShape, num_classes: int) -> None:
+        super().__init__()
+        from kdcore.pretrained import import_timm
+
+        timm = import_timm()
+        try:
+            self.net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0])
+        except RuntimeError as exc:  # an unknown name
+            raise ModelError(f"timm:{name}: {str(exc).splitlines()[0]}") from None
+        self.in_channels, self.feature_dim, self.num_classes = input_shape[0], self.net.num_features, num_classes
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        maps = self.net.forward_features(x)
+        features = self.net.forward_head(maps, pre_logits=True)
+        return self.net.get_classifier()(features), features, [maps] if maps.dim() == 4 else []
+
+
 ModelFactory = Callable[[InputShape, int], KDModel]
 
 
@@ -294,6 +318,8 @@ def build_model(arch: str, input_shape: InputShape, num_classes: int) -> KDModel
         raise ModelError(f"num_classes must be at least 1, got {num_classes}")
     if arch in MODELS:
         return MODELS[arch].factory(input_shape, num_classes)
+    if timm_name(arch) is not None:
+        return TimmModel(timm_name(arch), input_shape, num_classes)
     return MLP(input_shape, num_classes, mlp_widths(arch))
 
 

@@ -35,37 +35,60 @@ class SoftLabels:
     """
 
     def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool,
-                 cache_stem: Path | None = None) -> None:
-        """cache_stem: `<teacher cache>/<teacher key>`; each computed tensor is kept beside the teacher."""
+                 cache_stem: Path | None = None, transfer: Tensor | None = None, transfer_tag: str = "") -> None:
+        """cache_stem: `<teacher cache>/<teacher key>`; each computed tensor is kept beside the teacher.
+
+        transfer: extra unlabelled inputs [M, ...] (on the data's device) that follow the training split:
+        the student's training inputs are the split then these, and every per-example table covers both.
+        Their part is cached on its own, named by `transfer_tag` (`kdcore.data.transfer_tag`).
+        """
         self.teacher, self.amp, self.need_features = teacher, config.amp, need_features
         self.train_logits = self.train_features = self.view_table = None
-        n, classes, views = len(data.train_x), data.info.num_classes, view_count(data.info)
+        classes, views = data.info.num_classes, view_count(data.info)
+        sources = [("", data.train_x)] + ([(f"{transfer_tag}.", transfer)] if transfer is not None else [])
+        n = sum(len(x) for _, x in sources)
 
         def cached(name: str, shape: tuple[int, ...], compute: Callable[[], Tensor]) -> Tensor:
             return _cached_tensor(cache_stem.with_name(f"{cache_stem.name}.{name}.pt") if cache_stem else None,
                                   shape, compute, data.train_x.device)
 
+        def over_training_inputs(name: str, shape: Callable[[int], tuple[int, ...]], compute: Callable[[Tensor], Tensor],
+                                 dim: int = 0) -> Tensor:
+            """`compute` on the training split and on the transfer inputs, each cached on its own, joined."""
+            parts = [cached(prefix + name, shape(len(x)), lambda x=x: compute(x)) for prefix, x in sources]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
         if not config.augment:
-            self.train_logits = cached("train_logits", (n, classes), lambda: predict(teacher, data.train_x, amp=config.amp))
+            self.train_logits = over_training_inputs("train_logits", lambda m: (m, classes),
+                                                     lambda x: predict(teacher, x, amp=config.amp))
             if need_features:
-                self.train_features = cached("train_features", (n,),
-                                             lambda: predict(teacher, data.train_x, features=True, amp=config.amp)[1])
+                self.train_features = over_training_inputs(
+                    "train_features", lambda m: (m,), lambda x: predict(teacher, x, features=True, amp=config.amp)[1])
         elif not need_features and 0 < views and views * n * classes <= MAX_VIEW_TABLE:
-            stem_exists = cache_stem is not None and cache_stem.with_name(f"{cache_stem.name}.views.pt").exists()
+            stem_exists = cache_stem is not None and all(
+                cache_stem.with_name(f"{cache_stem.name}.{prefix}views.pt").exists() for prefix, _ in sources)
             if stem_exists or views <= 1.5 * config.epochs:  # no dearer than running the teacher every step
-                self.view_table = cached("views", (views, n, classes), lambda: self._view_table(data, views))
+                self.view_table = over_training_inputs("views", lambda m: (views, m, classes),
+                                                       lambda x: self._view_table(x, data.info, views), dim=1)
         self.val_logits = cached("val_logits", (len(data.val_x), classes), lambda: predict(teacher, data.val_x, amp=config.amp))
 
-    def _view_table(self, data: Splits, views: int) -> Tensor:
-        device = data.train_x.device
-        table = torch.empty(views, len(data.train_x), data.info.num_classes, device=device)
+    def _view_table(self, x: Tensor, info, views: int) -> Tensor:
+        device = x.device
+        table = torch.empty(views, len(x), info.num_classes, device=device)
         for view in range(views):
-            ids = torch.full((len(data.train_x),), view, device=device)
+            ids = torch.full((len(x),), view, device=device)
             step = EVAL_BATCH.get(device.type, 256) * 4  # predict() batches each chunk further
-            for start in range(0, len(data.train_x), step):
-                chunk = apply_views(data.train_x[start : start + step], data.info, ids[start : start + step])
+            for start in range(0, len(x), step):
+                chunk = apply_views(x[start : start + step], info, ids[start : start + step])
                 table[view, start : start + len(chunk)] = predict(self.teacher, chunk, amp=self.amp)
         return table
+
+    def predictions(self, x: Tensor, start: int = 0) -> Tensor:
+        """The teacher's class for each training input `x` (rows `start`... of the student's training inputs),
+        from the precomputed logits when there are some, else by running the teacher once."""
+        if self.train_logits is not None:
+            return self.train_logits[start : start + len(x)].argmax(dim=1)
+        return predict(self.teacher, x, amp=self.amp).argmax(dim=1)
 
     def batch(self, idx: Tensor, x: Tensor, views: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher logits (and features) for the training batch `x` (dataset indices `idx`, augmentation `views`)."""

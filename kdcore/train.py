@@ -55,6 +55,7 @@ class Stage:
     validate: Callable[[int, Tensor], dict[str, float]]  # (member, its validation logits) -> val metrics
     snapshot: Callable[[int, nn.Module], dict[str, Any]] | None = None  # soft labels drawn after each epoch
     augment: bool = False
+    epoch_steps: int | None = None  # steps per epoch; None: one pass over the data. More: several shuffled passes
 
 
 @dataclass
@@ -275,6 +276,8 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
     n = len(data.train_x)
     batch_size = min(stage.batch_size, n)
     steps_per_epoch = n // batch_size  # drop the ragged last batch: a batch of 1 breaks BatchNorm
+    if stage.epoch_steps is not None:  # e.g. a baseline on a few labels, taking as many steps as the student
+        steps_per_epoch = stage.epoch_steps
     total_steps = steps_per_epoch * stage.epochs
     use_views = view_count(data.info) > 0  # discrete augmentations: the teacher's outputs can be looked up
     step_parts = _single_step if isinstance(members, Single) else _stacked_step
@@ -295,7 +298,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
         members.train()
         if state.extra is not None:
             state.extra.train()
-        orders = torch.stack([torch.randperm(n, generator=g)[: steps_per_epoch * batch_size] for g in state.generators])
+        orders = torch.stack([shuffled(n, steps_per_epoch * batch_size, g) for g in state.generators])
         orders = orders.to(device)
         pending: list[dict[str, Tensor]] = []
         correct = torch.zeros(k_count, device=device)
@@ -342,10 +345,18 @@ def fit_one(stage: Stage, state: TrainState, data: Splits, config: Any, device: 
     return result
 
 
+def shuffled(n: int, count: int, generator: torch.Generator) -> Tensor:
+    """`count` indices into n examples: a random permutation, cut short (the ragged last batch dropped), or as
+    many permutations one after another as it takes when an epoch is longer than the data."""
+    passes = [torch.randperm(n, generator=generator) for _ in range(max(1, math.ceil(count / n)))]
+    return (passes[0] if len(passes) == 1 else torch.cat(passes))[:count]
+
+
 def _single_step(stage: Stage, state: TrainState, data: Splits, idx: Tensor, epoch: int, step: int, steps_per_epoch: int,
                  hyper: dict[str, float], use_views: bool) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     idx = idx[0]
     x, y = data.train_x[idx], data.train_y[idx]
+    labeled = data.train_labeled[idx] if data.train_labeled is not None else None
     views = None
     if state.aug_generator is not None:
         if use_views:
@@ -357,22 +368,26 @@ def _single_step(stage: Stage, state: TrainState, data: Splits, idx: Tensor, epo
     x = objective.prepare_batch(x)  # mixup for function_matching; x itself otherwise
     teacher_out = objective.teacher_outputs(x) if objective.needs_teacher_forward else stage.teacher(idx, x, views)
     student_out = state.members.forward(x)  # costs what model(x) costs
-    parts = objective.step(StepContext(x, y, idx, epoch, step, student_out, teacher_out, hyper, steps_per_epoch))
+    parts = objective.step(StepContext(x, y, idx, epoch, step, student_out, teacher_out, hyper, steps_per_epoch,
+                                       labeled))
     return {name: value.reshape(1) for name, value in parts.items()}, student_out[0].unsqueeze(0), y.unsqueeze(0)
 
 
 def _stacked_step(stage: Stage, state: TrainState, data: Splits, idx: Tensor, epoch: int, step: int, steps_per_epoch: int,
                   hyper: dict[str, Tensor], use_views: bool) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     x, y = data.train_x[idx], data.train_y[idx]  # [K, B, ...], [K, B]
+    labeled = data.train_labeled[idx] if data.train_labeled is not None else None  # [K, B] or None
     logits = state.members.forward(x)[0].float()  # [K, B, C]
     teacher_logits = stage.teacher(idx, x, None)[0]  # [K, B, C]
 
-    def one(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, indices: Tensor, numbers: dict[str, Tensor]):
+    def one(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, indices: Tensor, numbers: dict[str, Tensor],
+            mask: Tensor | None):
         ctx = StepContext(None, labels, indices, epoch, step, (student_logits, None, None), (teacher_logits, None, None),
-                          numbers, steps_per_epoch)
+                          numbers, steps_per_epoch, mask)
         return stage.objective.step(ctx)
 
-    return torch.vmap(one)(logits, teacher_logits, y, idx, hyper), logits, y
+    in_dims = (0, 0, 0, 0, 0, 0 if labeled is not None else None)
+    return torch.vmap(one, in_dims=in_dims)(logits, teacher_logits, y, idx, hyper, labeled), logits, y
 
 
 def _hyper_tensors(hyper: list[dict[str, float]], device: torch.device) -> dict[str, Tensor]:

@@ -12,6 +12,7 @@ The trainer knows nothing of Streamlit or SQLite: it reports through `kdcore.cal
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import time
 from dataclasses import dataclass
@@ -22,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdcore import checkpoints
+from kdcore import checkpoints, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
-from kdcore.data import Splits, load_dataset
+from kdcore.data import Splits, labeled_rows, load_dataset, load_transfer, transfer_tag
 from kdcore.evaluation import accuracy, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
 from kdcore.methods import get_method, resolve_params
@@ -53,9 +54,20 @@ class Prepared:
     """What every student of a run (or of a group of runs) learns from: data, teacher, soft labels."""
 
     device: torch.device
-    data: Splits
+    data: Splits  # as loaded: the teacher trains on it (every label); validation and test come from it
     teacher: _Teacher
     soft: SoftLabels
+    # what the student trains on: the training split, then any transfer inputs; `train_labeled` marks the
+    # examples whose label it may use (the others carry the teacher's class). `data` itself when all are.
+    student_data: Splits
+    labeled_data: Splits  # the labelled part of the training split alone: fine-tuning and the baseline
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many labelled and unlabelled examples the student learns from, and how many came from `transfer`."""
+        labeled, total = len(self.labeled_data.train_x), len(self.student_data.train_x)
+        return {"labeled_examples": labeled, "unlabeled_examples": total - labeled,
+                "transfer_examples": total - len(self.data.train_x)}
 
 
 def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -> Prepared:
@@ -65,6 +77,10 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
     if device.type == "cuda" and data.info.kind == "image":
         data = data.to_memory_format(torch.channels_last)
+    labeled = labeled_rows(data.train_y, config.labeled_fraction, data.class_names, config.dataset)  # refuse early
+    transfer = load_transfer(config.transfer, data, config.data_root).to(device) if config.transfer else None
+    if transfer is not None and device.type == "cuda" and data.info.kind == "image":
+        transfer = transfer.contiguous(memory_format=torch.channels_last)
     cache = Path(teacher_cache) if teacher_cache else None
     method = get_method(config.method)
     seeds = method.teacher_seeds(config)
@@ -80,13 +96,33 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     cache_stem = (Path(teacher_cache) / config.teacher_key()
                   if teacher_cache and not config.teacher.checkpoint and len(seeds) == 1 else None)
     need_features = config.weights.feature > 0 or method.spec.needs_teacher_features
-    soft = SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem)
-    return Prepared(device, data, teacher, soft)
+    soft = SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem, transfer=transfer,
+                      transfer_tag=transfer_tag(config.transfer, transfer) if transfer is not None else "")
+    return Prepared(device, data, teacher, soft, *_student_splits(data, labeled, transfer, soft))
+
+
+def _student_splits(data: Splits, labeled: Tensor, transfer: Tensor | None, soft: SoftLabels) -> tuple[Splits, Splits]:
+    """(what the student trains on, the labelled part alone); `data` for both when every label is used."""
+    n = len(data.train_x)
+    if len(labeled) == n and transfer is None:
+        return data, data
+    x = data.train_x if transfer is None else torch.cat([data.train_x, transfer])
+    mask = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    mask[labeled.to(x.device)] = True
+    own = torch.cat([data.train_y, data.train_y.new_zeros(len(x) - n)])
+    y = torch.where(mask, own, soft.predictions(x))  # the teacher's class where the label is not used
+    labeled = labeled.to(x.device)
+    return (dataclasses.replace(data, train_x=x, train_y=y, train_labeled=mask),
+            dataclasses.replace(data, train_x=data.train_x[labeled], train_y=data.train_y[labeled]))
 
 
 def report_soft_labels(config: RunConfig, prep: Prepared, cb: Callback) -> None:
     cb.on_snapshot("soft_labels", 0, teacher_snapshot(prep.data, prep.soft, config.temperature))
-    cb.on_stage_end("soft_labels", {"teacher_val_acc": prep.teacher.val_acc})
+    cb.on_stage_end("soft_labels", {"teacher_val_acc": prep.teacher.val_acc, **prep.counts})
+    if prep.student_data is not prep.data:
+        counts = prep.counts
+        cb.on_log(f"student: {counts['labeled_examples']} labelled and {counts['unlabeled_examples']} unlabelled "
+                  f"examples ({counts['transfer_examples']} from transfer {config.transfer})")
 
 
 def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None = None, *,
@@ -106,15 +142,15 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     done: dict[str, Any] = dict(saved.get("done", {}))
     prep = prepare(config, cb, teacher_cache)
     report_soft_labels(config, prep, cb)
-    data, device = prep.data, prep.device
-    shape, classes = data.info.input_shape, data.info.num_classes
+    device = prep.device
+    shape, classes = prep.data.info.input_shape, prep.data.info.num_classes
 
     student = new_model(config.student.arch, shape, classes, config.seed, device)
     student_result = done.get("student")
     if student_result is None:
         stage = distill_stage([config], Single(student), prep)
-        result = fit_one(stage, _state(stage, Single(student), config, device, saved), data, config, device, cb,
-                         progress, done)
+        result = fit_one(stage, _state(stage, Single(student), config, device, saved), prep.student_data, config, device,
+                         cb, progress, done)
         student_result = student_summary(result)
         done["student"] = student_result
         cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
@@ -146,7 +182,7 @@ def finetune(config: RunConfig, prep: Prepared, student: nn.Module, student_resu
     finetune_result = done.get("finetune")
     if finetune_result is None:
         stage = hard_label_stage("finetune", config, student, prep, config.finetune_epochs, config.lr * 0.1)
-        result = fit_one(stage, _state(stage, Single(student), config, prep.device, saved), prep.data, config,
+        result = fit_one(stage, _state(stage, Single(student), config, prep.device, saved), prep.labeled_data, config,
                          prep.device, cb, progress, done)
         # fine-tuning keeps the distilled weights unless validation says it helped
         if result.best_val_acc > student_result["val_acc"]:
@@ -161,14 +197,15 @@ def finetune(config: RunConfig, prep: Prepared, student: nn.Module, student_resu
 
 def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: Progress, done: dict[str, Any],
                    saved: dict[str, Any]) -> dict[str, float]:
-    """Stage 5: the same student, same seed (so the same initial weights) and budget, on hard labels alone."""
+    """Stage 5: the same student, same seed (so the same initial weights), on hard labels alone: the labelled part
+    of the training split, for as many optimizer steps as the student (and its fine-tuning) took."""
     if done.get("baseline") is not None:
         return done["baseline"]
     data = prep.data
     baseline = new_model(config.student.arch, data.info.input_shape, data.info.num_classes, config.seed, prep.device)
     stage = hard_label_stage("baseline", config, baseline, prep, config.epochs + config.finetune_epochs, config.lr)
-    result = fit_one(stage, _state(stage, Single(baseline), config, prep.device, saved), data, config, prep.device, cb,
-                     progress, done)
+    result = fit_one(stage, _state(stage, Single(baseline), config, prep.device, saved), prep.labeled_data, config,
+                     prep.device, cb, progress, done)
     baseline.load_state_dict(result.best_state)
     baseline_result = {"val_acc": result.best_val_acc, "test_acc": accuracy(predict(baseline, data.test_x), data.test_y)}
     done["baseline"] = baseline_result
@@ -179,7 +216,8 @@ def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: Pr
 def baseline_key(config: RunConfig) -> tuple:
     """Runs with equal keys train identical baselines: temperature and loss weights do not matter to it."""
     return (config.teacher_key(), config.student.arch, config.seed, config.epochs + config.finetune_epochs,
-            config.batch_size, config.optimizer, config.lr, config.weight_decay, config.augment, config.amp)
+            config.batch_size, config.optimizer, config.lr, config.weight_decay, config.augment, config.amp,
+            config.labeled_fraction, config.transfer)
 
 
 def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_result: dict[str, Any],
@@ -219,6 +257,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
         "wall_s": time.perf_counter() - started,
         # (student − baseline) / (teacher − baseline): the share of the teacher's lead the student took
         "gap_closed": (student_test_acc - baseline_test_acc) / gap if gap > 0 else None,
+        **prep.counts,  # the baseline learns from the labelled examples alone
     }
     cb.on_log(f"done: teacher {teacher.test_acc:.4f}, student {student_test_acc:.4f}"
               + (f", baseline {baseline_test_acc:.4f}" if baseline_test_acc is not None else ""))
@@ -237,7 +276,8 @@ def new_model(arch: str, shape, classes: int, seed: int, device: torch.device) -
 
 
 def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback, cache: Path | None) -> _Teacher:
-    """Load the configured checkpoint, reuse a cached teacher with the same settings, or train one."""
+    """Load the configured checkpoint, reuse a cached teacher with the same settings, use the one KD Lab
+    ships for them (`kdcore.teachers`, copied into the cache), or train one."""
     t = config.teacher
     shape, classes = data.info.input_shape, data.info.num_classes
     model = build_model(t.arch, shape, classes)
@@ -246,21 +286,30 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
                               what="teacher.checkpoint")
         model.to(device)
         return _evaluated_teacher(model, data, cached=False, source=f"checkpoint {t.checkpoint}", cb=cb)
+    key = config.teacher_key()
+    bundled = teachers.bundled_path(key) if t.bundled else None
     if cache is None:
+        if bundled is not None:
+            checkpoints.load_into(model, bundled, arch=t.arch, input_shape=shape, num_classes=classes,
+                                  what="bundled teacher")
+            return _evaluated_teacher(model.to(device), data, cached=True, source=f"bundled {key}", cb=cb)
         return _train_teacher(config, data, device, cb)
     cache.mkdir(parents=True, exist_ok=True)
-    key = config.teacher_key()
     path = cache / f"{key}.pt"
     # One teacher per setting, even when a sweep starts several workers at once: the first one
     # trains under the lock, the others wait and then load its file.
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        source = f"cache {key}"
+        if not path.exists() and bundled is not None:
+            teachers.install(key, cache)
+            source = f"bundled {key}"
         if path.exists():
             try:
                 checkpoints.load_into(model, path, arch=t.arch, input_shape=shape, num_classes=classes,
                                       what="cached teacher")
-                cb.on_log(f"teacher: reusing cached teacher {key}")
-                return _evaluated_teacher(model.to(device), data, cached=True, source=f"cache {key}", cb=cb)
+                cb.on_log(f"teacher: reusing {'the bundled' if source.startswith('bundled') else 'cached'} teacher {key}")
+                return _evaluated_teacher(model.to(device), data, cached=True, source=source, cb=cb)
             except Exception as exc:  # a damaged cache entry is retrained, not fatal
                 cb.on_log(f"teacher: cached teacher {key} unusable ({exc}); retraining")
         teacher = _train_teacher(config, data, device, cb)
@@ -274,6 +323,10 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
 def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback) -> _Teacher:
     t = config.teacher
     model = new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
+    if t.pretrained:
+        from kdcore.pretrained import load_pretrained
+
+        cb.on_log(f"teacher: {load_pretrained(model, t.arch)} tensors from {t.arch}'s ImageNet weights; fine-tuning")
     build = BuildContext(config, model, model, data.info, len(data.train_x), device)
     stage = Stage("teacher", t.epochs, t.batch_size, t.lr, [t.seed], hard_label_objective(build), [_HARD],
                   teacher=_no_teacher, validate=lambda k, logits: _val_hard(logits, data), augment=t.augment)
@@ -319,7 +372,7 @@ def val_metrics(logits: Tensor, data: Splits, soft: SoftLabels, temperature: flo
 
 def distill_stage(configs: list[RunConfig], members: Any, prep: Prepared) -> Stage:
     """The student stage of one run, or of the K runs of a stacked group (which share all but `hyper`)."""
-    config, data, soft = configs[0], prep.data, prep.soft
+    config, data, soft = configs[0], prep.student_data, prep.soft
     student = members.module(0)
     build = BuildContext(config, student, soft.teacher, data.info, len(data.train_x), prep.device,
                          resolve_params(config.method, config.method_params))
@@ -332,9 +385,19 @@ def distill_stage(configs: list[RunConfig], members: Any, prep: Prepared) -> Sta
 
 
 def hard_label_stage(name: str, config: RunConfig, model: nn.Module, prep: Prepared, epochs: int, lr: float) -> Stage:
-    """Fine-tuning or the baseline: cross-entropy alone, validated against the labels and the teacher."""
-    data, soft = prep.data, prep.soft
+    """Fine-tuning or the baseline: cross-entropy alone on the labelled examples, validated against the labels
+    and the teacher. An epoch takes as many steps as the student's, however few the labels: the labelled
+    part is then gone through several times per epoch, and the baseline gets the student's budget in steps."""
+    data, soft = prep.labeled_data, prep.soft
     build = BuildContext(config, model, soft.teacher, data.info, len(data.train_x), prep.device)
     return Stage(name, epochs, config.batch_size, lr, [config.seed], hard_label_objective(build), [_HARD],
                  teacher=_no_teacher, validate=lambda k, logits: val_metrics(logits, data, soft, config.temperature),
-                 augment=config.augment)
+                 augment=config.augment, epoch_steps=student_epoch_steps(config, prep))
+
+
+def student_epoch_steps(config: RunConfig, prep: Prepared) -> int | None:
+    """The student's steps per epoch when its training data differs from the labelled part (None otherwise)."""
+    if prep.labeled_data is prep.student_data:
+        return None
+    n = len(prep.student_data.train_x)
+    return n // min(config.batch_size, n)  # as `kdcore.train.fit` batches: the ragged last batch dropped

@@ -46,7 +46,7 @@ def test_malformed_mlp_widths_are_refused_with_the_syntax(arch):
                                   lambda arch: check_fits(arch, (1, 28, 28))])
 def test_an_unknown_name_lists_the_valid_ones(call):
     with pytest.raises(ModelError, match=r"^unknown architecture 'resnet1000'; valid: mlp, mlp-small, .*resnet20.*, "
-                                         r"or mlp:W1,W2,\.\.\. \(e\.g\. mlp:128,64\)$"):
+                                         r"mlp:W1,W2,\.\.\. \(e\.g\. mlp:128,64\), or timm:<name> \(a timm model\)$"):
         call("resnet1000")
 
 

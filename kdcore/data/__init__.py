@@ -5,11 +5,13 @@
 
 Names and their metadata live in `kdcore.dataset_names` (torch-free); this package loads pixels.
 Modules: `splits` (the front door), `builtin` (bundled and generated sets), `files`
-(torchvision-layout files), `imagefolder` (a user's own images), `augment`.
+(torchvision-layout files), `imagefolder` (a user's own images), `augment`, `transfer` (labels the student
+may not use, and extra unlabelled inputs).
 """
 
 from kdcore.data.augment import apply_views, augment, random_views, view_count
 from kdcore.data.splits import Splits, dataset_info, default_root, list_datasets, load_dataset
+from kdcore.data.transfer import check_labels, labeled_rows, load_transfer, transfer_tag
 from kdcore.dataset_names import DATASET_NAMES, DatasetInfo, validate_dataset_name
 
 __all__ = [
@@ -18,6 +20,10 @@ __all__ = [
     "Splits",
     "apply_views",
     "augment",
+    "check_labels",
+    "labeled_rows",
+    "load_transfer",
+    "transfer_tag",
     "random_views",
     "view_count",
     "dataset_info",

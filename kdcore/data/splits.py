@@ -46,11 +46,15 @@ class Splits:
     # per channel (per feature for points), in [0, 1] pixel units: raw = x * std + mean
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # which training examples carry their own label (bool [N]); the others carry the teacher's prediction
+    # (`kdcore.data.transfer`). None: every one is labelled, as loaded.
+    train_labeled: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Splits:
         """A copy with every tensor on `device`."""
         moved = {field: getattr(self, field).to(device)
-                 for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")}
+                 for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y", "train_labeled")
+                 if getattr(self, field) is not None}
         return dataclasses.replace(self, **moved)
 
     def to_memory_format(self, memory_format: torch.memory_format) -> Splits:

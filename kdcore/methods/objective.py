@@ -3,7 +3,7 @@
     build = BuildContext(config, student, teacher, data_info, train_size, device)
     objective = METHODS[config.method].objective(build)
     x = objective.prepare_batch(x)                         # mixup for function_matching, else x itself
-    parts = objective.step(StepContext(x, y, indices, epoch, step, student_out, teacher_out, hyper))
+    parts = objective.step(StepContext(x, y, indices, epoch, step, student_out, teacher_out, hyper, labeled=mask))
     parts["loss"].backward()                               # every other entry is recorded as train_<name>
 
 A step's `parts` hold "loss" (the whole objective, with its graph) and the detached scalars the
@@ -11,6 +11,11 @@ method records (ce, kd, feature, and its own terms, e.g. DKD's tckd and nckd). `
 numbers that may differ between the students of one stacked group (temperature, weights.ce,
 weights.kd) as floats, or as 0-d tensors inside `torch.vmap`; a stackable method reads them from
 there and avoids Python branches on them.
+
+Labels the student may not use (`labeled_fraction`, a `transfer` set): `labeled` masks the batch's
+samples that carry their own label. The CE term is taken over those only (0 for a batch without
+any); for the others `y` carries the teacher's prediction (its argmax on the unaugmented input), so
+a method that needs a target per sample (DKD's target class, CRD's class masking) still has one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from typing import Any
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdcore import losses
@@ -61,6 +65,7 @@ class StepContext:
     teacher: Outputs  # logits and features: precomputed, or a forward on x when the method needs it
     hyper: dict[str, Any]  # temperature, ce, kd: floats, or 0-d tensors in a stacked group
     steps_per_epoch: int = 1
+    labeled: Tensor | None = None  # bool [B]: samples with their own label (None: all); y is the teacher's elsewhere
 
 
 def hyper_of(config: Any) -> dict[str, float]:
@@ -113,7 +118,7 @@ class Objective:
         zero = logits.new_zeros((), dtype=torch.float32)
         loss, parts = zero, {}
         if self.spec.uses_labels:
-            ce = F.cross_entropy(logits.float(), ctx.y)
+            ce = losses.labeled_cross_entropy(logits, ctx.y, ctx.labeled)
             loss = loss + w_ce * ce
             parts["ce"] = (ce * _on(w_ce)).detach()
         if self.spec.uses_logit_kd:

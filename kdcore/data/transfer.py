@@ -1,0 +1,134 @@
+"""Labels the student may not use, and inputs that never had any: the data side of transfer sets.
+
+    rows = labeled_rows(splits.train_y, 0.1, splits.class_names)      # a stratified 10% keeps its labels
+    extra = load_transfer("fashion-mnist", splits)                      # [N, *input_shape], normalised like splits
+
+Knowledge distillation needs no labels on the examples the teacher labels (Hinton et al. 2015 call
+them the transfer set). `labeled_fraction` keeps the hard labels of a stratified share of the
+training split; `transfer` adds the inputs of another dataset, or of a folder of images, with no
+labels at all. The validation and test splits are never touched.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kdcore.data import files
+from kdcore.data.imagefolder import EXTENSIONS, folder_of
+from kdcore.data.splits import BUILTIN, Splits, default_root
+from kdcore.dataset_names import CATALOGUE, is_imagefolder
+from kdcore.errors import DatasetError
+
+LABEL_SEED = 0  # fixed, not the run's seed: every run (and its baseline) of one fraction sees the same labels
+
+
+def labeled_rows(train_y: Tensor, fraction: float, class_names: list[str] | tuple[str, ...],
+                 dataset: str = "the dataset") -> Tensor:
+    """Indices (sorted) of the training examples that keep their hard label: round(fraction · n_c) per class.
+
+    Stratified, and nested: the examples of each class are ranked once by a fixed random permutation,
+    so a smaller fraction keeps a subset of a larger one's labels. DatasetError when a class would keep none.
+    """
+    if fraction >= 1:
+        return torch.arange(len(train_y))
+    labels = train_y.cpu().numpy()
+    rank = np.random.default_rng(LABEL_SEED).permutation(len(labels))
+    kept = []
+    for label in range(len(class_names)):
+        members = rank[labels[rank] == label]  # this class's rows, in the fixed random order
+        count = int(round(fraction * len(members)))
+        if count == 0 and len(members) > 0:
+            raise DatasetError(f"labeled_fraction {fraction:g} leaves class {class_names[label]!r} of {dataset} "
+                               f"without a label ({len(members)} training examples); raise labeled_fraction")
+        kept.append(members[:count])
+    return torch.from_numpy(np.sort(np.concatenate(kept))).long()
+
+
+def check_labels(config) -> None:
+    """Refuse a run whose `labeled_fraction` leaves a class without a label, or whose transfer set does
+    not fit the dataset, before it is queued (reads the data; the config's own checks read names only)."""
+    from kdcore.data.splits import load_dataset
+
+    if config.labeled_fraction >= 1 and config.transfer is None:
+        return
+    splits = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction)
+    labeled_rows(splits.train_y, config.labeled_fraction, splits.class_names, config.dataset)
+    if config.transfer is not None:
+        transfer_shape(config.transfer, splits, root=config.data_root)
+
+
+def transfer_shape(spec: str, splits: Splits, root: str | None = None) -> tuple[int, ...]:
+    """The input shape the transfer set `spec` gives, refused (DatasetError) unless it is the dataset's."""
+    expected = tuple(splits.info.input_shape)
+    if is_imagefolder(spec):
+        if splits.info.kind != "image":
+            raise DatasetError(f"transfer: {spec} gives images; dataset {splits.info.name} takes "
+                               f"{expected[0]} features per example")
+        return expected  # images are read at the dataset's size and channels
+    shape = tuple(CATALOGUE[spec].input_shape)
+    if shape != expected:
+        raise DatasetError(f"transfer: {spec} gives inputs of shape {shape}; dataset {splits.info.name}'s are "
+                           f"{expected}")
+    return shape
+
+
+def load_transfer(spec: str, splits: Splits, root: str | None = None) -> Tensor:
+    """The transfer set's inputs as float32 [N, *input_shape] on the CPU, normalised with `splits`' statistics.
+
+    A catalogue dataset gives its training inputs (its official test split, where it has one, is left
+    out; labels are dropped). `imagefolder:<path>` gives every image under the folder (subfolders
+    included, their names ignored), converted to the dataset's channels and resized to its side.
+    """
+    transfer_shape(spec, splits, root)
+    if is_imagefolder(spec):
+        pixels, scale = _folder_pixels(spec, splits.info.input_shape), 255.0
+    else:
+        raw = BUILTIN[spec]() if spec in BUILTIN else files.load(spec, root or default_root())
+        pixels, scale = raw.x, raw.scale
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(scale)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    mean = torch.tensor(splits.mean, dtype=torch.float32).view(shape)
+    std = torch.tensor(splits.std, dtype=torch.float32).view(shape)
+    return x.sub_(mean).div_(std)
+
+
+def _folder_pixels(spec: str, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Every image under the folder as uint8 [N, C, H, W] at the dataset's channels and size."""
+    from PIL import Image
+
+    folder = folder_of(spec)
+    if not os.path.isdir(folder):
+        raise DatasetError(f"transfer: folder {folder} does not exist")
+    paths = []
+    for directory, subdirectories, file_names in os.walk(folder):
+        subdirectories.sort()  # a deterministic order: the cached teacher logits follow it
+        paths += [os.path.join(directory, name) for name in sorted(file_names) if name.lower().endswith(EXTENSIONS)]
+    if not paths:
+        raise DatasetError(f"transfer: no images ({', '.join(EXTENSIONS)}) under {folder}")
+    channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise DatasetError(f"transfer: images can be read as 1 or 3 channels, the dataset has {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(np.asarray(image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)))
+        except OSError as exc:
+            raise DatasetError(f"transfer: cannot read image {path}: {exc}") from None
+    pixels = np.stack(images)
+    return pixels[:, None] if channels == 1 else pixels.transpose(0, 3, 1, 2)
+
+
+def transfer_tag(spec: str, x: Tensor) -> str:
+    """The name the teacher's outputs on these transfer inputs are cached under, beside the teacher:
+    the spec and a hash of the inputs themselves (a folder whose images changed is labelled anew)."""
+    import hashlib
+
+    digest = hashlib.blake2b(spec.encode(), digest_size=8)
+    digest.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return f"transfer-{digest.hexdigest()}"
