@@ -47,6 +47,12 @@ TORCH_FREE = {
     "app.session": "import app.session",
     "app.screens.live": "import app.screens.live",
     "app.screens.runs": "import app.screens.runs",
+    "app.screens.deploy": "import app.screens.deploy",
+    "kdcore.compress (options, checks, jobs)": "from kdcore.compress import checks, jobs, options\n"
+                                               "from kdcore.store import Store\n"
+                                               "o = options.CompressOptions(prune=0.5, structured=True, quantize='int8')\n"
+                                               "jobs.state(Store(), 'run-00000000', o); o.cli_args()",
+    "kdcore.cli (compress: bad input)": "from kdcore.cli import main; assert main(['compress', 'run-00000000']) == 2",
 }
 
 
