@@ -1,7 +1,9 @@
-"""Shared fixtures: every test gets its own run store, so no test writes ./kd-runs."""
+"""Shared fixtures: every test gets its own run store, so no test writes ./kd-runs; and once torch is loaded,
+this process computes with one intra-op thread."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,17 @@ def kd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KDCORE_HOME", str(home))
     return home
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """One intra-op thread once torch is loaded: tiny models gain nothing from more, and on a busy small
+    machine OpenMP's spinning threads make each step many times slower.
+
+    A hook rather than an autouse fixture, because it runs before every fixture of the test, the
+    module-scoped ones that train included (pytest sets up wider-scoped fixtures first). It changes this
+    process only: workers in subprocesses share the cores their own way (kdcore.worker), and a torch-free
+    test does not pay for importing torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)

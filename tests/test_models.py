@@ -25,15 +25,6 @@ CASES = [(name, shape) for name in ARCH_NAMES for shape in IMAGE_SHAPES] + [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A batch of two gains nothing from intra-op threads; on a busy small machine they slow each pass down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _case_id(case):
     name, shape = case
     return f"{name}-{'x'.join(map(str, shape))}"

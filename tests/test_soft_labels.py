@@ -21,15 +21,6 @@ from kdcore.models import build_model
 from kdcore.soft_labels import GRID_SIZE, SNAPSHOT_SAMPLES, SoftLabels, snapshot_indices, student_snapshot, teacher_snapshot
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy small machine they slow each pass down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 import kdcore.methods.objective as objective_module
-from kdcore import checkpoints, soft_labels, trainer
+from kdcore import checkpoints, trainer
 from kdcore.soft_labels import SoftLabels
 from kdcore.callbacks import Callback
 from kdcore.config import RunConfig
@@ -27,16 +26,6 @@ BASE = {
     "student": {"arch": "mlp-tiny"},
 }
 MLP_TINY_PARAMS = (8 * 8 * 16 + 16) + (16 * 10 + 10)  # one hidden layer of 16 on 64 inputs, 10 classes
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    threads make each step ~100x slower. Restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_config(**dotted) -> RunConfig:
@@ -232,12 +221,20 @@ def test_baseline_starts_from_the_students_init(monkeypatch):
 def test_cached_teacher_is_reused(recorded, teacher_cache):
     config, first, _ = recorded
     assert (teacher_cache / f"{config.teacher_key()}.pt").is_file()
+
+    def soft_label_files() -> dict[str, tuple[int, int]]:
+        """The soft labels kept beside the teacher (`<key>.<name>.pt`), each with its inode and mtime."""
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in teacher_cache.glob(f"{config.teacher_key()}.*.pt")}
+
+    kept = soft_label_files()
+    assert {f"{config.teacher_key()}.train_logits.pt", f"{config.teacher_key()}.val_logits.pt"} <= set(kept)
     rec = Recorder()
     again = run_pipeline(make_config(seed=1, temperature=2.0, baseline=False), [rec], teacher_cache=teacher_cache)
     assert again["teacher_cached"] is True
     assert "teacher" not in rec.stages("start") and rec.train_losses("teacher") == []
     assert again["teacher_test_acc"] == first["teacher_test_acc"]
     assert again["teacher_key"] == first["teacher_key"]
+    assert soft_label_files() == kept, "the soft labels kept beside the teacher were computed again"
 
 
 def test_other_teacher_settings_retrain(recorded, teacher_cache):
@@ -260,6 +257,10 @@ def test_teacher_checkpoint_loads_the_cached_file(recorded, teacher_cache):
     assert summary["teacher_source"].startswith("checkpoint") and summary["teacher_key"] is None
 
 
+# What a checkpoint must match comes from three places: the config's arch, the dataset's class count and its
+# input shape. Every way a file can be refused is test_checkpoints.py's; these check the pipeline passes each.
+
+
 def test_teacher_checkpoint_of_another_arch_is_refused(recorded, teacher_cache):
     config, _, _ = recorded
     path = teacher_cache / f"{config.teacher_key()}.pt"
@@ -277,23 +278,16 @@ def test_teacher_checkpoint_with_other_class_count_is_refused(tmp_path):
         run_pipeline(make_config(**{"teacher.checkpoint": str(path)}))
 
 
-def test_bare_state_dict_of_wrong_shape_is_refused(tmp_path):
-    path = tmp_path / "bare.pt"
-    torch.save(build_model("mlp-small", (1, 8, 8), 10).state_dict(), path)
-    with pytest.raises(CheckpointError, match="does not match mlp-tiny"):
-        run_pipeline(make_config(**{"teacher.checkpoint": str(path), "teacher.arch": "mlp-tiny"}))
+def test_teacher_checkpoint_for_another_input_shape_is_refused(recorded, teacher_cache, monkeypatch):
+    config, _, _ = recorded
+    path = teacher_cache / f"{config.teacher_key()}.pt"
 
+    def accepted(*args, **kwargs):
+        raise AssertionError("the 8x8 teacher was accepted for 28x28 images")
 
-def test_corrupt_teacher_checkpoint_is_refused(tmp_path):
-    path = tmp_path / "corrupt.pt"
-    path.write_bytes(os.urandom(4096))
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        run_pipeline(make_config(**{"teacher.checkpoint": str(path)}))
-
-
-def test_missing_teacher_checkpoint_is_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        run_pipeline(make_config(**{"teacher.checkpoint": str(tmp_path / "nope.pt")}))
+    monkeypatch.setattr(trainer, "SoftLabels", accepted)  # fail fast instead of training on
+    with pytest.raises(CheckpointError, match=re.escape("inputs of shape (1, 8, 8); the dataset's are (1, 28, 28)")):
+        run_pipeline(make_config(dataset="mnist-5k", **{"teacher.checkpoint": str(path)}))
 
 
 def test_corrupt_cache_entry_is_retrained(tmp_path):
@@ -456,52 +450,3 @@ def test_resume_with_augment_continues_to_the_same_result(tmp_path, teacher_cach
     resumed = Recorder()
     run_pipeline(config, [resumed], teacher_cache=teacher_cache, artifacts=tmp_path / "resumed", resume=True)
     assert resumed.train_losses("student") == whole.train_losses("student")[steps_per_epoch():]
-
-
-def test_teacher_checkpoint_for_another_input_shape_is_refused(recorded, teacher_cache, monkeypatch):
-    config, _, _ = recorded
-    path = teacher_cache / f"{config.teacher_key()}.pt"
-
-    def accepted(*args, **kwargs):
-        raise AssertionError("the 8x8 teacher was accepted for 28x28 images")
-
-    monkeypatch.setattr(trainer, "SoftLabels", accepted)  # fail fast instead of training on
-    with pytest.raises(CheckpointError, match="8"):
-        run_pipeline(make_config(dataset="mnist-5k", **{"teacher.checkpoint": str(path)}))
-
-
-def test_augmented_soft_labels_come_from_a_view_table_equal_to_running_the_teacher(tmp_path):
-    """With enough epochs the teacher's logits on every augmentation view are tabled once (and cached)."""
-    from kdcore.data import apply_views, load_dataset, random_views, view_count
-    from kdcore.models import build_model
-
-    data = load_dataset("digits")
-    teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
-    config = make_config(augment=True, epochs=view_count(data.info))
-    stem = tmp_path / "teacher-key"
-    soft = SoftLabels(teacher, data, config, need_features=False, cache_stem=stem)
-    assert soft.view_table is not None and (tmp_path / "teacher-key.views.pt").exists()
-    idx = torch.arange(0, 200, 3)
-    views = random_views(len(idx), data.info, torch.Generator().manual_seed(0))
-    x = apply_views(data.train_x[idx], data.info, views)
-    with torch.no_grad():
-        expected = teacher(x)
-    looked_up, _ = soft.batch(idx, x, views)
-    torch.testing.assert_close(looked_up, expected, rtol=1e-4, atol=1e-4)
-    again = SoftLabels(teacher, data, make_config(augment=True, epochs=1), need_features=False, cache_stem=stem)
-    assert again.view_table is not None and torch.equal(again.view_table, soft.view_table)  # read from the cache
-
-
-def test_soft_labels_are_computed_once_per_teacher_and_reused_from_the_cache(tmp_path, monkeypatch):
-    from kdcore.data import load_dataset
-    from kdcore.models import build_model
-
-    data = load_dataset("digits")
-    teacher = build_model("cnn-small", data.info.input_shape, data.info.num_classes).eval()
-    first = SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
-    calls = []
-    monkeypatch.setattr(soft_labels, "predict", lambda *a, **k: calls.append(1))
-    second = SoftLabels(teacher, data, make_config(), need_features=True, cache_stem=tmp_path / "key")
-    assert calls == []  # the teacher did not run again
-    assert torch.equal(first.train_logits, second.train_logits) and torch.equal(first.val_logits, second.val_logits)
-    assert torch.equal(first.train_features, second.train_features)
