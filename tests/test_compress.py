@@ -25,15 +25,6 @@ from kdcore.errors import ConfigError
 from kdcore.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
@@ -65,7 +56,7 @@ def onnx_logits(path, x: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("arch", ["mlp-small", "cnn-small"])
 def test_onnx_logits_equal_pytorch_on_the_test_set(arch, digits, tmp_path):
     model = trained(arch, digits, steps=30)
-    path = export_onnx(model, digits.info.input_shape, tmp_path / "model.onnx", {"class_names": digits.class_names})
+    path = export_onnx(model, digits.test_x[:2], tmp_path / "model.onnx", {"class_names": digits.class_names})
     with torch.inference_mode():
         expected = model(digits.test_x).numpy()
     got = onnx_logits(path, digits.test_x)
@@ -158,7 +149,7 @@ def test_channel_pruning_a_cnn_keeps_its_classes_and_exports(digits, tmp_path):
     assert [block[0][0].out_channels if isinstance(block[0], torch.nn.Sequential) else block[0].out_channels
             for block in model.blocks] == [4, 8, 8]
     assert done.params_after < done.params_before / 2
-    path = export_onnx(model, digits.info.input_shape, tmp_path / "pruned.onnx")
+    path = export_onnx(model, digits.test_x[:2], tmp_path / "pruned.onnx")
     with torch.inference_mode():
         np.testing.assert_allclose(onnx_logits(path, digits.test_x), model(digits.test_x).numpy(), atol=1e-4, rtol=0)
     rebuilt, _ = load_model(export_checkpoint(model, tmp_path / "pruned.pt", arch="cnn-small",
@@ -173,7 +164,7 @@ def test_channel_pruning_a_cnn_keeps_its_classes_and_exports(digits, tmp_path):
 
 def test_int8_model_runs_in_onnxruntime_smaller_and_close_in_accuracy(digits, tmp_path):
     model = trained("mlp-small", digits)
-    fp32 = export_onnx(model, digits.info.input_shape, tmp_path / "fp32.onnx")
+    fp32 = export_onnx(model, digits.test_x[:2], tmp_path / "fp32.onnx")
     int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration_inputs(digits.train_x.numpy()))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]  # no scratch files left
     assert int8.stat().st_size < fp32.stat().st_size / 2

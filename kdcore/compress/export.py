@@ -40,15 +40,16 @@ def written_atomically(path: str | Path) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path,
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path,
                 metadata: dict[str, Any] | None = None) -> Path:
     """Write `model` (in eval mode, on the CPU) as a self-contained ONNX file with a dynamic batch axis.
 
-    `metadata` (e.g. the input normalisation and class names a deployment needs) is stored in the
-    file's metadata_props, each value as JSON.
+    `example` is a batch of real inputs (their shape and dtype become the file's input); `metadata`
+    (e.g. the input normalisation and class names a deployment needs) is stored in the file's
+    metadata_props, each value as JSON.
     """
     model = model.cpu().eval()
-    example = torch.zeros(2, *input_shape)  # batch 2: torch.export would specialise a batch of 1 into a constant
+    example = example[:2].cpu().contiguous()  # batch 2: torch.export would specialise a batch of 1 into a constant
     with written_atomically(path) as partial:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals are no news to a user

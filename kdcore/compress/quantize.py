@@ -34,10 +34,10 @@ class _Calibration:
 
 
 def calibration_inputs(train_x: np.ndarray, samples: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
-    """A fixed random subset of the training inputs, float32."""
+    """A fixed random subset of the training inputs."""
     rng = np.random.default_rng(seed)
     picked = rng.permutation(len(train_x))[: min(samples, len(train_x))]
-    return np.ascontiguousarray(train_x[np.sort(picked)], dtype=np.float32)
+    return np.ascontiguousarray(train_x[np.sort(picked)])
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray) -> Path:

@@ -91,11 +91,11 @@ def export_run(store: Store, run_id: str, fmt: str, *, quantize: str | None = No
                           config=config.to_dict(), deployment=deployment_metadata(record, data, "student"))
     elif quantize:
         with tempfile.TemporaryDirectory(prefix="kdcore-export-") as scratch:
-            fp32 = export_onnx(student, shape, Path(scratch) / "fp32.onnx",
+            fp32 = export_onnx(student, data.test_x[:2], Path(scratch) / "fp32.onnx",
                                deployment_metadata(record, data, "student", precision="int8"))
             quantize_int8(fp32, path, calibration_inputs(data.train_x.numpy()))
     else:
-        export_onnx(student, shape, path, deployment_metadata(record, data, "student", precision="fp32"))
+        export_onnx(student, data.test_x[:2], path, deployment_metadata(record, data, "student", precision="fp32"))
     return {"run_id": run_id, "format": fmt, "quantize": quantize, "path": str(path), "bytes": path.stat().st_size}
 
 
@@ -131,7 +131,7 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
     data = prep.data
     shape, classes = data.info.input_shape, data.info.num_classes
     student = load_student(store, record, shape, classes)
-    test_x = np.ascontiguousarray(data.test_x.cpu().numpy(), dtype=np.float32)
+    test_x = np.ascontiguousarray(data.test_x.cpu().numpy())
     test_y = data.test_y.cpu().numpy()
     calibration = calibration_inputs(data.train_x.cpu().numpy()) if options.quantize else None
 
@@ -252,7 +252,7 @@ def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: n
                            "precision": precision, "pruning": variant.pruning}
     if variant.model is not None:
         model = variant.model.cpu().eval()
-        export_onnx(model, data.info.input_shape, onnx_path, metadata)
+        export_onnx(model, data.test_x[:2], onnx_path, metadata)
         pt_bytes = None
         if variant.write_pt:
             pt_path = store.artifact_path(record.id, f"{variant.name}.pt")
