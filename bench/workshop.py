@@ -7,7 +7,10 @@
    connection, as the app's sessions do, with KDCORE_MAX_RUNS=M. Real worker processes train them
    all. Reports whether every participant's first run started before anyone's third (and second
    before anyone's third), whether every run finished with its metrics (nothing lost), and any
-   "database is locked" error in a submission, a worker's output or a run's error.
+   "database is locked" error in a submission, a worker's output or a run's error. While two of
+   those runs train, a participant's interactions are timed (AppTest: open New run, change the
+   temperature, switch the baseline off, open Runs, open the Challenge page): the server's answer
+   to each click, which is what the issue's "≤ 1 s per interaction" bounds.
 2. Render times: a store with 30 participants × 10 finished challenge runs, rendered with
    Streamlit's AppTest (the server side of one page load): the Challenge leaderboard as a
    participant, the Instructor page and the Runs page as the instructor. Median of the repeats.
@@ -70,6 +73,7 @@ def fairness(participants: int, runs_each: int, max_runs: int) -> dict:
     submit_s = time.perf_counter() - started
     store = Store(home)
     every = [run_id for ids in submitted.values() for run_id in ids]
+    interactions = responsiveness(store)
     records = Runner(store).wait(every, poll_s=0.2, timeout_s=3600)
     total_s = time.perf_counter() - started
     by_id = {r.id: r for r in records}
@@ -92,9 +96,57 @@ def fairness(participants: int, runs_each: int, max_runs: int) -> dict:
         "first_third_start_rank": min(rank_of[ids[-1]] for ids in submitted.values()),
         "submit_s": submit_s, "all_done_s": total_s,
         "peak_running": _peak_running(records),
+        "interactions_while_training": interactions,
     }
     store.close()
     return result
+
+
+def responsiveness(store: Store, rounds: int = 3) -> dict:
+    """Seconds the server takes to answer a participant's clicks while two runs train (AppTest, this process)."""
+    from streamlit.testing.v1 import AppTest
+
+    from app.workshop.room import Room
+    from kdcore.runner import Runner
+
+    os.environ["KDLAB_WORKSHOP_TOKEN"] = TOKEN
+    member = Room(store, TOKEN).join("responsive participant")
+    timings: dict[str, list[float]] = {}
+    running_at_clicks = []
+
+    def timed(name: str, at) -> None:
+        Runner(store).tick()  # keep both slots busy, as the app's polling would
+        running_at_clicks.append(store.count_runs(("running",)))
+        started = time.perf_counter()
+        at.run()
+        timings.setdefault(name, []).append(time.perf_counter() - started)
+        if at.exception:
+            raise RuntimeError(f"{name}: {at.exception[0].value}")
+
+    deadline = time.time() + 120
+    while store.count_runs(("running",)) < 2 and time.time() < deadline:  # both slots training, not starting
+        Runner(store).tick()
+        time.sleep(0.2)
+    for round_ in range(rounds):
+        at = AppTest.from_file(str(ROOT / "app" / "streamlit_app.py"), default_timeout=120)
+        at.query_params["p"] = member.key
+        timed("open the app", at)
+        at.switch_page("screens/new_run.py")
+        timed("open New run", at)
+        at.number_input(key="nr_temperature").set_value(2.0 + round_)
+        timed("change the temperature", at)
+        at.toggle(key="nr_baseline").set_value(False)
+        timed("switch the baseline off", at)
+        at.switch_page("screens/runs.py")
+        timed("open Runs", at)
+        at.switch_page("screens/leaderboard.py")
+        timed("open Challenge", at)
+    del os.environ["KDLAB_WORKSHOP_TOKEN"]
+    every = [t for values in timings.values() for t in values[1:]]  # the first round warms imports and caches
+    return {"median_s": statistics.median(every), "max_s": max(every),
+            "by_interaction_max_s": {name: max(values[1:]) for name, values in timings.items()},
+            "first_round_s": {name: values[0] for name, values in timings.items()},
+            "runs_training_at_each_click": running_at_clicks}
 
 
 def _peak_running(records) -> int:
@@ -190,6 +242,9 @@ def main() -> None:
               f"{fair['last_first_start_rank'] + 1}th, first third run {fair['first_third_start_rank'] + 1}th)")
         print(f"  done {fair['runs_done']}/{fair['runs_submitted']}, lost {len(fair['lost'])}, lock errors "
               f"{len(fair['lock_errors'])}, submission errors {len(fair['submission_errors'])}")
+        clicks = fair["interactions_while_training"]
+        print(f"  a participant's clicks while runs train: median {clicks['median_s']:.3f} s, max {clicks['max_s']:.3f} s "
+              f"(runs training at the clicks: {sorted(set(clicks['runs_training_at_each_click']))})")
     pages = render_times(30, 10, args.repeats)
     out["pages"] = pages
     print(f"render with {pages['store_runs']} runs: leaderboard {pages['leaderboard_s']:.3f} s, instructor "
