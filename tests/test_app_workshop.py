@@ -140,6 +140,15 @@ def test_start_records_the_participant_as_the_runs_owner(room):
     assert at.query_params["p"] == room.alice.key  # still alice after the switch to the live page
 
 
+def test_a_config_copied_from_a_run_brings_no_server_path(room):
+    source = room.store.create_run(DIGITS.replace(data_root="/srv/private").to_dict())
+    at = open_as(room.alice, "new_run", **{"from": source})
+    assert at.selectbox(key="nr_dataset").value == "digits" and not at.error
+    at.button(key="nr_start").click().run()
+    record = room.store.get_run(at.query_params["run"])
+    assert record.owner == "alice" and record.config["data_root"] is None
+
+
 def test_a_run_over_the_rooms_budget_cannot_start(room):
     room.set_budget(room.instructor.actor, 10_000)
     at = open_as(room.alice, "new_run")  # the teaching preset: 244,800 example-epochs

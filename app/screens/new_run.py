@@ -142,6 +142,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
         allowed = policy.allowed_datasets()
         if st.session_state[PREFIX + "dataset"] not in allowed:
             st.session_state[PREFIX + "dataset"] = allowed[0]
+        st.session_state[PREFIX + "data_root"] = ""  # never one copied from another run (`?from=`)
         st.selectbox("Dataset", allowed, key=PREFIX + "dataset", disabled=from_store, **KEEP,
                      help="The datasets this workshop offers.")
     else:
