@@ -64,7 +64,9 @@ def _home(member) -> None:
                 icon=":material/admin_panel_settings:")
         st.page_link("screens/instructor.py", label="Instructor", icon=":material/admin_panel_settings:")
     else:
-        st.caption("Your runs carry your name; you can cancel, resume and delete your own runs, and read everyone's.")
+        st.caption("Your runs carry your name; you can cancel, resume and delete your own runs, and read everyone's. "
+                   "The page's address carries your key (`?p=…`): to show someone a run, give them its id, not "
+                   "your address.")
         if not room.is_open():
             st.warning("The room is closed: new runs wait until the instructor opens it.", icon=":material/lock:")
     cols = st.columns(3)
