@@ -89,7 +89,7 @@ def load_transfer(spec: str, splits: Splits, root: str | None = None) -> Tensor:
     else:
         raw = BUILTIN[spec]() if spec in BUILTIN else files.load(spec, root or default_root())
         pixels, scale = raw.x, raw.scale
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(scale)
+    x = torch.tensor(pixels, dtype=torch.float32).div_(scale)  # a copy: `raw` is cached for the process, read-only
     shape = [1, -1] + [1] * (x.dim() - 2)
     mean = torch.tensor(splits.mean, dtype=torch.float32).view(shape)
     std = torch.tensor(splits.std, dtype=torch.float32).view(shape)

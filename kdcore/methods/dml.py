@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kdcore.errors import ConfigError
 from kdcore.methods.base import Method, MethodSpec, Term, kl, num, param
 
 SPEC = MethodSpec(
@@ -19,6 +20,12 @@ SPEC = MethodSpec(
 
 class MutualLearning(Method):
     spec = SPEC
+
+    def check(self, config):
+        super().check(config)
+        if config.labeled_fraction < 1 or config.transfer is not None:
+            raise ConfigError("method dml learns from labels alone, not from the teacher's outputs: labeled_fraction "
+                              "and transfer need a method that learns from a teacher (e.g. kd)")
 
     def objective(self, build):
         """The peer (teacher's architecture, fresh weights) is the objective's module: trained alongside."""
