@@ -33,6 +33,11 @@ CANDIDATES: dict[str, dict] = {
     "digits-tiny": {"dataset": "digits", "student.arch": "mlp-tiny", "epochs": 30},
     "digits-half-tiny": {"dataset": "digits", "val_fraction": 0.5, "student.arch": "mlp-tiny", "epochs": 40},
     "augment-a09": {"augment": True, "weights.kd": 0.9, "weights.ce": 0.1, "epochs": 15},
+    # The student keeps the labels of a stratified share of the training set; the teacher labels all of it.
+    "labels-10pct": {"labeled_fraction": 0.1},
+    "labels-5pct": {"labeled_fraction": 0.05},
+    "labels-10pct-a09": {"labeled_fraction": 0.1, "weights.kd": 0.9, "weights.ce": 0.1},
+    "digits-labels-10pct": {"dataset": "digits", "labeled_fraction": 0.1},
 }
 
 

@@ -78,7 +78,8 @@ def _dark_knowledge() -> None:
 def _alone_vs_distilled() -> None:
     config = RunConfig().replace(**lessons.LESSON_PRESET, name="lesson: alone vs distilled")
     st.caption(f"The run: {config.dataset}, teacher {config.teacher.arch} → student {config.student.arch}, "
-               f"T = {config.temperature:g}, {config.epochs} epochs, and the same student alone.")
+               f"T = {config.temperature:g}, {config.epochs} epochs, labels for {config.labeled_fraction:.0%} of the "
+               "training images; and the same student alone.")
     member = access.member()
     if member is None or member.role != "participant":
         st.info("Participants predict and run this lesson; the Instructor page shows the room's predictions.")

@@ -16,9 +16,10 @@ CLASSES = [str(digit) for digit in range(10)]
 SEVEN_LOGITS = [0.4, 4.1, 1.2, 1.9, 0.3, 0.6, -1.2, 10.0, 1.1, 3.6]
 
 ALONE_VS_DISTILLED = "alone-vs-distilled"
-# Settings over RunConfig's defaults: see BENCHMARKS.md, "A lesson preset that teaches".
-LESSON_PRESET: dict[str, object] = {"dataset": "digits", "val_fraction": 0.5, "student.arch": "mlp-tiny",
-                                    "epochs": 40, "baseline": True}
+# Settings over RunConfig's defaults (BENCHMARKS.md, "A lesson preset that teaches"): the student keeps the labels
+# of 10% of the digits, the teacher labels them all. Distilled beats alone by +7.8 to +8.3 points on each of 3
+# seeds, 2–3 s a run (with its baseline) on 2 busy cores once the teacher exists.
+LESSON_PRESET: dict[str, object] = {"dataset": "digits", "labeled_fraction": 0.1, "baseline": True}
 # The room sweep over T starts from the lesson preset (one shared teacher; the runs train together).
 ROOM_SWEEP_TEMPERATURES = [1, 2, 4, 8, 16]
 
@@ -41,8 +42,9 @@ LESSONS = [
            "or a 9 than like a 6. Hinton et al. called this dark knowledge; a higher T brings it out.",
            "Pick a temperature and read how much probability the wrong classes share, and in what order."),
     Lesson(ALONE_VS_DISTILLED, "3 · Student alone vs distilled",
-           "The same small student trained twice: once on the labels alone, once also matching the teacher's soft "
-           "labels. Same data, same seed, same budget.",
+           "The same small student trained twice on handwritten digits whose labels it may read for only 1 image "
+           "in 10: once on those labels alone, once also matching the teacher's soft labels, which the teacher gives "
+           "for every image. Same images, same seed, same budget.",
            "Predict how many points distillation adds, then run it (a few seconds) and compare."),
     Lesson("temperature-curve", "4 · The temperature curve",
            "Which T works best? Each participant trains one temperature of a shared sweep; together the room "
