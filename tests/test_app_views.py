@@ -9,7 +9,7 @@ import pytest
 
 from app import charts, form
 from app.read_model.progress import format_duration, run_eta, run_plan, stage_eta, stage_fraction, stage_states
-from app.read_model.runs import run_row, stored_teachers, weights_label
+from app.read_model.runs import labels_label, run_row, stored_teachers, weights_label
 from app.read_model.series import Line, series_label, series_order, step_lines
 from app.read_model.trace import RunTrace, ema, teacher_val_acc, thin
 from kdcore.config import RunConfig
@@ -270,3 +270,24 @@ def test_loss_latex_shows_the_chosen_numbers() -> None:
     assert "0.1" in latex and r"0.9\cdot 4^2" in latex and "MSE" not in latex
     assert "MSE" in form.loss_latex({"ce": 0.0, "kd": 1.0, "feature": 0.5}, 2.0)
     assert "CE" not in form.loss_latex({"ce": 0.0, "kd": 1.0, "feature": 0.0}, 2.0)
+
+
+def test_the_live_header_says_how_many_labelled_and_unlabelled_examples_the_student_saw():
+    assert labels_label({"labeled_fraction": 1.0, "transfer": None}, {}) is None  # every label: nothing to say
+    assert labels_label({"labeled_fraction": 0.1}, {}) == ("Student: hard labels for 10% of the training split; the "
+                                                           "teacher labels the rest.")
+    recorded = {"labeled_examples": 360.0, "unlabeled_examples": 63240.0, "transfer_examples": 60000.0}
+    assert labels_label({"labeled_fraction": 0.1, "transfer": "fashion-mnist"}, recorded) == (
+        "Student: **360 labelled** examples and **63,240 unlabelled** ones the teacher labels (60,000 of them from "
+        "fashion-mnist) · baseline: the 360 labelled alone, for as many steps")
+
+
+def test_the_form_carries_the_transfer_settings_and_the_bundled_teacher_choice():
+    values = {**form.defaults(), "labeled_fraction": 0.25, "transfer": " fashion-mnist ", "teacher_bundled": False}
+    config, errors = form.validate(values)
+    assert errors == [] and (config.labeled_fraction, config.transfer, config.teacher.bundled) == (0.25, "fashion-mnist",
+                                                                                                   False)
+    assert form.from_config(config.to_dict())["teacher_bundled"] is False
+    assert form.validate({**form.defaults(), "transfer": "digits"})[1] == [
+        "transfer: digits gives inputs of shape (1, 8, 8); dataset mnist-5k's are (1, 28, 28)"]
+

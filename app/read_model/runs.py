@@ -12,6 +12,22 @@ def weights_label(weights: dict[str, Any]) -> str:
     return " · ".join(f"{name} {value:g}" for name, value in parts if value)
 
 
+def labels_label(config: dict[str, Any], recorded: dict[str, Any]) -> str | None:
+    """What the student learns from, when it is not simply every labelled training example: the labelled and
+    unlabelled counts the run recorded (`soft_labels` stage results), or what the config asks until then."""
+    fraction, transfer = config.get("labeled_fraction", 1.0), config.get("transfer")
+    if fraction >= 1 and not transfer:
+        return None
+    source = f" + transfer set **{transfer}**" if transfer else ""
+    if "labeled_examples" not in recorded:
+        return f"Student: hard labels for {100 * fraction:g}% of the training split{source}; the teacher labels the rest."
+    labeled, unlabeled = int(recorded["labeled_examples"]), int(recorded["unlabeled_examples"])
+    extra = int(recorded.get("transfer_examples", 0))
+    return (f"Student: **{labeled:,} labelled** examples and **{unlabeled:,} unlabelled** ones the teacher labels"
+            + (f" ({extra:,} of them from {transfer})" if extra else "")
+            + f" · baseline: the {labeled:,} labelled alone, for as many steps")
+
+
 def run_row(record: Any, now: float | None = None) -> dict[str, Any]:
     """One row of the runs table for a `kdcore.store.RunRecord` (duck-typed: no store import)."""
     config, summary = record.config or {}, record.summary or {}

@@ -16,7 +16,7 @@ from app.text import plain
 from app.workshop import access
 from app.read_model.progress import (STAGE_TITLES, TRAINED_STAGES, format_duration, run_eta, run_plan, stage_eta,
                                      stage_fraction, stage_states)
-from app.read_model.runs import weights_label
+from app.read_model.runs import labels_label, weights_label
 from app.read_model.trace import RunTrace, teacher_val_acc
 from kdcore.errors import KDError, RunNotFound
 from kdcore.store import ACTIVE, RunRecord, Store
@@ -94,6 +94,9 @@ def _header(record: RunRecord) -> None:
         f" · seed {config.get('seed')} · device {config.get('device')}"
         + (f" · fine-tune {config.get('finetune_epochs')} epochs" if config.get("finetune_epochs") else "")
         + ("" if config.get("baseline", True) else " · no baseline"))
+    labels = labels_label(config, session.store().stage_results(record.id).get("soft_labels") or {})
+    if labels:
+        st.caption(labels)
 
 
 # --- reading the store ------------------------------------------------------------------------------------------

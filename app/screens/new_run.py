@@ -22,6 +22,7 @@ from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
 from kdcore.methods import METHODS, ParamSpec, teacher_seeds
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
+from kdcore.teachers import bundled_path
 
 PREFIX = "nr_"
 KEEP = {"persist_state": "session"}  # form values survive a visit to another page
@@ -181,6 +182,9 @@ def _form(store, teachers: list[dict]) -> list[str]:
                       help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
     if source != "upload":
         cols[1].number_input("Teacher epochs", step=1, key=PREFIX + "teacher_epochs", disabled=from_store, **KEEP)
+    if source == "train":
+        st.toggle("Use a ready-trained teacher when KD Lab ships one for these settings", key=PREFIX + "teacher_bundled",
+                  **KEEP, help="KD Lab ships the default teachers of mnist-5k and digits; off: train the teacher here.")
 
     st.subheader("Student", divider="gray")
     st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"),
@@ -249,6 +253,14 @@ def _form(store, teachers: list[dict]) -> list[str]:
         if not workshop:
             cols[0].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
                                placeholder="$KDCORE_DATA or ./data")
+        cols = st.columns(3)
+        cols[0].number_input("Labelled fraction", step=0.05, format="%g", key=PREFIX + "labeled_fraction", **KEEP,
+                             help="The share of the training split whose labels the student and the baseline may use "
+                                  "(stratified); the teacher labels the rest.")
+        if not workshop:
+            cols[1].text_input("Transfer set", key=PREFIX + "transfer", **KEEP, placeholder="none",
+                               help=f"Extra unlabelled inputs the teacher labels: a dataset of the same shape, or "
+                                    f"{IMAGEFOLDER_PREFIX}/path/to/images.")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
 
@@ -369,6 +381,8 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
             teacher = f" with the teacher trained in {store_teacher['run_id']}"
         elif config.teacher.checkpoint:
             teacher = " with the uploaded teacher"
+        elif config.teacher.bundled and bundled_path(config.teacher_key()) and len(teacher_seeds(config)) == 1:
+            teacher = " with the ready-trained teacher KD Lab ships for these settings"
         elif len(teacher_seeds(config)) > 1:
             count = len(teacher_seeds(config))
             teacher = f" after {count} {config.teacher.epochs}-epoch teachers (or their cached copies)"
