@@ -48,6 +48,13 @@ TORCH_FREE = {
     "app.screens.live": "import app.screens.live",
     "app.screens.runs": "import app.screens.runs",
     "app.screens.deploy": "import app.screens.deploy",
+    "app.workshop (every module) and its pages": "import importlib, pkgutil, app.workshop as workshop\n"
+                                                 "for module in pkgutil.iter_modules(workshop.__path__):\n"
+                                                 "    importlib.import_module(f'app.workshop.{module.name}')\n"
+                                                 "import app.screens.leaderboard, app.screens.instructor, "
+                                                 "app.screens.room_sweep, app.screens.workshop, app.screens.lessons",
+    "kdcore.owners": "from kdcore.owners import validate_owner, max_runs_per_owner; validate_owner('a'); "
+                     "max_runs_per_owner()",
     "kdcore.compress (options, checks, jobs)": "from kdcore.compress import checks, jobs, options\n"
                                                "from kdcore.store import Store\n"
                                                "o = options.CompressOptions(prune=0.5, structured=True, quantize='int8')\n"
