@@ -310,8 +310,10 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
                 group["lr"] = cosine(stage.lr, step - 1, total_steps)
             with autocast(device, config.amp):
                 parts, logits, y = step_parts(stage, state, data, idx, epoch, step, steps_per_epoch, hyper, use_views)
-            live = torch.tensor(alive, device=device)
-            loss = torch.where(live, parts["loss"], torch.zeros_like(parts["loss"])).sum()  # members never share gradients
+            loss = parts["loss"]  # [K]: members never share gradients, so the sum trains each on its own
+            if not all(alive):  # a member that ended stops learning
+                loss = torch.where(torch.tensor(alive, device=device), loss, torch.zeros_like(loss))
+            loss = loss.sum()
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             state.optimizer.step()
