@@ -1,6 +1,6 @@
 """The compression table: the teaching preset's student pruned, recovered by KD, quantised to int8, measured.
 
-    python bench/compress.py [--recover-epochs 5] [--prune 0.5] [--repeats 200] [--set key=value ...] [--json]
+    python bench/compress.py [--recover-epochs 5] [--prune 0.5] [--repeats 200] [--set key=value ...] [--run RUN_ID] [--json]
 
 Trains the preset run (mnist-5k, cnn → mlp-small, 30 epochs) in this process, recorded in the run store
 ($KDCORE_HOME, default ./kd-runs) so the app's Deploy page shows the same reports, then computes two
@@ -24,7 +24,7 @@ import torch
 
 from kdcore.compress.options import CompressOptions
 from kdcore.compress.report import compress_run
-from kdcore.config import build_config
+from kdcore.config import RunConfig, build_config
 from kdcore.store import Store
 from kdcore.worker import execute
 
@@ -33,14 +33,14 @@ TARGET_SHRINK = 3.0  # int8 file at least this many times smaller than the fp32 
 
 
 def table(report: dict) -> None:
-    print(f"{'variant':44} {'acc %':>6} {'params':>8} {'KB':>7} {'torch p50/p95 ms':>17} {'ORT p50/p95 ms':>15} "
-          f"{'torch/s @64':>11} {'ORT/s @64':>10}")
+    print(f"{'variant':44} {'acc %':>6} {'agree %':>7} {'params':>8} {'KB':>7} {'torch p50/p95 ms':>17} "
+          f"{'ORT p50/p95 ms':>15} {'torch/s @64':>11} {'ORT/s @64':>10}")
     for v in report["variants"]:
         torch_ms = f"{v['torch_p50_ms']:.3f}/{v['torch_p95_ms']:.3f}" if v["torch_p50_ms"] is not None else "-"
         torch_rate = f"{v['torch_throughput']:,.0f}" if v["torch_throughput"] is not None else "-"
-        print(f"{v['variant']:44} {100 * v['test_acc']:6.2f} {v['nonzero_params']:8,} {v['bytes'] / 1024:7.1f} "
-              f"{torch_ms:>17} {v['ort_p50_ms']:.3f}/{v['ort_p95_ms']:.3f}".ljust(96)
-              + f" {torch_rate:>11} {v['ort_throughput']:>10,.0f}")
+        ort_ms = f"{v['ort_p50_ms']:.3f}/{v['ort_p95_ms']:.3f}"
+        print(f"{v['variant']:44} {100 * v['test_acc']:6.2f} {100 * v['agreement']:7.1f} {v['nonzero_params']:8,} "
+              f"{v['bytes'] / 1024:7.1f} {torch_ms:>17} {ort_ms:>15} {torch_rate:>11} {v['ort_throughput']:>10,.0f}")
 
 
 def targets(report: dict) -> dict:
@@ -51,6 +51,7 @@ def targets(report: dict) -> dict:
         "int8_delta_points": 100 * (int8["test_acc"] - student["test_acc"]),
         "int8_shrink": student["bytes"] / int8["bytes"],
         "int8_ort_speedup_b1": student["ort_p50_ms"] / int8["ort_p50_ms"],
+        "int8_agreement": int8["agreement"],
         "pruned_delta_points_before_recovery": 100 * (report["pruning"]["test_acc_before_recovery"] - student["test_acc"]),
         "recovered_delta_points": 100 * (recovered["test_acc"] - student["test_acc"]),
         "recovered_params": recovered["nonzero_params"], "student_params": student["nonzero_params"],
@@ -66,15 +67,20 @@ def main() -> None:
     parser.add_argument("--recover-epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--run", default=None, help="a finished run to compress instead of training the preset")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
     store = Store()
-    config = build_config(None, [*args.overrides, "name=compression bench: the preset"])
-    run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
-    summary = execute(store, run_id, config)
-    if summary.get("status") != "done":
-        raise SystemExit(f"the preset run failed: {summary.get('error')}")
+    if args.run:  # measure again a preset run this script trained before
+        record = store.get_run(args.run)
+        config, summary, run_id = RunConfig.from_dict(record.config), record.summary, record.id
+    else:
+        config = build_config(None, [*args.overrides, "name=compression bench: the preset"])
+        run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
+        summary = execute(store, run_id, config)
+        if summary.get("status") != "done":
+            raise SystemExit(f"the preset run failed: {summary.get('error')}")
     print(f"{run_id}: {config.dataset}, {config.teacher.arch} → {config.student.arch}, teacher "
           f"{100 * summary['teacher_test_acc']:.2f}%, student {100 * summary['student_test_acc']:.2f}% "
           f"({summary['wall_s']:.0f} s)", flush=True)

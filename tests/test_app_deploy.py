@@ -29,7 +29,7 @@ def variant(name: str, label: str, acc: float, size: int, latency: float, *, rol
             "nonzero_params": size // 4, "weight_sparsity": 0.0, "bytes": size, "pt_bytes": size,
             "compressed_bytes": size, "torch_p50_ms": torch_ms, "torch_p95_ms": torch_ms and torch_ms * 1.5,
             "torch_throughput": 1000.0 if torch_ms else None, "ort_p50_ms": latency, "ort_p95_ms": latency * 1.5,
-            "ort_throughput": 5000.0, "artifacts": [f"{name}.onnx"]}
+            "ort_throughput": 5000.0, "agreement": 1.0 if name == "student" else 0.995, "artifacts": [f"{name}.onnx"]}
 
 
 REPORT = {"run_id": "run-00000000", "test_size": 360, "dataset": "digits", "wall_s": 12.0, "machine": {},
@@ -62,6 +62,7 @@ def test_pareto_front_against_brute_force():
 def test_table_rows_in_the_tables_units():
     rows = variant_rows(REPORT)
     assert [list(row) for row in rows] == [list(TABLE_COLUMNS)] * 4
+    assert rows[2]["Agrees with student (%)"] == pytest.approx(99.5)
     teacher, student, int8, pruned = rows
     assert student["Test acc (%)"] == pytest.approx(95.0) and student["Δ vs student (pts)"] == 0
     assert int8["Δ vs student (pts)"] == pytest.approx(-0.2) and int8["× smaller"] == pytest.approx(200_000 / 52_000)

@@ -62,7 +62,8 @@ def test_report_lists_every_variant_measured(lab, report):
             assert 0 < row["torch_p50_ms"] <= row["torch_p95_ms"] and row["torch_throughput"] > 0
         else:  # int8 exists only in ONNX Runtime
             assert row["torch_test_acc"] is None and row["test_acc"] == row["ort_test_acc"]
-    assert by_name["student-int8"]["bytes"] < by_name["student"]["bytes"] / 2
+    assert by_name["student-int8"]["bytes"] < by_name["student"]["bytes"] / 1.5
+    assert by_name["student"]["agreement"] == 1.0 and all(0 <= row["agreement"] <= 1 for row in result["variants"])
     total = steps[0][1]
     assert steps[-1] == (total, total) and [s for s, _ in steps] == sorted(s for s, _ in steps)
     assert sorted({s for s, _ in steps}) == list(range(1, total + 1))  # every step reported, recovery epochs within one

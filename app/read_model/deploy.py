@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-TABLE_COLUMNS = ("Variant", "Precision", "Test acc (%)", "Δ vs student (pts)", "Parameters", "ONNX size (KB)",
+TABLE_COLUMNS = ("Variant", "Precision", "Test acc (%)", "Δ vs student (pts)", "Agrees with student (%)", "Parameters",
+                 "ONNX size (KB)",
                  "× smaller", "PyTorch p50 (ms)", "PyTorch p95 (ms)", "ORT p50 (ms)", "ORT p95 (ms)",
                  "PyTorch samples/s @64", "ORT samples/s @64")
 
@@ -19,14 +20,16 @@ def _student(report: dict[str, Any]) -> dict[str, Any] | None:
 
 def variant_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per variant, in the table's units: accuracy in %, its difference to the fp32 student in
-    percentage points, the ONNX file in KB and how many times smaller than the student's, times in ms."""
+    percentage points, the share of test inputs on which it predicts what the fp32 student predicts, the
+    ONNX file in KB and how many times smaller than the student's, times in ms."""
     student = _student(report)
     rows = []
     for v in report["variants"]:
         ratio = student["bytes"] / v["bytes"] if student and v["bytes"] else None
         delta = 100 * (v["test_acc"] - student["test_acc"]) if student and v["role"] == "student" else None
         rows.append(dict(zip(TABLE_COLUMNS, (
-            v["variant"], v["precision"], 100 * v["test_acc"], delta, v["nonzero_params"], v["bytes"] / 1024,
+            v["variant"], v["precision"], 100 * v["test_acc"], delta,
+            100 * v["agreement"] if v.get("agreement") is not None else None, v["nonzero_params"], v["bytes"] / 1024,
             ratio, v["torch_p50_ms"], v["torch_p95_ms"], v["ort_p50_ms"], v["ort_p95_ms"], v["torch_throughput"],
             v["ort_throughput"]))))
     return rows

@@ -130,6 +130,8 @@ def _report(store: Store, record: RunRecord, options: CompressOptions, report: d
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         "Test acc (%)": st.column_config.NumberColumn(format="%.2f"),
         "Δ vs student (pts)": st.column_config.NumberColumn(format="%+.2f"),
+        "Agrees with student (%)": st.column_config.NumberColumn(
+            format="%.1f", help="Test inputs on which it predicts the class the fp32 student predicts"),
         "Parameters": st.column_config.NumberColumn(format="localized",
                                                     help="Non-zero parameters (pruned weights do not count)"),
         "ONNX size (KB)": st.column_config.NumberColumn(format="%.1f"),

@@ -173,10 +173,14 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
             variants.append(_Variant(f"{final.label} {options.quantize}", f"{final.name}-{options.quantize}",
                                      "student", None, final, pruning=final.pruning))
 
-    rows = []
+    rows, predictions = [], []
     for variant in variants:
         report_progress(f"exporting and measuring: {variant.label}")
-        rows.append(_measure(store, record, data, variant, test_x, test_y, calibration, options))
+        row, predicted = _measure(store, record, data, variant, test_x, test_y, calibration, options)
+        rows.append(row)
+        predictions.append(predicted)
+    for row, predicted in zip(rows, predictions):  # as deployed (ONNX Runtime), against the fp32 student's
+        row["agreement"] = float((predicted == predictions[1]).mean())
     if pruning is not None:
         by_name = {row["name"]: row for row in rows}
         pruning["test_acc_before_recovery"] = by_name[pruned.name]["test_acc"]
@@ -241,8 +245,9 @@ def _pruning_summary(done: Pruned, kind: str) -> dict[str, Any]:
 
 
 def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: np.ndarray, test_y: np.ndarray,
-             calibration: np.ndarray | None, options: CompressOptions) -> dict[str, Any]:
-    """Export one variant (ONNX, and .pt for fp32 models), then measure it in PyTorch and ONNX Runtime."""
+             calibration: np.ndarray | None, options: CompressOptions) -> tuple[dict[str, Any], np.ndarray]:
+    """Export one variant (ONNX, and .pt for fp32 models), then measure it in PyTorch and ONNX Runtime.
+    Returns its row and its predicted classes on the test set in ONNX Runtime."""
     config = record.config
     onnx_path = store.artifact_path(record.id, f"{variant.name}.onnx")
     precision = "fp32" if variant.model is not None else (options.quantize or "int8")
@@ -273,7 +278,8 @@ def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: n
                                      weight_sparsity(source.model))
     session = measure.onnx_session(onnx_path)
     run_onnx = measure.onnx_runner(session)
-    ort_acc = measure.accuracy(measure.logits_of(run_onnx, test_x), test_y)
+    ort_logits = measure.logits_of(run_onnx, test_x)
+    ort_acc = measure.accuracy(ort_logits, test_y)
     ort_speed = measure.speed(run_onnx, test_x, options.repeats)
     onnx_bytes = onnx_path.stat().st_size
     row.update({
@@ -288,7 +294,7 @@ def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: n
         "ort_p50_ms": ort_speed.p50_ms, "ort_p95_ms": ort_speed.p95_ms, "ort_throughput": ort_speed.throughput,
         "artifacts": artifacts,
     })
-    return row
+    return row, ort_logits.argmax(1)
 
 
 def _onnxruntime_version() -> str:
