@@ -141,12 +141,12 @@ def test_start_records_the_participant_as_the_runs_owner(room):
 
 
 def test_a_config_copied_from_a_run_brings_no_server_path(room):
-    source = room.store.create_run(DIGITS.replace(data_root="/srv/private").to_dict())
+    source = room.store.create_run(RunConfig().replace(data_root="/srv/private", transfer="fashion-mnist").to_dict())
     at = open_as(room.alice, "new_run", **{"from": source})
-    assert at.selectbox(key="nr_dataset").value == "digits" and not at.error
+    assert at.selectbox(key="nr_dataset").value == "mnist-5k" and not at.error
     at.button(key="nr_start").click().run()
     record = room.store.get_run(at.query_params["run"])
-    assert record.owner == "alice" and record.config["data_root"] is None
+    assert record.owner == "alice" and record.config["data_root"] is None and record.config["transfer"] is None
 
 
 def test_a_run_over_the_rooms_budget_cannot_start(room):

@@ -143,7 +143,8 @@ def _form(store, teachers: list[dict]) -> list[str]:
         allowed = policy.allowed_datasets()
         if st.session_state[PREFIX + "dataset"] not in allowed:
             st.session_state[PREFIX + "dataset"] = allowed[0]
-        st.session_state[PREFIX + "data_root"] = ""  # never one copied from another run (`?from=`)
+        for name in ("data_root", "transfer"):  # never a folder or transfer set copied from another run (`?from=`)
+            st.session_state[PREFIX + name] = ""
         st.selectbox("Dataset", allowed, key=PREFIX + "dataset", disabled=from_store, **KEEP,
                      help="The datasets this workshop offers.")
     else:
