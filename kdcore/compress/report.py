@@ -144,34 +144,8 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
         variants.append(_Variant(f"student {options.quantize}", f"student-{options.quantize}", "student", None, fp32))
     pruning: dict[str, Any] | None = None
     if options.prune is not None:
-        key = options.prune_key
-        kind = "structured" if options.structured else "unstructured"
-        pruned_model = copy.deepcopy(student).to(prep.device)
-        report_progress(f"pruning {100 * options.prune:g}% ({kind})")
-        if options.structured:
-            masks, done = None, channel_prune(pruned_model, options.prune, shape)
-        else:
-            masks, done = magnitude_prune(pruned_model, options.prune)
-        description = f"{100 * options.prune:g}% {kind}"
-        meta = {"structured": options.structured, "fraction": options.prune}
-        pruned = _Variant(f"pruned {description}", f"student-{key}", "student", copy.deepcopy(pruned_model).cpu(),
-                          pruning=description, pruning_meta=meta)
-        variants.append(pruned)
-        final = pruned
-        pruning = _pruning_summary(done, kind)
-        if options.recover_epochs:
-            report_progress(f"KD recovery: {options.recover_epochs} epochs from the teacher")
-            result = recover(pruned_model, prep, config, options.recover_epochs, masks=masks,
-                             callback=_EpochProgress(report_progress, options.recover_epochs))
-            final = _Variant(f"pruned {description} + KD recovery", f"student-{key}-r{options.recover_epochs}",
-                             "student", pruned_model.cpu().eval(), pruning=f"{description}, {options.recover_epochs} "
-                             "epochs of KD", pruning_meta={**meta, "recover_epochs": options.recover_epochs})
-            variants.append(final)
-            pruning.update(recover_epochs=options.recover_epochs, recovery_best_epoch=result.best_epoch,
-                           recovery_val_acc=result.best_val_acc, sparsity_after_recovery=weight_sparsity(final.model))
-        if options.quantize:
-            variants.append(_Variant(f"{final.label} {options.quantize}", f"{final.name}-{options.quantize}",
-                                     "student", None, final, pruning=final.pruning))
+        pruned_variants, pruning = _prune_and_recover(student, prep, config, options, report_progress)
+        variants += pruned_variants
 
     rows, predictions = [], []
     for variant in variants:
@@ -183,9 +157,10 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
         row["agreement"] = float((predicted == predictions[1]).mean())
     if pruning is not None:
         by_name = {row["name"]: row for row in rows}
-        pruning["test_acc_before_recovery"] = by_name[pruned.name]["test_acc"]
-        if options.recover_epochs:
-            pruning["test_acc_after_recovery"] = by_name[final.name]["test_acc"]
+        pruning["test_acc_before_recovery"] = by_name[pruning.pop("pruned_name")]["test_acc"]
+        recovered = pruning.pop("recovered_name", None)
+        if recovered:
+            pruning["test_acc_after_recovery"] = by_name[recovered]["test_acc"]
 
     report = {
         "run_id": run_id, "options": options.to_dict(), "key": options.key, "dataset": config.dataset,
@@ -200,6 +175,39 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
     store.write_artifact(run_id, report_name(options), json.dumps(report, indent=1).encode())
     report_progress("done")
     return report
+
+
+def _prune_and_recover(student: nn.Module, prep, config: RunConfig, options: CompressOptions,
+                       report_progress: Callable[..., None]) -> tuple[list[_Variant], dict[str, Any]]:
+    """The pruned student, the same after KD recovery, and that one in int8 (as asked), with what was done."""
+    key, kind = options.prune_key, "structured" if options.structured else "unstructured"
+    model = copy.deepcopy(student).to(prep.device)
+    report_progress(f"pruning {100 * options.prune:g}% ({kind})")
+    if options.structured:
+        masks, done = None, channel_prune(model, options.prune, prep.data.info.input_shape)
+    else:
+        masks, done = magnitude_prune(model, options.prune)
+    description = f"{100 * options.prune:g}% {kind}"
+    meta = {"structured": options.structured, "fraction": options.prune}
+    final = _Variant(f"pruned {description}", f"student-{key}", "student", copy.deepcopy(model).cpu(),
+                     pruning=description, pruning_meta=meta)
+    variants = [final]
+    pruning = {**_pruning_summary(done, kind), "pruned_name": final.name}
+    if options.recover_epochs:
+        report_progress(f"KD recovery: {options.recover_epochs} epochs from the teacher")
+        result = recover(model, prep, config, options.recover_epochs, masks=masks,
+                         callback=_EpochProgress(report_progress, options.recover_epochs))
+        final = _Variant(f"pruned {description} + KD recovery", f"student-{key}-r{options.recover_epochs}", "student",
+                         model.cpu().eval(), pruning=f"{description}, {options.recover_epochs} epochs of KD",
+                         pruning_meta={**meta, "recover_epochs": options.recover_epochs})
+        variants.append(final)
+        pruning.update(recover_epochs=options.recover_epochs, recovery_best_epoch=result.best_epoch,
+                       recovery_val_acc=result.best_val_acc, sparsity_after_recovery=weight_sparsity(final.model),
+                       recovered_name=final.name)
+    if options.quantize:
+        variants.append(_Variant(f"{final.label} {options.quantize}", f"{final.name}-{options.quantize}", "student",
+                                 None, final, pruning=final.pruning))
+    return variants, pruning
 
 
 def _plan(options: CompressOptions) -> list[str]:
