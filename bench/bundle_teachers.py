@@ -4,7 +4,7 @@
 
 For each dataset, the default run's teacher (`RunConfig(dataset=...)`: the preset's `cnn`, 8 epochs)
 is trained on the CPU exactly as a run would train it, with `teacher.bundled=false`, and written to
-`<out>/<teacher_key>.pt` with its logits on the training and validation splits beside it. The file
+`<out>/<teacher_key>.pt` with its logits on the training, validation and test splits beside it. The file
 records the command, the torch version, the thread count and the teacher's validation and test
 accuracy, which `tests/test_bundled_teachers.py` checks against the file's weights (and, for
 `digits`, retrains and compares the weights).
@@ -48,7 +48,7 @@ def bundle(dataset: str, out: Path) -> dict:
         teacher = checkpoints.load(Path(cache) / f"{key}.pt", "trained teacher")
         checkpoints.save_atomic({**teacher, "bundled": record}, out / f"{key}.pt")
         (out / f"{key}.pt").chmod(0o644)  # package data: readable by whoever installs it
-        for tensor in sorted(Path(cache).glob(f"{key}.*.pt")):  # its train and validation logits
+        for tensor in sorted(Path(cache).glob(f"{key}.*.pt")):  # its train, validation and test logits
             shutil.copyfile(tensor, out / tensor.name)
     return record
 

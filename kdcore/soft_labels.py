@@ -101,6 +101,12 @@ class SoftLabels:
         return logits.float(), (feats.float() if self.need_features else None)
 
 
+def cached_logits(model: nn.Module, x: Tensor, cache_stem: Path | None, name: str) -> Tensor:
+    """`model`'s logits on `x` [N, C], or their earlier result kept at `<cache_stem>.<name>.pt` (written when new)."""
+    path = cache_stem.with_name(f"{cache_stem.name}.{name}.pt") if cache_stem is not None else None
+    return _cached_tensor(path, (len(x),), lambda: predict(model, x), x.device)
+
+
 def _cached_tensor(path: Path | None, shape: tuple[int, ...], compute: Callable[[], Tensor],
                    device: torch.device) -> Tensor:
     """`compute()`, or its earlier result from `path` when one of the expected leading shape is there."""

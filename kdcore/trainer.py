@@ -32,7 +32,7 @@ from kdcore.losses import kd_loss_per_sample
 from kdcore.methods import get_method, resolve_params
 from kdcore.methods.objective import BuildContext, hard_label_objective, hyper_of
 from kdcore.models import build_model, count_parameters
-from kdcore.soft_labels import SoftLabels, student_snapshot, teacher_snapshot
+from kdcore.soft_labels import SoftLabels, cached_logits, student_snapshot, teacher_snapshot
 from kdcore.train import Progress, Single, Stage, StageResult, TrainState, fit_one
 
 
@@ -47,6 +47,7 @@ class _Teacher:
     cached: bool
     source: str
     params: int = 0
+    test_logits: Tensor | None = None  # [N_test, C]: for the student's agreement with it
 
 
 @dataclass
@@ -226,7 +227,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
     """Test the final student, save it, and return the run's summary."""
     data, teacher = prep.data, prep.teacher
     student_test_logits = predict(student, data.test_x, amp=config.amp)
-    teacher_test_logits = predict(teacher.model, data.test_x, amp=config.amp)
+    teacher_test_logits = teacher.test_logits if teacher.test_logits is not None else predict(teacher.model, data.test_x)
     if artifacts is not None:
         checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch,
                                                              input_shape=data.info.input_shape,
@@ -293,7 +294,7 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
             checkpoints.load_into(model, bundled, arch=t.arch, input_shape=shape, num_classes=classes,
                                   what="bundled teacher")
             return _evaluated_teacher(model.to(device), data, cached=True, source=f"bundled {key}", cb=cb)
-        return _train_teacher(config, data, device, cb)
+        return _train_teacher(config, data, device, cb, None)
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{key}.pt"
     # One teacher per setting, even when a sweep starts several workers at once: the first one
@@ -309,10 +310,13 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
                 checkpoints.load_into(model, path, arch=t.arch, input_shape=shape, num_classes=classes,
                                       what="cached teacher")
                 cb.on_log(f"teacher: reusing {'the bundled' if source.startswith('bundled') else 'cached'} teacher {key}")
-                return _evaluated_teacher(model.to(device), data, cached=True, source=source, cb=cb)
+                return _evaluated_teacher(model.to(device), data, cached=True, source=source, cb=cb,
+                                          cache_stem=cache / key)
             except Exception as exc:  # a damaged cache entry is retrained, not fatal
                 cb.on_log(f"teacher: cached teacher {key} unusable ({exc}); retraining")
-        teacher = _train_teacher(config, data, device, cb)
+        for stale in cache.glob(f"{key}.*.pt"):  # logits of an earlier teacher under this key are not this one's
+            stale.unlink(missing_ok=True)
+        teacher = _train_teacher(config, data, device, cb, cache / key)
         checkpoints.save_atomic(checkpoints.model_checkpoint(teacher.model, arch=t.arch, input_shape=shape,
                                                              num_classes=classes, teacher_key=key,
                                                              config=config.to_dict()), path)
@@ -320,7 +324,8 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
         return teacher
 
 
-def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback) -> _Teacher:
+def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback,
+                   cache_stem: Path | None) -> _Teacher:
     t = config.teacher
     model = new_model(t.arch, data.info.input_shape, data.info.num_classes, t.seed, device)
     if t.pretrained:
@@ -333,17 +338,21 @@ def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Ca
     result = fit_one(stage, TrainState.start(stage, Single(model), config, device), data, config, device, cb,
                      Progress(None))
     model.load_state_dict(result.best_state)
-    teacher = _evaluated_teacher(model, data, cached=False, source="trained", cb=cb)
+    teacher = _evaluated_teacher(model, data, cached=False, source="trained", cb=cb, cache_stem=cache_stem)
     cb.on_stage_end("teacher", {"val_acc": teacher.val_acc, "test_acc": teacher.test_acc})
     return teacher
 
 
-def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: str, cb: Callback) -> _Teacher:
+def _evaluated_teacher(model: nn.Module, data: Splits, *, cached: bool, source: str, cb: Callback,
+                       cache_stem: Path | None = None) -> _Teacher:
+    """The teacher with its validation and test accuracy; with `cache_stem` (`<cache>/<key>`) its logits on
+    both splits are kept beside it, so a cached (or bundled) teacher need not run at all."""
     model.eval()
-    val_acc = accuracy(predict(model, data.val_x), data.val_y)
-    test_acc = accuracy(predict(model, data.test_x), data.test_y)
+    val_logits = cached_logits(model, data.val_x, cache_stem, "val_logits")
+    test_logits = cached_logits(model, data.test_x, cache_stem, "test_logits")
+    val_acc, test_acc = accuracy(val_logits, data.val_y), accuracy(test_logits, data.test_y)
     cb.on_log(f"teacher ({source}): val acc {val_acc:.4f}, test acc {test_acc:.4f}")
-    return _Teacher(model, val_acc, test_acc, cached, source)
+    return _Teacher(model, val_acc, test_acc, cached, source, test_logits=test_logits)
 
 
 # --- stages 3–5: student, fine-tune, baseline -------------------------------------------------------

@@ -60,7 +60,7 @@ def test_a_fresh_store_uses_the_bundled_teacher_and_trains_none(kd_home):
     rows = last_json(kdcore(kd_home, "metrics", summary["run_id"], "--json"))["metrics"]
     assert rows and not any(r["stage"] == "teacher" for r in rows)  # no teacher stage trained
     assert {p.name for p in (kd_home / "teachers").glob(f"{key}*.pt")} == \
-        {f"{key}.pt", f"{key}.train_logits.pt", f"{key}.val_logits.pt"}  # copied into the cache with its logits
+        {f"{key}.pt", f"{key}.train_logits.pt", f"{key}.val_logits.pt", f"{key}.test_logits.pt"}  # with its logits
     again = last_json(kdcore(kd_home, "run", *tiny, "--json"))
     assert again["teacher_source"] == f"cache {key}"
     assert Store(kd_home).get_run(summary["run_id"]).summary["teacher_source"].startswith("bundled")
@@ -69,7 +69,7 @@ def test_a_fresh_store_uses_the_bundled_teacher_and_trains_none(kd_home):
 def test_training_a_teacher_stays_one_setting_away(tmp_path, monkeypatch):
     trained = []
 
-    def train(config, data, device, cb):
+    def train(config, data, device, cb, cache_stem):
         trained.append(config.teacher.bundled)
         return trainer._Teacher(build_model("cnn", (1, 8, 8), 10), 0.0, 0.0, cached=False, source="trained")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -137,21 +138,51 @@ def _split(raw: RawData, val_fraction: float, name: str) -> tuple[Part, Part, Pa
 
 def _stratified(rows: np.ndarray, raw: RawData, fraction: float,
                 name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Split `rows` in two, keeping class proportions; the second part gets `fraction`."""
-    from sklearn.model_selection import train_test_split
+    """Split `rows` in two, keeping class proportions; the second part gets `fraction`.
 
+    The split of scikit-learn's `train_test_split(rows, test_size=fraction, stratify=labels,
+    random_state=SPLIT_SEED)` (its StratifiedShuffleSplit), written out with numpy: importing
+    scikit-learn costs about a second at every worker start, and every run keeps the splits it had.
+    """
     labels = raw.y[rows]
-    try:
-        kept, held_out = train_test_split(rows, test_size=fraction, stratify=labels,
-                                          random_state=SPLIT_SEED)
-    except ValueError as exc:  # a class too small to appear on both sides
-        counts = np.bincount(labels, minlength=len(raw.class_names))
-        smallest = int(np.argmin(counts))
+    n_test = math.ceil(fraction * len(rows))
+    n_train = len(rows) - n_test
+    classes, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if counts.min() < 2 or min(n_train, n_test) < len(classes):  # a class too small to appear on both sides
+        counts_by_class = np.bincount(labels, minlength=len(raw.class_names))
+        smallest = int(np.argmin(counts_by_class))
         raise DatasetError(
             f"{name}: too few examples for a stratified train/val/test split "
-            f"(class {raw.class_names[smallest]!r} has {counts[smallest]} of {len(rows)}); "
-            f"add examples or raise val_fraction") from exc
-    return kept, held_out
+            f"(class {raw.class_names[smallest]!r} has {counts_by_class[smallest]} of {len(rows)}); "
+            f"add examples or raise val_fraction")
+    members = np.split(np.argsort(class_of, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(SPLIT_SEED)
+    kept_per_class = _approximate_mode(counts, n_train, rng)
+    held_per_class = _approximate_mode(counts - kept_per_class, n_test, rng)
+    kept, held_out = [], []
+    for i in range(len(classes)):
+        shuffled = members[i].take(rng.permutation(counts[i]), mode="clip")
+        kept.extend(shuffled[: kept_per_class[i]])
+        held_out.extend(shuffled[kept_per_class[i] : kept_per_class[i] + held_per_class[i]])
+    return rows[rng.permutation(kept)], rows[rng.permutation(held_out)]
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `n_draws` each class gets: proportional shares rounded down, then one more for the
+    classes with the largest remainders, ties broken at random (scikit-learn's `_approximate_mode`)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            add_now = min(len(tied), need_to_add)
+            floored[rng.choice(tied, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def _pixels(x: np.ndarray, scale: float) -> Tensor:

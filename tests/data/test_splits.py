@@ -95,3 +95,33 @@ def test_splits_to_moves_every_tensor():
     for x, y in all_parts(moved):
         assert x.device.type == "meta" and y.device.type == "meta"
     assert moved.class_names == ["upper moon", "lower moon"]
+
+
+# ---------------------------------------------------------------- the split itself
+
+
+def test_the_stratified_split_is_scikit_learns_without_importing_it():
+    """The numpy split gives exactly `train_test_split(..., stratify=..., random_state=0)`: every run keeps the
+    splits (and so the cached and bundled teachers) it had, and a worker no longer imports scikit-learn."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from kdcore.data.raw import RawData
+    from kdcore.data.splits import BUILTIN, SPLIT_SEED, _stratified
+
+    rng = np.random.default_rng(1)
+    cases = [(load(), np.arange(len(load().y))) for load in BUILTIN.values()]
+    for _ in range(50):  # unbalanced random label sets, rows a shuffled subset
+        classes = int(rng.integers(2, 12))
+        labels = np.concatenate([np.repeat(np.arange(classes), 3), rng.integers(0, classes, int(rng.integers(10, 300)))])
+        cases.append((RawData(np.zeros((len(labels), 1)), labels, tuple(map(str, range(classes)))),
+                      rng.permutation(len(labels))))
+    for raw, rows in cases:
+        for fraction in (0.1, 0.2, 0.37):
+            try:
+                expected = train_test_split(rows, test_size=fraction, stratify=raw.y[rows], random_state=SPLIT_SEED)
+            except ValueError:  # too few of a class: refused by both
+                with pytest.raises(DatasetError, match="too few examples for a stratified"):
+                    _stratified(rows, raw, fraction, "toy")
+                continue
+            assert all(np.array_equal(a, b) for a, b in zip(expected, _stratified(rows, raw, fraction, "toy")))
