@@ -226,6 +226,26 @@ def test_the_instructor_closes_the_room_and_starts_a_challenge(room):
     assert room.challenge().revealed
 
 
+def test_a_challenge_entry_outside_the_limits_is_refused_with_one_message(room):
+    room.set_challenge(room.instructor.actor, Challenge(max_student_params=3000))
+    at = open_as(room.alice, "leaderboard")
+    at.button(key="lb_start").click().run()  # the challenge's settings in the New run form, entered
+    assert at.title[0].value == "New run"
+    at.switch_page("screens/new_run.py").run()  # AppTest reruns the page it was told, not the one switched to
+    assert at.toggle(key="nr_challenge_entry").value
+    assert [e.value for e in at.error] == ["not a valid challenge entry: the student has 4,810 parameters, "
+                                           "over the limit of 3,000"]
+    assert at.button(key="nr_start").disabled
+    at.toggle(key="nr_challenge_entry").set_value(False).run()  # not an entry: the room's policy only
+    assert not at.error and not at.button(key="nr_start").disabled
+    at.toggle(key="nr_challenge_entry").set_value(True).run()
+    at.selectbox(key="nr_student_arch").set_value("mlp-tiny").run()  # 1,210 parameters
+    assert not at.error
+    at.button(key="nr_start").click().run()
+    record = room.store.get_run(at.query_params["run"])
+    assert record.owner == "alice" and record.config["student"]["arch"] == "mlp-tiny"
+
+
 def finished(room, member, *, val: float, test: float, params: int, created: float | None = None, **changes) -> str:
     """A run recorded as done with these numbers (nothing trains)."""
     config = DIGITS.replace(**{"teacher.arch": "cnn-small", "teacher.epochs": 4}, **changes).to_dict()

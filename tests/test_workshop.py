@@ -173,6 +173,36 @@ def test_a_closed_room_takes_no_one_new_and_no_new_runs(store, room, busy_runner
     permissions.submit(runner, alice.actor, DIGITS, room=room)
 
 
+def test_a_challenge_entry_is_held_to_the_challenges_limits_and_other_runs_to_the_rooms(store, room, busy_runner):
+    runner = busy_runner(store)
+    alice, instructor = room.join("alice").actor, room.sign_in_instructor(TOKEN).actor
+    entry = DIGITS.replace(**{"teacher.arch": "cnn-small", "teacher.epochs": 4})  # the default challenge's teacher
+    with pytest.raises(PermissionDenied, match="no challenge to enter"):
+        permissions.submit(runner, alice, entry, room=room, challenge_entry=True)
+    room.set_challenge(instructor, Challenge(max_student_params=5000, budget=20_000))
+    big_student = entry.replace(**{"student.arch": "mlp:128"})  # 9,610 parameters on digits
+    with pytest.raises(policy.WorkshopPolicyError) as refused:
+        permissions.submit(runner, alice, big_student.replace(dataset="mnist-5k"), room=room, challenge_entry=True)
+    message = str(refused.value)  # one message naming every broken limit
+    assert message.startswith("not a valid challenge entry: the dataset must be digits, not mnist-5k")
+    assert "has 101,770 parameters, over the limit of 5,000" in message
+    with pytest.raises(policy.WorkshopPolicyError, match="9,610 parameters, over the limit of 5,000"):
+        permissions.submit(runner, instructor, big_student, room=room, challenge_entry=True)  # rules are for all
+    with pytest.raises(policy.WorkshopPolicyError, match="the teacher must be the challenge's cnn-small"):
+        permissions.submit(runner, alice, DIGITS, room=room, challenge_entry=True)
+    with pytest.raises(policy.WorkshopPolicyError, match="over the challenge's budget of 20,000"):
+        permissions.submit(runner, alice, entry.replace(epochs=20), room=room, challenge_entry=True)
+    counted = []
+    run_id = permissions.submit(runner, alice, entry, room=room, challenge_entry=True,
+                                parameter_count=lambda *args: counted.append(args) or 4810)
+    assert counted == [("mlp-small", (1, 8, 8), 10)] and store.get_run(run_id).owner == "alice"
+    permissions.submit(runner, alice, big_student, room=room)  # not an entry: only the room's policy
+    room.set_budget(instructor, 1000)  # the room's budget binds other runs, not entries
+    permissions.submit(runner, room.join("bob").actor, entry, room=room, challenge_entry=True)
+    with pytest.raises(policy.WorkshopPolicyError, match="limit per run is 1,000"):
+        permissions.submit(runner, room.join("carol").actor, entry, room=room)
+
+
 # --- the room --------------------------------------------------------------------------------------------------
 
 

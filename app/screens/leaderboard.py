@@ -37,7 +37,7 @@ def _fill_new_run(challenge) -> None:
     """Put the challenge's fixed settings in the New run form (its `nr_` values) and go there."""
     for key, value in (("dataset", challenge.dataset), ("teacher_source", "train"),
                        ("teacher_arch", challenge.teacher_arch), ("teacher_epochs", challenge.teacher_epochs),
-                       ("baseline", True), ("data_root", "")):
+                       ("baseline", True), ("data_root", ""), ("challenge_entry", True)):
         st.session_state[f"nr_{key}"] = value
     st.switch_page("screens/new_run.py")
 

@@ -26,6 +26,7 @@ from kdcore.teachers import bundled_path
 
 PREFIX = "nr_"
 KEEP = {"persist_state": "session"}  # form values survive a visit to another page
+CHALLENGE_ENTRY = PREFIX + "challenge_entry"  # workshop only, not a RunConfig field: set by the Challenge page too
 
 
 def render() -> None:
@@ -231,6 +232,10 @@ def _form(store, teachers: list[dict]) -> list[str]:
                    help="The same student on hard labels alone, same seed and budget: what distillation must beat.")
     cols[1].text_input("Run name (optional)", key=PREFIX + "name", max_chars=policy.NAME_MAX_CHARS if workshop else 200,
                        **KEEP)
+    if workshop and access.room().challenge() is not None:
+        st.toggle("Enter the challenge", key=CHALLENGE_ENTRY, **KEEP,
+                  help="The run competes on the leaderboard: it must keep to the challenge's dataset, teacher, "
+                       "parameter limit and budget (see the Challenge page), or it is refused.")
 
     with st.expander("Advanced settings"):
         cols = st.columns(3)
@@ -411,14 +416,18 @@ def _sizes(values: dict, store_teacher: dict | None) -> None:
 
 
 def _workshop_problems(config) -> list[str]:
-    """In workshop mode, what the room's policy refuses (the same check `access.submit` makes)."""
+    """In workshop mode, what the room's policy refuses (the same checks `access.submit` makes): for a challenge
+    entry, the challenge's limits instead of the room's budget."""
     if config is None or not access.enabled():
         return []
     room = access.room()
     actor = access.actor()
+    challenge = room.challenge() if st.session_state.get(CHALLENGE_ENTRY) else None
     try:
         policy.check_run(config.to_dict(), is_upload=session.store().is_upload,
-                         budget=None if actor.is_instructor else room.budget())
+                         budget=None if actor.is_instructor or challenge is not None else room.budget())
+        if challenge is not None:
+            policy.check_challenge_entry(config.to_dict(), challenge, session.parameter_count)
     except KDError as exc:
         return [str(exc)]
     return []
@@ -426,14 +435,23 @@ def _workshop_problems(config) -> list[str]:
 
 def _budget_note(config) -> None:
     cost = policy.run_budget(config.to_dict()) if config is not None and access.enabled() else None
-    if cost is not None and not access.actor().is_instructor:
+    if cost is None:
+        return
+    if _is_challenge_entry():
+        st.caption(f"This run trains {cost:,} example-epochs (epochs × training examples); the challenge allows "
+                   f"{access.room().challenge().budget:,} a run.")
+    elif not access.actor().is_instructor:
         st.caption(f"This run trains {cost:,} example-epochs (epochs × training examples); the room allows "
                    f"{access.room().budget():,} a run.")
 
 
+def _is_challenge_entry() -> bool:
+    return bool(st.session_state.get(CHALLENGE_ENTRY)) and access.enabled() and access.room().challenge() is not None
+
+
 def _start(config) -> None:
     try:
-        run_id = access.submit(config)
+        run_id = access.submit(config, challenge_entry=_is_challenge_entry())
     except KDError as exc:
         st.error(f"Could not start the run: {exc}")
         return

@@ -89,9 +89,10 @@ def delete(run_id: str) -> None:
     permissions.delete(session.runner(), actor(), run_id)
 
 
-def submit(config, *, name: str | None = None, sweep_id: str | None = None) -> str:
+def submit(config, *, name: str | None = None, sweep_id: str | None = None, challenge_entry: bool = False) -> str:
     who = actor()
     if who.in_workshop and who.name is None:
         raise permissions.PermissionDenied("join the workshop before starting a run")
     return permissions.submit(session.runner(), who, config, room=room() if who.in_workshop else None, name=name,
-                              sweep_id=sweep_id)
+                              sweep_id=sweep_id, challenge_entry=challenge_entry,
+                              parameter_count=session.parameter_count)

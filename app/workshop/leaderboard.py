@@ -10,24 +10,19 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from app.workshop import policy
+
 
 def challenge_problem(record: Any, challenge: Any) -> str | None:
-    """Why a finished run does not compete in the challenge (None: it does)."""
-    config, summary = record.config or {}, record.summary or {}
-    teacher = config.get("teacher") or {}
+    """Why a finished run does not compete in the challenge (None: it does): the limits a challenge entry
+    is held to when submitted (`policy.challenge_problems`), on the parameters the run reported."""
+    summary = record.summary or {}
     if not record.owner:
         return "no owner"
     if record.created < challenge.started:
         return "started before the challenge"
-    if config.get("dataset") != challenge.dataset:
-        return f"dataset {config.get('dataset')}, not {challenge.dataset}"
-    if teacher.get("checkpoint") or teacher.get("arch") != challenge.teacher_arch \
-            or teacher.get("epochs") != challenge.teacher_epochs:
-        return f"another teacher than the challenge's {challenge.teacher_arch} ({challenge.teacher_epochs} epochs)"
-    params = summary.get("student_params")
-    if params is None or params > challenge.max_student_params:
-        return f"student has {params:,} parameters, over {challenge.max_student_params:,}" if params else "no result"
-    return None
+    problems = policy.challenge_problems(record.config or {}, challenge, summary.get("student_params"))
+    return "; ".join(problems) or None
 
 
 def val_gap_closed(summary: dict[str, Any]) -> float | None:

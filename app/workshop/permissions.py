@@ -9,6 +9,7 @@ submits records them as its owner, and passes the room's policy (`app.workshop.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +87,13 @@ def delete(runner: Runner, actor: Actor, run_id: str) -> None:
 
 
 def submit(runner: Runner, actor: Actor, config: Any, *, room: Any = None, name: str | None = None,
-           sweep_id: str | None = None) -> str:
+           sweep_id: str | None = None, challenge_entry: bool = False,
+           parameter_count: Callable[[str, tuple, int], int] | None = None) -> str:
     """Queue `config` (a RunConfig) for `actor`. In a workshop: the room must be open to participants,
-    the run must pass the room's policy (paths; the budget for participants), and it is the actor's."""
+    the run must pass the room's policy (paths; the budget for participants), and it is the actor's.
+    A challenge entry is held to the challenge's limits instead of the room's budget (dataset, teacher,
+    the student's parameters counted by `parameter_count`, default `kdcore.models.parameter_count`, and
+    the challenge's budget), whoever submits it."""
     if not actor.in_workshop:
         return runner.submit(config, name=name, sweep_id=sweep_id)
     from app.workshop import policy
@@ -98,6 +103,17 @@ def submit(runner: Runner, actor: Actor, config: Any, *, room: Any = None, name:
     if actor.role == PARTICIPANT and not room.is_open():
         raise PermissionDenied("the room is closed: the instructor is not taking new runs right now")
     policy.check_text("run name", name if name is not None else config.name)
+    challenge = room.challenge() if challenge_entry else None
+    if challenge_entry and challenge is None:
+        raise PermissionDenied("there is no challenge to enter right now")
     policy.check_run(config.to_dict(), is_upload=runner.store.is_upload,
-                     budget=None if actor.is_instructor else room.budget())
+                     budget=None if actor.is_instructor or challenge_entry else room.budget())
+    if challenge is not None:
+        policy.check_challenge_entry(config.to_dict(), challenge, parameter_count or _parameter_count)
     return workshop_runner(runner).submit(config, name=name, sweep_id=sweep_id, owner=actor.name)
+
+
+def _parameter_count(arch: str, input_shape: tuple, num_classes: int) -> int:
+    from kdcore.models import parameter_count  # torch: only when a challenge entry is submitted
+
+    return parameter_count(arch, input_shape, num_classes)

@@ -120,3 +120,47 @@ def check_run(config: dict[str, Any], *, is_upload: Callable[[str], bool], budge
     if budget is not None and cost is not None and cost > budget:
         raise WorkshopPolicyError(f"this run would train {cost:,} example-epochs (epochs × training examples); the "
                                   f"instructor's limit per run is {budget:,}. Use fewer epochs or no baseline")
+
+
+ParameterCount = Callable[[str, tuple, int], int]  # (arch, input_shape, num_classes) -> trainable parameters
+
+
+def student_params(config: dict[str, Any], parameter_count: ParameterCount) -> int | None:
+    """The student's trainable parameters on the run's dataset; None when the dataset or architecture says nothing."""
+    info = CATALOGUE.get(config.get("dataset", ""))
+    arch = (config.get("student") or {}).get("arch", "")
+    if info is None or info.input_shape is None:
+        return None
+    try:
+        return parameter_count(arch, tuple(info.input_shape), info.num_classes)
+    except (KDError, ValueError, TypeError):
+        return None
+
+
+def challenge_problems(config: dict[str, Any], challenge: Any, params: int | None) -> list[str]:
+    """The limits of `challenge` (an `app.workshop.room.Challenge`) that a run config breaks, each said
+    plainly; [] when it fits. `params` is the student's trainable parameter count (None: unknown)."""
+    problems = []
+    if config.get("dataset") != challenge.dataset:
+        problems.append(f"the dataset must be {challenge.dataset}, not {config.get('dataset')}")
+    teacher = config.get("teacher") or {}
+    if teacher.get("checkpoint") or teacher.get("arch") != challenge.teacher_arch \
+            or teacher.get("epochs") != challenge.teacher_epochs:
+        problems.append(f"the teacher must be the challenge's {challenge.teacher_arch} trained for "
+                        f"{challenge.teacher_epochs} epochs")
+    if params is None:
+        problems.append("the student's parameter count is unknown")
+    elif params > challenge.max_student_params:
+        problems.append(f"the student has {params:,} parameters, over the limit of {challenge.max_student_params:,}")
+    cost = run_budget(config)
+    if cost is not None and cost > challenge.budget:
+        problems.append(f"the run would train {cost:,} example-epochs, over the challenge's budget of "
+                        f"{challenge.budget:,}")
+    return problems
+
+
+def check_challenge_entry(config: dict[str, Any], challenge: Any, parameter_count: ParameterCount) -> None:
+    """Refuse (WorkshopPolicyError, one message naming every broken limit) a challenge entry outside its limits."""
+    problems = challenge_problems(config, challenge, student_params(config, parameter_count))
+    if problems:
+        raise WorkshopPolicyError("not a valid challenge entry: " + "; ".join(problems))
