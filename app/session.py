@@ -89,6 +89,18 @@ def checkpoint_header(path: str, mtime: float):
 # --- the Temperature lab and Compare pages (torch, imported here once per server process) -------------------------
 
 
+def stored_teacher(teacher: dict) -> tuple[str, str, float]:
+    """(config JSON, teacher file, its mtime) of one of `app.read_model.runs.stored_teachers`: the key of the
+    cached look-ups below. Raises KDError or OSError when its file is gone or its config no longer valid."""
+    from kdcore.config import RunConfig
+    from kdcore.temperature import teacher_file
+
+    # only what the teacher's logits depend on, so runs that share a teacher share the cache entry
+    config = RunConfig.from_dict({**teacher["shared"], "teacher": teacher["teacher"]})
+    path = teacher_file(store().teacher_dir(), config)
+    return config.to_json(), str(path), path.stat().st_mtime
+
+
 @st.cache_resource(show_spinner="Computing the teacher's validation logits…", max_entries=4)
 def teacher_logits(config_json: str, path: str, mtime: float):
     """`kdcore.temperature.teacher_logits` of a stored teacher, once per server process (shared by all
@@ -107,6 +119,21 @@ def temperature_curves(config_json: str, path: str, mtime: float, temperatures: 
     logits = teacher_logits(config_json, path, mtime).logits
     return {"temperature": list(temperatures), "entropy": entropy_curve(logits, list(temperatures)),
             "dark_knowledge": dark_knowledge_curve(logits, list(temperatures))}
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def lesson_example(config_json: str, path: str, mtime: float, dataset: str):
+    """The validation example of a stored teacher that the first lessons draw (`app.workshop.lessons.Example`:
+    plain floats, so the lesson pages redraw without torch)."""
+    from app.workshop.lessons import Example, pick_example
+
+    data = teacher_logits(config_json, path, mtime)
+    logits, labels = data.logits.tolist(), data.labels.tolist()
+    index = pick_example(logits, labels)
+    name = data.class_names[labels[index]]
+    return Example(logits[index], list(data.class_names), labels[index], f"{dataset} validation example of class {name}",
+                   f"Validation example {index} of the teacher trained in this store on {dataset}, the one the "
+                   "Temperature lab shows.")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
 
 from app.text import plain
@@ -293,6 +294,40 @@ def test_lesson_three_records_a_prediction_before_it_runs(room):
     record = room.store.get_run(run_id)
     assert record.owner == "alice" and record.config["dataset"] == lessons.LESSON_PRESET["dataset"]
     assert record.config["baseline"] is True
+
+
+def test_lessons_one_and_two_use_the_fixed_example_while_the_store_has_no_teacher(room):
+    at = open_as(room.alice, "lessons", lesson="soft-labels")
+    assert at.caption[0].value == lessons.SEVEN.source
+    assert at.metric[0].label == "Probability of 7"
+    expected = np.exp(np.array(lessons.SEVEN_LOGITS)) / np.exp(np.array(lessons.SEVEN_LOGITS)).sum()
+    assert at.metric[0].value == f"{expected[7]:.1%}"
+
+
+def test_lessons_one_and_two_use_the_stores_trained_teacher(room):
+    from kdcore import teachers
+    from kdcore.temperature import teacher_logits
+
+    config = RunConfig(dataset="digits")
+    path = teachers.install(config.teacher_key(), room.store.teacher_dir())
+    run_id = room.store.create_run(config.to_dict(), owner="alice")
+    room.store.finish(run_id, "done", summary={"teacher_key": config.teacher_key()})
+    data = teacher_logits(config, path)  # the reference: numpy softmax over the teacher's validation logits
+    logits, labels = data.logits.double().numpy(), data.labels.numpy()
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    right = np.flatnonzero(probs.argmax(1) == labels)
+    index = right[np.argmin(np.abs(probs[right].max(1) - lessons.CONFIDENT))]
+    name = data.class_names[labels[index]]
+
+    at = open_as(room.alice, "lessons", lesson="soft-labels")
+    assert at.caption[0].value.startswith(f"Validation example {index} of the teacher trained in this store on digits")
+    assert at.metric[0].label == f"Probability of {name}" and at.metric[0].value == f"{probs[index].max():.1%}"
+    at = open_as(room.bob, "lessons", lesson="dark-knowledge")
+    soft = np.exp(logits[index] / 4) / np.exp(logits[index] / 4).sum()  # the slider starts at T = 4
+    runner_up = data.class_names[np.argsort(soft)[-2]]
+    assert f"the likeliest mistakes are **{runner_up}** ({np.sort(soft)[-2]:.1%})" in at.markdown[-1].value
+    assert not at.exception
 
 
 @pytest.mark.parametrize("lesson", [lesson.slug for lesson in lessons.LESSONS])

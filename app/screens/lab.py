@@ -22,7 +22,7 @@ from kdcore.config import RunConfig
 from kdcore.errors import KDError, RunNotFound
 from kdcore.losses import soft_targets
 from kdcore.store import ACTIVE, Store
-from kdcore.temperature import class_similarity, dark_knowledge_curve, entropy_curve, teacher_file
+from kdcore.temperature import class_similarity, dark_knowledge_curve, entropy_curve
 
 CURVE_TEMPERATURES = tuple(float(t) for t in np.geomspace(0.25, 64.0, 49))  # log-spaced: T=1…4 gets its share
 T_MIN, T_MAX, T_STEP = 0.5, 20.0, 0.5
@@ -46,7 +46,7 @@ def render() -> None:
     if not teachers:
         return
     teacher = _pick_teacher(teachers, own is None)
-    loaded = _load(store, teacher)
+    loaded = _load(teacher)
     if loaded is not None:
         st.fragment(_lab)(*loaded)
     _formulas()
@@ -82,19 +82,16 @@ def _pick_teacher(teachers: list[dict], offer_default: bool) -> dict:
     return next(t for t in teachers if t["key"] == key)
 
 
-def _load(store: Store, teacher: dict) -> tuple[str, str, float, str] | None:
+def _load(teacher: dict) -> tuple[str, str, float, str] | None:
     """(config JSON, teacher file, its mtime, teacher key) for the cached look-ups; None, with a message, when the
     teacher's file is gone or its data cannot be loaded."""
-    # only what the teacher's logits depend on, so runs that share a teacher share the cache entry
-    config = RunConfig.from_dict({**teacher["shared"], "teacher": teacher["teacher"]})
     try:
-        path = teacher_file(store.teacher_dir(), config)
-        mtime = path.stat().st_mtime
-        session.teacher_logits(config.to_json(), str(path), mtime)
+        config_json, path, mtime = session.stored_teacher(teacher)
+        session.teacher_logits(config_json, path, mtime)
     except (KDError, OSError) as exc:
         st.warning(f"This teacher cannot be loaded: {exc}", icon=":material/warning:")
         return None
-    return config.to_json(), str(path), mtime, teacher["key"]
+    return config_json, path, mtime, teacher["key"]
 
 
 # --- training the default teacher ------------------------------------------------------------------------------

@@ -1,18 +1,23 @@
 """Lessons: a guided path of short pages (`?lesson=soft-labels`), each one idea, one action and its result.
 
-1 and 2 redraw instantly from one teacher's logits (`app.workshop.lessons`); 3 asks for a prediction
+1 and 2 redraw instantly from one example's teacher logits: the store's trained teacher when there is one
+(the Temperature lab's, computed once per server), else a fixed example (`app.workshop.lessons`); 3 asks for a prediction
 before it runs the lesson preset (the instructor sees predictions against outcomes); 4 is the room's
 sweep over T.
 """
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import session
+from app.text import plain
 from app.workshop import access, lessons
-from app.workshop.lessons import LESSONS, SEVEN_LOGITS
+from app.read_model.runs import stored_teachers
+from app.workshop.lessons import LESSONS, SEVEN, Example
 from kdcore.config import RunConfig
 from kdcore.errors import KDError
 
@@ -40,39 +45,58 @@ def render() -> None:
             st.rerun()
 
 
+def _example() -> Example:
+    """The example the first lessons draw: the store's trained teacher's (see `lessons.lesson_teacher`), else SEVEN."""
+    teacher = lessons.lesson_teacher(stored_teachers(session.store().list_runs(status="done")))
+    if teacher is None:
+        return SEVEN
+    try:
+        return session.lesson_example(*session.stored_teacher(teacher), teacher["dataset"])
+    except (KDError, OSError):  # its file is gone: the lessons still teach, from the fixed example
+        return SEVEN
+
+
 def _soft_labels() -> None:
+    example = _example()
     temperature = st.slider("Temperature T", 0.5, 20.0, 1.0, step=0.5, key="ls_t1")
-    hard = lessons.soft_labels(SEVEN_LOGITS, 1.0)
-    soft = lessons.soft_labels(SEVEN_LOGITS, temperature)
+    hard = lessons.soft_labels(example.logits, 1.0)
+    soft = lessons.soft_labels(example.logits, temperature)
     figure = go.Figure()
-    figure.add_bar(x=lessons.CLASSES, y=hard, name="T = 1", marker={"opacity": 0.35})
-    figure.add_bar(x=lessons.CLASSES, y=soft, name=f"T = {temperature:g}")
-    figure.update_layout(title="The teacher's soft label for one handwritten 7", barmode="overlay",
+    figure.add_bar(x=example.class_names, y=hard, name="T = 1", marker={"opacity": 0.35})
+    figure.add_bar(x=example.class_names, y=soft, name=f"T = {temperature:g}")
+    figure.update_layout(title=f"The teacher's soft label for one {example.what}", barmode="overlay",
                          xaxis_title="class", yaxis_title="probability", height=380)
     st.plotly_chart(figure, key="ls_soft")
+    st.caption(example.source)
     cols = st.columns(2)
-    cols[0].metric("Probability of 7", f"{max(soft):.1%}", delta=f"{max(soft) - max(hard):+.1%} vs T = 1")
+    name = example.class_names[example.label]
+    cols[0].metric(f"Probability of {name}", f"{soft[example.label]:.1%}",
+                   delta=f"{soft[example.label] - hard[example.label]:+.1%} vs T = 1")
     cols[1].metric("Entropy", f"{lessons.entropy_bits(soft):.2f} bits",
-                   help="0 bits: certain; log2(10) = 3.32 bits: no idea at all")
+                   help=f"0 bits: certain; log2({len(soft)}) = {math.log2(len(soft)):.2f} bits: no idea at all")
     st.latex(r"p_i(T) = \frac{\exp(z_i / T)}{\sum_j \exp(z_j / T)}")
 
 
 def _dark_knowledge() -> None:
+    example = _example()
+    name = example.class_names[example.label]
     temperature = st.select_slider("Temperature T", [1, 2, 4, 8, 16], value=4, key="ls_t2")
     grid = [0.5 * step for step in range(1, 41)]
     figure = go.Figure()
-    figure.add_scatter(x=grid, y=[lessons.dark_knowledge(SEVEN_LOGITS, t) for t in grid], mode="lines",
+    figure.add_scatter(x=grid, y=[lessons.dark_knowledge(example.logits, t) for t in grid], mode="lines",
                        name="wrong classes' share")
-    figure.add_scatter(x=[temperature], y=[lessons.dark_knowledge(SEVEN_LOGITS, temperature)], mode="markers",
+    figure.add_scatter(x=[temperature], y=[lessons.dark_knowledge(example.logits, temperature)], mode="markers",
                        marker={"size": 12}, name=f"T = {temperature}")
-    figure.update_layout(title="Probability the soft label gives to the wrong classes", xaxis_title="temperature T",
-                         yaxis_title="1 − p(7)", height=360)
+    figure.update_layout(title=f"Probability the soft label of one {example.what} gives to the wrong classes",
+                         xaxis_title="temperature T", yaxis_title=f"1 − p({name})", height=360)
     st.plotly_chart(figure, key="ls_dark")
-    ranked = lessons.runner_ups(SEVEN_LOGITS, temperature)
+    st.caption(example.source)
+    ranked = lessons.runner_ups(example.logits, temperature, class_names=example.class_names)
+    least = lessons.runner_ups(example.logits, temperature, len(example.logits) - 1, example.class_names)[-1][0]
     st.markdown("At T = {}: the likeliest mistakes are {}.".format(
-        temperature, ", ".join(f"**{name}** ({p:.1%})" for name, p in ranked)))
-    st.caption("The order never changes with T, only how loudly the teacher says it: the student learns that a 7 "
-               "is closer to a 1 than to a 6, which hard labels never tell it.")
+        temperature, ", ".join(f"**{plain(c)}** ({p:.1%})" for c, p in ranked)))
+    st.caption(f"The order never changes with T, only how loudly the teacher says it: the student learns that this "
+               f"{plain(name)} is closer to a {plain(ranked[0][0])} than to a {plain(least)}, which hard labels never tell it.")
 
 
 def _alone_vs_distilled() -> None:
