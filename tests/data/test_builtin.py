@@ -60,3 +60,16 @@ def test_cached_arrays_are_read_only():
     raw = builtin.digits()
     with pytest.raises(ValueError, match="read-only"):
         raw.x[0, 0, 0, 0] = 1
+
+
+def test_digits_are_scikit_learns_in_order_read_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    raw, reference = builtin.digits(), load_digits()
+    assert raw.x.dtype == np.uint8 and np.array_equal(raw.x[:, 0], reference.images.astype(np.uint8))
+    assert np.array_equal(raw.y, reference.target)
+    check = "import sys; from kdcore.data import load_dataset; load_dataset('digits'); assert 'sklearn' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
