@@ -4,8 +4,9 @@ Each file `<teacher_key>.pt` is a kdcore checkpoint of the teacher that `RunConf
 names, trained by `python bench/bundle_teachers.py` (which records in the file the command, the
 torch version and the teacher's accuracies), beside the teacher's logits on the training, validation
 and test splits (`<key>.train_logits.pt`, `<key>.val_logits.pt`, `<key>.test_logits.pt`) that a run
-would otherwise compute: with them a run never runs the teacher. When a run's teacher cache has no teacher for its key and one is bundled here (and
-`teacher.bundled` is true, the default), the trainer copies these files into the cache and uses them.
+would otherwise compute: with them a run never runs the teacher. When a run's teacher cache has no
+teacher for its key and one is bundled here (and `teacher.bundled` is true, the default), the trainer
+copies these files into the cache and uses them.
 """
 
 from __future__ import annotations
