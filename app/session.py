@@ -47,6 +47,27 @@ def keep_queue_moving() -> None:
     runner().tick()
 
 
+_last_spare: dict[Path, float] = {}
+
+
+def warm_spare() -> None:
+    """A worker process with torch imported, waiting for this page's Start (`Runner.warm_spare`): the run
+    then trains at once instead of after seconds of imports. Checked at most every TICK_EVERY_S per store;
+    a store that refuses only means the run starts its own worker, so the page never fails for it."""
+    from kdcore.errors import KDError
+
+    home = store().home
+    with _tick_lock:
+        now = time.monotonic()
+        if now - _last_spare.get(home, -TICK_EVERY_S) < TICK_EVERY_S:
+            return
+        _last_spare[home] = now
+    try:
+        runner().warm_spare()
+    except KDError:
+        pass
+
+
 def keep_queue_moving_or_warn() -> None:
     """`keep_queue_moving()`, with a warning on the page instead of an error when the store refuses."""
     from kdcore.errors import KDError

@@ -414,8 +414,12 @@ def _ms(value: float | None) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from kdcore.worker import worker_main
+    from kdcore.worker import spare_main, worker_main
 
+    if args.spare:
+        return spare_main(args.spare)
+    if not args.run_id:
+        raise KDError("worker needs a RUN_ID (or --spare FINGERPRINT)")
     return worker_main(args.run_id)
 
 
@@ -483,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8"], default=None, help="post-training int8 of each student variant")
     p.add_argument("--repeats", type=int, default=200, help="timed calls per latency measurement")
     p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
-    p.add_argument("run_id")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--spare", metavar="FINGERPRINT", help="(internal) warm up, then wait to be handed a run")
     p.set_defaults(func=cmd_worker, json=False)
     return parser
 

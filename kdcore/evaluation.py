@@ -43,6 +43,35 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+SMALL_STEP_MACS = 50_000_000  # multiply-adds per training step below which one CPU thread beats several
+
+
+@contextlib.contextmanager
+def cpu_threads_for(model: nn.Module, batch_size: int, device: torch.device):
+    """Train `model` on one intra-op thread when its steps are tiny (an MLP on small inputs, e.g. the preset's
+    student), then restore the thread count. Each step of such a model is a few small matmuls: a second
+    thread only adds synchronisation, and when another process holds a core it makes every step wait for
+    the descheduled thread (the preset's student and baseline: 3.9 s on one thread, 10.4 s on two on this
+    2-core machine with one other busy process; identical results). Conv nets keep their threads."""
+    macs = _linear_macs(model)
+    if device.type != "cpu" or macs is None or 3 * macs * batch_size > SMALL_STEP_MACS or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _linear_macs(model: nn.Module) -> int | None:
+    """Multiply-adds per example of a model of Linear layers only; None for one with convolutions."""
+    if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
+        return None
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
 # --- evaluation --------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,8 @@ No torch here: the app and the CLI's quick commands stay fast.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -48,6 +50,13 @@ def max_runs(store: Store) -> int:
             raise ConfigError(f"KDCORE_MAX_RUNS must be a positive integer, got {raw!r}")
         return value
     return max(1, _probe_gpu_count())
+
+
+def environment_fingerprint(store: Store) -> str:
+    """What a worker inherits from whoever starts it (interpreter, working folder, environment, store): a spare
+    worker takes runs only from runners with the same, so a run never trains under another's settings."""
+    blob = json.dumps([sys.executable, os.getcwd(), str(store.home.resolve()), sorted(os.environ.items())])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -159,12 +168,16 @@ class Runner:
         return reaped
 
     def _spawn(self, record: RunRecord) -> None:
-        """Start `python -m kdcore worker RUN_ID` in a new session, so it outlives this process."""
+        """Hand the run to a spare worker of this environment, or start `python -m kdcore worker RUN_ID` in a
+        new session, so it outlives this process."""
+        spare = self.store.claim_spare(record.id, environment_fingerprint(self.store), pid_alive)
+        if spare is not None:
+            self.store.set_pid(record.id, spare)
+            return
         log = open(self.store.worker_log_path(record.id), "ab")
-        env = {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    stdout=log, stderr=subprocess.STDOUT, env=self._worker_env(), start_new_session=True,
                                     cwd=os.getcwd())
         except OSError as exc:
             self.store.finish(record.id, "failed", error=f"could not start a worker: {exc}")
@@ -174,6 +187,28 @@ class Runner:
         self.store.set_pid(record.id, proc.pid)
         # Reap the child when it exits so it never lingers as a zombie of a long-lived app process.
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{record.id}").start()
+
+    def _worker_env(self) -> dict[str, str]:
+        return {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
+
+    def warm_spare(self) -> bool:
+        """Start a spare worker unless one of this environment is waiting (or KDCORE_SPARE_WORKER=0); True when
+        one was started. A spare imports the training stack (torch and what torch.optim pulls in: seconds) and
+        waits for a run, so that a run submitted meanwhile starts training at once. The app warms one while
+        the New run form is open; unused, it exits after `kdcore.worker.SPARE_IDLE_S`."""
+        if os.environ.get("KDCORE_SPARE_WORKER", "1") == "0":
+            return False
+        fingerprint = environment_fingerprint(self.store)
+        if self.store.spare_waiting(fingerprint, pid_alive):
+            return False
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", "--spare", fingerprint],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    env=self._worker_env(), start_new_session=True, cwd=os.getcwd())
+        except OSError:
+            return False  # runs then start their own workers, as without spares
+        threading.Thread(target=proc.wait, daemon=True, name=f"reap-spare-{proc.pid}").start()
+        return True
 
     # --- waiting ---------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "starting", "running")
 FINISHED = ("done", "failed", "cancelled")
 _RUN_ID = re.compile(r"^run-[0-9a-f]{8}$")
+_SPARE = "spare."  # settings `spare.<pid>` = "<environment fingerprint>|<run id handed to it, or empty>"
+_SPARE_KEY = f"setting.{_SPARE}"
 _SWEEP_ID = re.compile(r"^sweep-[0-9a-f]{8}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no folders, no dot-files
@@ -681,6 +683,44 @@ class Store:
         """Set a setting only if it has no value yet; True when this call set it (one transaction)."""
         with self._transaction() as db:
             return db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (f"setting.{key}", value)).rowcount == 1
+
+    # --- spare workers: processes with the training stack imported, waiting to be handed a run ------------
+
+    def offer_spare(self, pid: int, fingerprint: str) -> None:
+        """Worker `pid` waits for a run from a runner whose environment has this `fingerprint`."""
+        self.set_setting(f"{_SPARE}{pid}", f"{fingerprint}|")
+
+    def claim_spare(self, run_id: str, fingerprint: str, alive: Callable[[int], bool]) -> int | None:
+        """Hand `run_id` to a waiting spare worker of this environment; its pid, or None when there is none.
+        One transaction: a spare is handed one run, however many runners ask at once. Dead spares are forgotten."""
+        with self._transaction() as db:
+            for key, value in db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                         (len(_SPARE_KEY), _SPARE_KEY)).fetchall():
+                pid, (offered, _, taken) = int(key[len(_SPARE_KEY):]), value.partition("|")
+                if not alive(pid):
+                    db.execute("DELETE FROM meta WHERE key=?", (key,))
+                elif offered == fingerprint and not taken:
+                    db.execute("UPDATE meta SET value=? WHERE key=?", (f"{offered}|{run_id}", key))
+                    return pid
+        return None
+
+    def spare_waiting(self, fingerprint: str, alive: Callable[[int], bool]) -> bool:
+        """Whether a live spare worker of this environment waits for a run."""
+        return any(offered == fingerprint and not taken and alive(int(key[len(_SPARE):]))
+                   for key, (offered, _, taken) in ((k, v.partition("|"))
+                                                    for k, v in self.settings_with_prefix(_SPARE).items()))
+
+    def spare_run(self, pid: int) -> str | None:
+        """The run handed to spare worker `pid`, if any yet."""
+        value = self.get_setting(f"{_SPARE}{pid}")
+        return (value.partition("|")[2] or None) if value else None
+
+    def withdraw_spare(self, pid: int) -> str | None:
+        """Spare worker `pid` stops waiting: its offer is removed. The run it was handed meanwhile, if any."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (f"{_SPARE_KEY}{pid}",)).fetchone()
+            db.execute("DELETE FROM meta WHERE key=?", (f"{_SPARE_KEY}{pid}",))
+        return (row[0].partition("|")[2] or None) if row else None
 
     def delete_settings(self, prefix: str) -> int:
         """Forget every setting whose key starts with `prefix`; returns how many were removed."""

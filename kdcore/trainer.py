@@ -27,7 +27,7 @@ from kdcore import checkpoints, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.data import Splits, labeled_rows, load_dataset, load_transfer, transfer_tag
-from kdcore.evaluation import accuracy, predict, resolve_device
+from kdcore.evaluation import accuracy, cpu_threads_for, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
 from kdcore.methods import get_method, resolve_params
 from kdcore.methods.objective import BuildContext, hard_label_objective, hyper_of
@@ -147,17 +147,18 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     shape, classes = prep.data.info.input_shape, prep.data.info.num_classes
 
     student = new_model(config.student.arch, shape, classes, config.seed, device)
-    student_result = done.get("student")
-    if student_result is None:
-        stage = distill_stage([config], Single(student), prep)
-        result = fit_one(stage, _state(stage, Single(student), config, device, saved), prep.student_data, config, device,
-                         cb, progress, done)
-        student_result = student_summary(result)
-        done["student"] = student_result
-        cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
-    student.load_state_dict(student_result["state"])
-    student_val_acc = finetune(config, prep, student, student_result, cb, progress, done, saved)
-    baseline_result = train_baseline(config, prep, cb, progress, done, saved) if config.baseline else None
+    with cpu_threads_for(student, config.batch_size, device):
+        student_result = done.get("student")
+        if student_result is None:
+            stage = distill_stage([config], Single(student), prep)
+            result = fit_one(stage, _state(stage, Single(student), config, device, saved), prep.student_data, config,
+                             device, cb, progress, done)
+            student_result = student_summary(result)
+            done["student"] = student_result
+            cb.on_stage_end("student", {"best_epoch": result.best_epoch, "val_acc": result.best_val_acc})
+        student.load_state_dict(student_result["state"])
+        student_val_acc = finetune(config, prep, student, student_result, cb, progress, done, saved)
+        baseline_result = train_baseline(config, prep, cb, progress, done, saved) if config.baseline else None
     return summarize(config, prep, student, student_result, student_val_acc, baseline_result, artifacts, cb, started)
 
 

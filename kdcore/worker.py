@@ -237,9 +237,10 @@ def _yield_cpu() -> None:
             pass
 
 
-def worker_main(run_id: str) -> int:
+def worker_main(run_id: str, *, warmed: bool = False) -> int:
     """Entry of `python -m kdcore worker RUN_ID`: take the run (and runs of its sweep that can train
-    with it), train, then start the next queued run."""
+    with it), train, then start the next queued run. warmed: a spare worker that already shares the cores
+    and yields the CPU."""
     from kdcore.runner import Runner
 
     store = Store()
@@ -252,8 +253,9 @@ def worker_main(run_id: str) -> int:
     except KDError as exc:
         store.finish(run_id, "failed", error=f"stored config is invalid: {exc}")
         return 1
-    _share_cores(store)
-    _yield_cpu()
+    if not warmed:
+        _share_cores(store)
+        _yield_cpu()
     try:
         companions = [] if record.resume else _companions(store, record, config)
         if companions:
@@ -264,6 +266,40 @@ def worker_main(run_id: str) -> int:
     finally:
         Runner(store).tick()  # this slot is free now: start the next queued run
     return 0
+
+
+SPARE_IDLE_S = 600.0  # a spare worker nobody hands a run exits after this long (KDCORE_SPARE_IDLE_S)
+SPARE_POLL_S = 0.02
+
+
+def spare_main(fingerprint: str) -> int:
+    """Entry of `python -m kdcore worker --spare FINGERPRINT` (started by `Runner.warm_spare`): import what
+    training needs, offer this process to runners of the environment `fingerprint`, and train the first run
+    one hands it (`Runner._spawn`), as `worker_main` would; with none after SPARE_IDLE_S, exit."""
+    store = Store()
+    pid = os.getpid()
+    store.offer_spare(pid, fingerprint)  # at once: a run handed over now starts when the imports are done
+    try:
+        _share_cores(store)
+        _yield_cpu()
+        import torch._dynamo  # noqa: F401  torch.optim imports it on first use: ~1.5 s a run would wait for
+        import kdcore.trainer  # noqa: F401
+        from kdcore.data import builtin
+
+        builtin.mnist_5k()  # the default dataset, read once for this process
+        deadline = time.monotonic() + float(os.environ.get("KDCORE_SPARE_IDLE_S") or SPARE_IDLE_S)
+        while store.spare_run(pid) is None and time.monotonic() < deadline:
+            time.sleep(SPARE_POLL_S)
+    except Exception:  # a failed warm-up: a run handed over meanwhile still gets its worker (and its error) below
+        pass
+    run_id = store.withdraw_spare(pid)  # the run it was handed, even in the last instant
+    if run_id is None:
+        return 0
+    log = os.open(store.worker_log_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)  # from here on this process is the run's worker, writing its worker.log
+    os.dup2(log, 2)
+    os.close(log)
+    return worker_main(run_id, warmed=True)
 
 
 def _companions(store: Store, record, config: RunConfig) -> list[tuple[Any, RunConfig]]:

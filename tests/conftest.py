@@ -11,8 +11,10 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_kd_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """KDCORE_HOME points at a fresh empty folder for every test (autouse fixtures run first)."""
+    """KDCORE_HOME points at a fresh empty folder for every test (autouse fixtures run first), and no page
+    warms a spare worker (a process importing torch, then waiting minutes) unless a test asks for one."""
     monkeypatch.setenv("KDCORE_HOME", str(tmp_path_factory.mktemp("kd-home")))
+    monkeypatch.setenv("KDCORE_SPARE_WORKER", "0")
 
 
 @pytest.fixture

@@ -118,3 +118,19 @@ def test_autocast_on_cuda_is_bfloat16_and_predict_returns_float32(images):
     logits = predict(model, x, amp=True)
     assert logits.dtype == torch.float32 and logits.device.type == "cuda"
     torch.testing.assert_close(logits, predict(model, x), rtol=0.05, atol=0.05)
+
+
+def test_tiny_mlps_train_on_one_cpu_thread_and_conv_nets_keep_theirs():
+    from kdcore.evaluation import cpu_threads_for
+
+    cpu = torch.device("cpu")
+    torch.set_num_threads(2)
+    try:
+        with cpu_threads_for(build_model("mlp-small", (1, 28, 28), 10), 64, cpu):  # 50,816 MACs per example
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored
+        for arch in ("mlp", "cnn"):  # 535k MACs per example × 64 × 3 is past the line; convolutions always are
+            with cpu_threads_for(build_model(arch, (1, 28, 28), 10), 64, cpu):
+                assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)

@@ -31,6 +31,7 @@ CHALLENGE_ENTRY = PREFIX + "challenge_entry"  # workshop only, not a RunConfig f
 
 def render() -> None:
     store = session.store()
+    session.warm_spare()  # a worker readies itself (imports torch) while the form is read
     _init_form(store)
     st.title("New run")
     teachers = stored_teachers(store.list_runs(status="done"))
