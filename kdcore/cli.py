@@ -417,9 +417,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from kdcore.worker import spare_main, worker_main
 
     if args.spare:
-        return spare_main(args.spare)
+        return spare_main()
     if not args.run_id:
-        raise KDError("worker needs a RUN_ID (or --spare FINGERPRINT)")
+        raise KDError("worker needs a RUN_ID (or --spare)")
     return worker_main(args.run_id)
 
 
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=200, help="timed calls per latency measurement")
     p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
     p.add_argument("run_id", nargs="?")
-    p.add_argument("--spare", metavar="FINGERPRINT", help="(internal) warm up, then wait to be handed a run")
+    p.add_argument("--spare", action="store_true", help="(internal) warm up, then wait to be handed a run")
     p.set_defaults(func=cmd_worker, json=False)
     return parser
 

@@ -202,11 +202,12 @@ class Runner:
         if self.store.spare_waiting(fingerprint, pid_alive):
             return False
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", "--spare", fingerprint],
+            proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", "--spare"],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     env=self._worker_env(), start_new_session=True, cwd=os.getcwd())
         except OSError:
             return False  # runs then start their own workers, as without spares
+        self.store.offer_spare(proc.pid, fingerprint)  # offered now: a Start right away waits only for its imports
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-spare-{proc.pid}").start()
         return True
 

@@ -272,13 +272,12 @@ SPARE_IDLE_S = 600.0  # a spare worker nobody hands a run exits after this long 
 SPARE_POLL_S = 0.02
 
 
-def spare_main(fingerprint: str) -> int:
-    """Entry of `python -m kdcore worker --spare FINGERPRINT` (started by `Runner.warm_spare`): import what
-    training needs, offer this process to runners of the environment `fingerprint`, and train the first run
-    one hands it (`Runner._spawn`), as `worker_main` would; with none after SPARE_IDLE_S, exit."""
+def spare_main() -> int:
+    """Entry of `python -m kdcore worker --spare` (started, and offered in the store to runners of the same
+    environment, by `Runner.warm_spare`): import what training needs, then train the first run a runner hands
+    it (`Runner._spawn`), as `worker_main` would; with none after SPARE_IDLE_S, exit."""
     store = Store()
     pid = os.getpid()
-    store.offer_spare(pid, fingerprint)  # at once: a run handed over now starts when the imports are done
     try:
         _share_cores(store)
         _yield_cpu()

@@ -53,12 +53,11 @@ def wait_for(condition, timeout_s: float = 120.0) -> None:
 def test_a_run_submitted_while_a_spare_waits_is_trained_by_it(spares):
     runner = Runner(spares)
     assert runner.warm_spare()
-    fingerprint = environment_fingerprint(spares)
-    wait_for(lambda: spares.spare_waiting(fingerprint, pid_alive))
+    assert spares.spare_waiting(environment_fingerprint(spares), pid_alive)  # offered as it starts
     assert not runner.warm_spare()  # one is waiting already
     (spare,) = [int(key.rsplit(".", 1)[1]) for key in spares.settings_with_prefix("spare.")]
-    run_id = runner.submit(RunConfig.from_dict(TINY))
-    assert spares.get_run(run_id).pid == spare  # handed over at once
+    run_id = runner.submit(RunConfig.from_dict(TINY))  # at once: it trains when the spare's imports are done
+    assert spares.get_run(run_id).pid == spare
     record = runner.wait([run_id], poll_s=0.1, timeout_s=300)[0]
     assert record.status == "done", record.error
     assert record.summary["teacher_source"].startswith("bundled")
