@@ -34,10 +34,19 @@ def nav(page, title: str) -> None:
     """Follow the sidebar's link to a page (keeps the browser session: the instructor stays signed in).
 
     Forced: a page whose fragment polls every few seconds never looks "stable" to Playwright."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     link = page.get_by_test_id("stSidebarNav").get_by_role("link", name=title, exact=True)
-    link.wait_for()
-    link.click(force=True)
-    page.wait_for_url(re.compile(rf"/{NAV_SLUGS.get(title, title.lower().replace(' ', '_'))}(\?|$)"))
+    target = re.compile(rf"/{NAV_SLUGS.get(title, title.lower().replace(' ', '_'))}(\?|$)")
+    for _ in range(3):  # a click that lands while the page reruns (after a button, a fragment tick) can be lost
+        link.wait_for()
+        link.click(force=True)
+        try:
+            page.wait_for_url(target, timeout=20_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    page.wait_for_url(target)
 
 
 NAV_SLUGS = {"Workshop": "", "Challenge": "leaderboard", "Instructor": "instructor"}
