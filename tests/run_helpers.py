@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kdcore.callbacks import Callback
+
 TINY = ["--set", "dataset=digits", "--set", "epochs=1", "--set", "teacher.epochs=1", "--set", "baseline=false"]
 
 
@@ -34,3 +36,16 @@ def run_and_metrics(home: Path, *sets: str) -> tuple[dict[str, Any], dict[str, l
         if row["stage"] == "student":
             series.setdefault(row["name"], []).append(row["value"])
     return summary, series
+
+
+class StopAfterFirstEpoch(Callback):
+    """Asks to stop once the first epoch of a stage has ended (its checkpoint is then on disk)."""
+
+    def __init__(self) -> None:
+        self.epochs = 0
+
+    def on_epoch_end(self, stage, epoch, values):
+        self.epochs = epoch
+
+    def should_stop(self) -> bool:
+        return self.epochs >= 1

@@ -9,6 +9,7 @@ from kdcore.config import RunConfig
 from kdcore.errors import Cancelled
 from kdcore.group import group_key, run_group
 from kdcore.trainer import run_pipeline
+from run_helpers import StopAfterFirstEpoch
 
 TINY = {"dataset": "digits", "epochs": 3, "teacher": {"arch": "cnn-small", "epochs": 1}, "student": {"arch": "mlp-tiny"}}
 
@@ -23,17 +24,6 @@ def test_students_trained_as_a_group_match_the_same_runs_trained_alone(tmp_path)
     for a, g in zip(alone, grouped):
         for key in ("student_test_acc", "student_val_acc", "baseline_test_acc", "best_epoch", "test_agreement"):
             assert g[key] == pytest.approx(a[key], abs=1e-6), key
-
-
-class StopAfterFirstEpoch(Callback):
-    def __init__(self) -> None:
-        self.epochs = 0
-
-    def on_epoch_end(self, stage, epoch, values):
-        self.epochs = epoch
-
-    def should_stop(self) -> bool:
-        return self.epochs >= 1
 
 
 def test_cancelling_one_run_of_a_group_leaves_the_others_training(tmp_path):

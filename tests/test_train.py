@@ -10,6 +10,7 @@ from kdcore.config import RunConfig
 from kdcore.errors import Cancelled, DivergedError
 from kdcore.train import Progress, Single, Stacked, StageResult, TrainState, cosine, fit, fit_one
 from kdcore.trainer import distill_stage, new_model, prepare
+from run_helpers import StopAfterFirstEpoch
 
 CONFIG = RunConfig.from_dict({"dataset": "digits", "epochs": 2, "teacher": {"arch": "mlp-small", "epochs": 1},
                               "student": {"arch": "mlp-tiny"}, "baseline": False})
@@ -47,17 +48,6 @@ def test_stacked_members_equal_the_same_runs_trained_one_by_one(prep):
         assert s.best_val_acc == pytest.approx(a.best_val_acc, abs=1e-6)
         for key in a.best_state:
             torch.testing.assert_close(s.best_state[key], a.best_state[key], atol=1e-5, rtol=1e-5)
-
-
-class StopAfterFirstEpoch(Callback):
-    def __init__(self) -> None:
-        self.epochs = 0
-
-    def on_epoch_end(self, stage, epoch, values):
-        self.epochs = epoch
-
-    def should_stop(self) -> bool:
-        return self.epochs >= 1
 
 
 def test_a_resumed_single_run_continues_exactly(prep, tmp_path):
