@@ -26,18 +26,28 @@ if TYPE_CHECKING:
 FORMAT = "kdcore-model"
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to `path` via a temporary file in the same folder and an atomic rename."""
+def save_atomic(obj: Any, path: str | Path, *, create_folder: bool = True) -> None:
+    """torch.save to `path` via a temporary file in the same folder and an atomic rename, so the file there
+    before stays whole when the write fails. A write the disk refuses (full, read-only, folder gone) is a
+    one-line CheckpointError naming the file. create_folder=False: a missing folder is that error too (a run's
+    folder removed under its worker is not silently made again, empty)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    if not create_folder and not path.parent.is_dir():
+        raise CheckpointError(f"run folder {path.parent} was removed while the run trained; {path.name} cannot be saved")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 

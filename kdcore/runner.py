@@ -18,6 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
+from pathlib import Path
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
@@ -57,6 +59,21 @@ def environment_fingerprint(store: Store) -> str:
     worker takes runs only from runners with the same, so a run never trains under another's settings."""
     blob = json.dumps([sys.executable, os.getcwd(), str(store.home.resolve()), sorted(os.environ.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be read, in a few words; None when it is whole or absent. Without torch:
+    a torch.save file is a zip archive whose every member carries a CRC, so a truncated or altered file shows."""
+    if not path.exists():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"damaged ({path.name} is truncated or not a checkpoint: {exc})"
+    except Exception as exc:  # zlib and struct errors from a mangled archive
+        return f"damaged ({path.name}: {type(exc).__name__}: {exc})"
+    return f"damaged ({path.name}: {bad} fails its checksum)" if bad else None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -107,25 +124,37 @@ class Runner:
         return run_id
 
     def cancel(self, run_id: str) -> RunRecord:
-        """Cancel a queued run now; ask a running worker to stop (SIGTERM), it then saves and exits."""
+        """Cancel a run, whatever moment it is at (README, "Run states"): queued or starting, it is cancelled at
+        once (a starting worker finds it so and exits); running, its worker is asked to stop (SIGTERM, and the
+        store's flag) and records `cancelled` itself, keeping its checkpoint. A finished run is left as it is."""
+        before = self.store.get_run(run_id)
         record = self.store.request_cancel(run_id)
-        shares_worker = record.pid and any(r.pid == record.pid and r.id != run_id
-                                           for r in self.store.list_runs(status=["starting", "running"]))
+        pid = record.pid if record.status == "running" else before.pid if before.status == "starting" else None
+        shares_worker = pid and any(r.pid == pid and r.id != run_id
+                                    for r in self.store.list_runs(status=["starting", "running"]))
         # A worker training several runs of a sweep stops just this one when it sees the flag (within a second).
-        if record.status in ("starting", "running") and record.pid and not shares_worker and pid_alive(record.pid):
+        if pid and not shares_worker and pid_alive(pid):
             try:
-                os.kill(record.pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         return self.store.get_run(run_id)
 
     def resume(self, run_id: str) -> RunRecord:
-        """Queue a failed or cancelled run again; its worker continues from the last epoch checkpoint."""
+        """Queue a failed or cancelled run again; its worker continues from the last epoch checkpoint. Refused
+        (StoreError, one line) for a run in any other state, including one another resume just queued, and for
+        a run whose checkpoint is damaged."""
         record = self.store.get_run(run_id)
         if record.status not in ("failed", "cancelled"):
             raise StoreError(f"run {run_id} is {record.status}; only failed or cancelled runs can be resumed")
         RunConfig.from_dict(record.config)  # still valid under this version of kdcore?
-        self.store.requeue(run_id, resume=True)
+        damage = checkpoint_damage(self.store.progress_checkpoint(run_id))
+        if damage:
+            raise StoreError(f"run {run_id} cannot be resumed: its progress checkpoint is {damage}; submit its config "
+                             f"again to train it from the start")
+        if not self.store.requeue(run_id, resume=True, only_if=("failed", "cancelled")):
+            status = self.store.get_run(run_id).status
+            raise StoreError(f"run {run_id} is {status}; only failed or cancelled runs can be resumed")
         self.tick()
         return self.store.get_run(run_id)
 
@@ -151,7 +180,7 @@ class Runner:
         for record in self.store.list_runs(status=["starting", "running"]):
             if record.status == "starting" and record.pid is None:
                 if now - (record.started or now) > STARTING_GRACE_S:
-                    self.store.requeue(record.id, resume=record.resume)  # its scheduler died before spawning
+                    self.store.requeue(record.id, resume=record.resume, only_if=("starting",))  # its scheduler died
                 continue
             stale = record.heartbeat is not None and now - record.heartbeat > HEARTBEAT_STALE_S
             if not pid_alive(record.pid) or stale:
@@ -163,7 +192,12 @@ class Runner:
                         os.kill(record.pid, signal.SIGKILL)
                     except OSError:
                         pass
-                if self.store.finish(record.id, "failed", error=reason, only_if=("starting", "running")):
+                if record.cancel_requested:  # it was asked to stop, and stopped before it could say so
+                    status, reason = "cancelled", f"cancelled by the user (its worker, pid {record.pid}, ended before " \
+                                                  f"reporting)"
+                else:
+                    status = "failed"
+                if self.store.finish(record.id, status, error=reason, only_if=("starting", "running")):
                     reaped.append(record.id)
         return reaped
 

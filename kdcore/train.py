@@ -238,8 +238,10 @@ class Progress:
         return checkpoints.load(self.path, "progress checkpoint")
 
     def save(self, state: dict[str, Any]) -> None:
+        """Replace the checkpoint atomically. The run's folder is never made again here: one removed under a
+        running worker fails the run (CheckpointError) rather than leave a run whose earlier files are gone."""
         if self.path is not None:
-            checkpoints.save_atomic(state, self.path)
+            checkpoints.save_atomic(state, self.path, create_folder=False)
 
 
 def make_optimizer(config: Any, params, lr: float) -> torch.optim.Optimizer:

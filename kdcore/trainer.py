@@ -27,6 +27,7 @@ from kdcore import checkpoints, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.data import Splits, labeled_rows, load_dataset, load_transfer, transfer_tag
+from kdcore.errors import CheckpointError
 from kdcore.evaluation import accuracy, cpu_threads_for, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
 from kdcore.methods import get_method, resolve_params
@@ -172,7 +173,12 @@ def _state(stage: Stage, members: Single, config: RunConfig, device: torch.devic
     """A fresh training state, or the one in `saved` when it is this stage's progress checkpoint."""
     state = TrainState.start(stage, members, config, device)
     if saved.get("stage") == stage.name:
-        state.load_checkpoint(saved)
+        try:
+            state.load_checkpoint(saved)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:  # readable, but not this run's progress
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"progress checkpoint does not fit this run's {stage.name} stage ({first}); "
+                                  f"submit its config again to train it from the start") from None
     return state
 
 
@@ -233,7 +239,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
         checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch,
                                                              input_shape=data.info.input_shape,
                                                              num_classes=data.info.num_classes, config=config.to_dict()),
-                                artifacts / "student.pt")
+                                artifacts / "student.pt", create_folder=False)
     student_params = count_parameters(student)
     baseline_test_acc = baseline_result["test_acc"] if baseline_result else None
     student_test_acc = accuracy(student_test_logits, data.test_y)

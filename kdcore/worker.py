@@ -5,6 +5,22 @@ foreground) both go through `execute()`. Reports are batched by count and time s
 costs a few percent at most; a heartbeat thread keeps the run visibly alive during long steps.
 SIGTERM asks the trainer to stop at its next step; the run is then marked cancelled and keeps its
 per-epoch checkpoint, so `resume` can continue it.
+
+A stop request is honoured as `cancelled` whenever it arrives (see README, "Run states"):
+- before the worker took its run (`starting`): the store records it cancelled at once
+  (`Store.request_cancel`) and the worker, finding its run gone, exits;
+- before this process could handle SIGTERM at all (the interpreter still starting): the worker dies of
+  the signal, and the runner's reaper sees the cancel flag and records `cancelled`, not `failed`;
+- from `worker_main`'s first line on, SIGTERM only sets a flag, read before training begins and by
+  every step of every stage (teacher, soft labels, student, fine-tuning, baseline);
+- while the summary is written: a run asked to stop before it was recorded done ends cancelled (its
+  checkpoints stay; `resume` finishes it without training again).
+
+Faults end a run `failed` with a reason that names them, and lose nothing already written: a batch the
+store could not take (disk full, database locked for longer than the store retries) is kept and written
+with the run's last words; a run folder removed or made unwritable, or a full disk while saving a
+checkpoint, fails the run with that message (`kdcore.train.Progress`, `kdcore.checkpoints.save_atomic`),
+and the checkpoints saved before stay readable. A heartbeat the store cannot take is retried at the next beat.
 """
 
 from __future__ import annotations
@@ -18,12 +34,38 @@ from typing import Any
 
 from kdcore.callbacks import Callback
 from kdcore.config import RunConfig
-from kdcore.errors import Cancelled, KDError
+from kdcore.errors import Cancelled, KDError, StoreError
 from kdcore.store import Store
 
 FLUSH_ROWS = 2000  # metric rows per transaction at most
 FLUSH_SECONDS = 1.0  # and at least this often while training, so live views stay live
 HEARTBEAT_SECONDS = 5.0
+TEST_PAUSE_ENV = "KDCORE_TEST_PAUSE"  # tests only: "RUN_ID=PHASE,..." makes a worker wait at PHASE (see pause_point)
+TEST_PAUSE_MAX_S = 60.0
+
+# Set by SIGTERM from worker_main's first line on, before the trainer's callbacks exist (see _Reporting).
+_stop_requested = threading.Event()
+
+
+def _on_sigterm(*_: Any) -> None:
+    _stop_requested.set()
+
+
+def pause_point(store: Store, run_id: str, phase: str, stopped: Any = lambda: False) -> None:
+    """A hook for the tests of cancel, resume and delete at every moment of a run: when KDCORE_TEST_PAUSE names
+    this run (or `*`) with `phase`, create `<run folder>/paused-at-<phase>` and wait until `stopped()` (at most
+    TEST_PAUSE_MAX_S). Phases: launch (before SIGTERM is handled), imports (running, torch not yet imported),
+    teacher, soft_labels, student, finetune, baseline (during that stage), summary (before the run is recorded)."""
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec:
+        return
+    wanted = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
+    if phase not in (wanted.get(run_id), wanted.get("*")):
+        return
+    (store.run_dir(run_id) / f"paused-at-{phase}").touch()
+    deadline = time.monotonic() + TEST_PAUSE_MAX_S
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 class StoreCallback(Callback):
@@ -40,6 +82,7 @@ class StoreCallback(Callback):
         self.cancel_requested = False
         self.stop_signal = threading.Event()
         self.resumed_stage: str | None = None
+        self.paused: set[str] = set()  # stages whose test pause point was passed
         self._lock = threading.Lock()
 
     # --- trainer hooks -----------------------------------------------------------------------------
@@ -54,6 +97,8 @@ class StoreCallback(Callback):
         started = f"{stage}: started ({epochs} epochs × {steps_per_epoch} steps)" if epochs else f"{stage}: started"
         self.logs.append((time.time(), started))
         self.flush()
+        if epochs == 0:  # a stage without steps (soft labels): the moment is its start
+            self._pause(stage)
 
     def on_metrics(self, stage, epoch, step, values):
         now = time.time()
@@ -61,6 +106,7 @@ class StoreCallback(Callback):
         self.progress["step"] = step
         if len(self.metrics) >= FLUSH_ROWS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
+        self._pause(stage)
 
     def on_epoch_end(self, stage, epoch, values):
         self.progress["epoch"] = epoch
@@ -89,16 +135,33 @@ class StoreCallback(Callback):
     def should_stop(self) -> bool:
         return self.stop_signal.is_set() or self.cancel_requested
 
+    def _pause(self, phase: str) -> None:
+        if phase not in self.paused:
+            self.paused.add(phase)
+            pause_point(self.store, self.run_id, phase, lambda: self.flush() or self.should_stop())
+
     # --- writing -------------------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Write what is buffered in one transaction. When the store cannot take it (disk full, locked for too
+        long), the rows stay buffered for the next flush and a StoreError says why."""
         with self._lock:
             metrics, snapshots, logs, results = self.metrics, self.snapshots, self.logs, self.stage_results
             self.metrics, self.snapshots, self.logs, self.stage_results = [], [], [], []
-            self.cancel_requested |= self.store.add_records(self.run_id, metrics=metrics, snapshots=snapshots,
-                                                            logs=logs, stage_results=results,
-                                                            progress=dict(self.progress) or None)
+            try:
+                self.cancel_requested |= self.store.add_records(self.run_id, metrics=metrics, snapshots=snapshots,
+                                                                logs=logs, stage_results=results,
+                                                                progress=dict(self.progress) or None)
+            except Exception as exc:  # one transaction: none of the batch was written, so none of it is lost
+                self.metrics, self.snapshots = metrics + self.metrics, snapshots + self.snapshots
+                self.logs, self.stage_results = logs + self.logs, results + self.stage_results
+                raise StoreError(_store_failure(exc)) from exc
             self.last_flush = time.monotonic()
+
+
+def _store_failure(exc: Exception) -> str:
+    text = str(exc) if isinstance(exc, KDError) else f"{type(exc).__name__}: {exc}"
+    return text if text.startswith("run store") else f"could not write to the run store: {text}"
 
 
 def _heartbeat_loop(store_home, callbacks: dict[str, StoreCallback], stop: threading.Event) -> None:
@@ -107,8 +170,11 @@ def _heartbeat_loop(store_home, callbacks: dict[str, StoreCallback], stop: threa
     try:
         while not stop.wait(HEARTBEAT_SECONDS):
             for run_id, callback in callbacks.items():
-                if store.heartbeat(run_id):
-                    callback.cancel_requested = True
+                try:
+                    if store.heartbeat(run_id):
+                        callback.cancel_requested = True
+                except Exception:  # a store busy or full for a moment: the next beat tries again
+                    pass
     finally:
         store.close()
 
@@ -125,31 +191,57 @@ class _Reporting:
     def __enter__(self) -> _Reporting:
         self._beat.start()
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: [cb.stop_signal.set() for cb in self.callbacks.values()])
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._stop_all())
+        if _stop_requested.is_set():  # SIGTERM came while the worker was still starting
+            self._stop_all()
         return self
+
+    def _stop_all(self) -> None:
+        _stop_requested.set()
+        for callback in self.callbacks.values():
+            callback.stop_signal.set()
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+        _stop_requested.clear()  # honoured by these runs; a process that runs more (tests, `run`) starts afresh
 
 
 def _record_outcome(store: Store, run_id: str, callback: StoreCallback, outcome: Any) -> dict[str, Any]:
-    """Write how a run ended; return what `execute` returns for it."""
+    """Write how a run ended; return what `execute` returns for it. A run asked to stop before it is recorded
+    done ends cancelled (the user pressed Cancel before the run said it had finished); one whose last rows the
+    store cannot take ends failed with that reason."""
     if isinstance(outcome, dict):
-        summary = {"run_id": run_id, **outcome}
-        callback.flush()
-        store.finish(run_id, "done", summary=summary)
-        return summary
+        pause_point(store, run_id, "summary", lambda: _flush_error(callback) is None and callback.should_stop())
+        error = _flush_error(callback)
+        if error is not None:
+            outcome = error
+        elif callback.should_stop():
+            outcome = Cancelled("stopped while writing its summary; resume finishes it without training again")
+        else:
+            summary = {"run_id": run_id, **outcome}
+            store.finish(run_id, "done", summary=summary)
+            return summary
     if isinstance(outcome, Cancelled):
         callback.on_log(f"cancelled: {outcome}")
-        callback.flush()
+        _flush_error(callback)
         store.finish(run_id, "cancelled", error="cancelled by the user")
         return {"run_id": run_id, "status": "cancelled"}
     callback.on_log(f"failed: {outcome}")
-    callback.flush()
+    _flush_error(callback)
     store.finish(run_id, "failed", error=str(outcome))
     return {"run_id": run_id, "status": "failed", "error": str(outcome)}
+
+
+def _flush_error(callback: StoreCallback) -> StoreError | None:
+    """Flush (which also reads the cancel flag); the error when the store cannot take the rows now. The run's
+    end is recorded all the same: a one-row update may pass where a batch did not."""
+    try:
+        callback.flush()
+    except StoreError as exc:
+        return exc
+    return None
 
 
 def _record_crash(store: Store, run_ids: list[str], callbacks: dict[str, StoreCallback], exc: BaseException) -> None:
@@ -160,10 +252,8 @@ def _record_crash(store: Store, run_ids: list[str], callbacks: dict[str, StoreCa
         callback = callbacks[run_id]
         for line in lines:
             callback.on_log(line)
-        try:
-            callback.flush()
-        finally:
-            store.finish(run_id, "failed", error=message)
+        _flush_error(callback)
+        store.finish(run_id, "failed", error=message)
 
 
 def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = False,
@@ -173,11 +263,13 @@ def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = Fals
     User errors (bad data, bad checkpoint, divergence) and cancellation end the run and are returned
     as its status; anything else is a bug: the run is marked failed with the traceback, and it raises.
     """
-    from kdcore.trainer import run_pipeline  # torch is imported here, in the worker, not in the app
-
     with _Reporting(store, [run_id]) as reporting:
         callback = reporting.callbacks[run_id]
         try:
+            if callback.should_stop():  # SIGTERM while the worker was starting: nothing to train or import
+                raise Cancelled("stopped before training began")
+            from kdcore.trainer import run_pipeline  # torch is imported here, in the worker, not in the app
+
             outcome: Any = run_pipeline(config, [callback, *(extra_callbacks or [])], teacher_cache=store.teacher_dir(),
                                         artifacts=store.run_dir(run_id), resume=resume)
         except (Cancelled, KDError) as exc:
@@ -241,13 +333,21 @@ def worker_main(run_id: str, *, warmed: bool = False) -> int:
     """Entry of `python -m kdcore worker RUN_ID`: take the run (and runs of its sweep that can train
     with it), train, then start the next queued run. warmed: a spare worker that already shares the cores
     and yields the CPU."""
+    from kdcore.errors import RunNotFound
     from kdcore.runner import Runner
 
     store = Store()
-    record = store.get_run(run_id)
-    if not store.mark_running(run_id, os.getpid()):
-        print(f"run {run_id} is {record.status}; nothing to do")
+    try:
+        pause_point(store, run_id, "launch")
+        signal.signal(signal.SIGTERM, _on_sigterm)  # from here on a stop request is a flag, never a lost worker
+        if not store.mark_running(run_id, os.getpid()):
+            print(f"run {run_id} is {store.get_run(run_id).status}; nothing to do")
+            return 0
+        record = store.get_run(run_id)
+    except RunNotFound:  # deleted while it waited for this worker
+        print(f"run {run_id} was deleted; nothing to do")
         return 0
+    pause_point(store, run_id, "imports", lambda: _stop_requested.is_set() or store.get_run(run_id).cancel_requested)
     try:
         config = RunConfig.from_dict(record.config)
     except KDError as exc:
@@ -276,6 +376,7 @@ def spare_main() -> int:
     """Entry of `python -m kdcore worker --spare` (started, and offered in the store to runners of the same
     environment, by `Runner.warm_spare`): import what training needs, then train the first run a runner hands
     it (`Runner._spawn`), as `worker_main` would; with none after SPARE_IDLE_S, exit."""
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a run handed over and cancelled at once is not a lost worker
     store = Store()
     pid = os.getpid()
     try:

@@ -317,6 +317,10 @@ class Store:
     def teacher_dir(self) -> Path:
         return self.home / "teachers"
 
+    def progress_checkpoint(self, run_id: str) -> Path:
+        """The run's per-epoch checkpoint (`kdcore.train.Progress` writes it), which `resume` continues from."""
+        return self.run_dir(run_id) / "progress.pt"
+
     def worker_log_path(self, run_id: str) -> Path:
         """Where a run's worker process writes its standard output and error (the runner opens it)."""
         return self.run_dir(run_id) / "worker.log"
@@ -531,24 +535,31 @@ class Store:
             return cur.rowcount == 1
 
     def request_cancel(self, run_id: str) -> RunRecord:
-        """Cancel a queued run at once; flag a running one (its runner also sends SIGTERM)."""
+        """Cancel a run no worker has taken yet (queued, or starting: its worker still launching) at once, so the
+        worker finds it cancelled and exits; flag a running one (its runner also sends SIGTERM)."""
         self.get_run(run_id)
         with self._transaction() as db:
-            db.execute("UPDATE runs SET status='cancelled', ended=?, error='cancelled before it started' "
-                       "WHERE id=? AND status='queued'", (time.time(), run_id))
-            db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status IN ('starting','running')", (run_id,))
+            db.execute("UPDATE runs SET status='cancelled', ended=?, error='cancelled before it started', pid=NULL, "
+                       "resume=0 WHERE id=? AND status IN ('queued','starting')", (time.time(), run_id))
+            db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status='running'", (run_id,))
         return self.get_run(run_id)
 
-    def requeue(self, run_id: str, *, resume: bool) -> None:
+    def requeue(self, run_id: str, *, resume: bool, only_if: tuple[str, ...] = FINISHED) -> bool:
+        """Queue a run again, unless it already left the states in `only_if` (one transaction: of two resumes
+        at once, one queues it and the other gets False)."""
         with self._transaction() as db:
-            db.execute("UPDATE runs SET status='queued', ended=NULL, error=NULL, pid=NULL, cancel_requested=0, "
-                       "resume=?, started=NULL WHERE id=?", (int(resume), run_id))
+            return db.execute(
+                f"UPDATE runs SET status='queued', ended=NULL, error=NULL, pid=NULL, cancel_requested=0, resume=?, "
+                f"started=NULL WHERE id=? AND status IN ({','.join('?' * len(only_if))})",
+                (int(resume), run_id, *only_if)).rowcount == 1
 
     def delete_run(self, run_id: str) -> None:
-        record = self.get_run(run_id)
-        if record.status in ("starting", "running"):
-            raise StoreError(f"run {run_id} is {record.status}; cancel it before deleting it")
-        with self._transaction() as db:
+        """Delete a run that no worker trains (refused while starting or running) with its rows and files."""
+        self.get_run(run_id)
+        with self._transaction() as db:  # the check and the delete are one step: no worker can take it in between
+            status = db.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+            if status is not None and status[0] in ("starting", "running"):
+                raise StoreError(f"run {run_id} is {status[0]}; cancel it before deleting it")
             for table in ("metrics", "stage_results", "snapshots", "logs"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
             db.execute("DELETE FROM runs WHERE id=?", (run_id,))
