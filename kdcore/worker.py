@@ -41,7 +41,7 @@ FLUSH_ROWS = 2000  # metric rows per transaction at most
 FLUSH_SECONDS = 1.0  # and at least this often while training, so live views stay live
 HEARTBEAT_SECONDS = 5.0
 TEST_PAUSE_ENV = "KDCORE_TEST_PAUSE"  # tests only: "RUN_ID=PHASE,..." makes a worker wait at PHASE (see pause_point)
-TEST_PAUSE_MAX_S = 60.0
+TEST_PAUSE_MAX_S = 300.0  # a test that failed leaves no worker waiting for long
 
 # Set by SIGTERM from worker_main's first line on, before the trainer's callbacks exist (see _Reporting).
 _stop_requested = threading.Event()
@@ -52,19 +52,22 @@ def _on_sigterm(*_: Any) -> None:
 
 
 def pause_point(store: Store, run_id: str, phase: str, stopped: Any = lambda: False) -> None:
-    """A hook for the tests of cancel, resume and delete at every moment of a run: when KDCORE_TEST_PAUSE names
-    this run (or `*`) with `phase`, create `<run folder>/paused-at-<phase>` and wait until `stopped()` (at most
-    TEST_PAUSE_MAX_S). Phases: launch (before SIGTERM is handled), imports (running, torch not yet imported),
-    teacher, soft_labels, student, finetune, baseline (during that stage), summary (before the run is recorded)."""
+    """A hook for the tests of cancel, resume, delete and faults at every moment of a run: when KDCORE_TEST_PAUSE
+    names this run (or `*`) with `phase`, create `<run folder>/paused-at-<phase>` and wait until `stopped()`, the
+    file is removed (the test lets it go on), or TEST_PAUSE_MAX_S pass. Once per run: a resumed run whose file is
+    still there does not wait again. Phases: launch (before SIGTERM is handled), imports (running, torch not yet
+    imported), teacher, soft_labels, student, finetune, baseline (during that stage), summary (before the run's
+    end is recorded)."""
     spec = os.environ.get(TEST_PAUSE_ENV)
     if not spec:
         return
     wanted = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if phase not in (wanted.get(run_id), wanted.get("*")):
+    marker = store.run_dir(run_id) / f"paused-at-{phase}"
+    if phase not in (wanted.get(run_id), wanted.get("*")) or marker.exists():
         return
-    (store.run_dir(run_id) / f"paused-at-{phase}").touch()
+    marker.touch()
     deadline = time.monotonic() + TEST_PAUSE_MAX_S
-    while not stopped() and time.monotonic() < deadline:
+    while marker.exists() and not stopped() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
