@@ -38,6 +38,8 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], human: Callable[[], No
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", metavar="NAME", default=None,
+                   help="start from a named preset (see list-presets); --config and --set apply over it")
     p.add_argument("--config", metavar="FILE", help="JSON or YAML config file")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
                    help="override one setting, e.g. --set temperature=4 --set teacher.arch=resnet20 (repeatable)")
@@ -57,7 +59,7 @@ def _build_config(args: argparse.Namespace):
     """The config of `--config` and `--set`, refused (exit 2, nothing recorded) unless it can run."""
     from kdcore.config import build_config
 
-    config = build_config(args.config, args.overrides)
+    config = build_config(args.config, args.overrides, preset=args.preset)
     _check_teacher_checkpoint(config)
     return config
 
@@ -133,6 +135,36 @@ def cmd_list_methods(args: argparse.Namespace) -> int:
         [[m["name"], m["title"], ", ".join(f"{k}={p['default']:g}" for k, p in m["params"].items()) or "-"]
          for m in methods], ["name", "title", "parameters (defaults; set with --set method.NAME=VALUE)"]))
     return 0
+
+
+def cmd_list_presets(args: argparse.Namespace) -> int:
+    from kdcore.presets import PRESETS, describe
+
+    presets = [describe(preset) for preset in PRESETS.values()]
+    _emit(args, {"presets": presets}, lambda: _print_presets(presets))
+    return 0
+
+
+def _print_presets(presets: list[dict[str, Any]]) -> None:
+    for i, preset in enumerate(presets):
+        print(("\n" if i else "") + f"{preset['name']}: {preset['description']}")
+        settings = preset["settings"] or {key: preset["config"][key] for key in _TEACHING_KEYS}
+        for key, value in settings.items():
+            shown = ",".join(map(str, value)) if isinstance(value, list) else json.dumps(value).strip('"')
+            print(f"  {key}={shown}")
+        if preset["notes"]:
+            print(f"  note: {preset['notes']}")
+        reference = preset["reference"]
+        if reference:
+            numbers = {"teacher": reference["teacher_test_acc"], "student alone": reference["student_test_acc"],
+                       **{name.upper(): acc for name, acc in reference["methods"].items()}}
+            print("  published test accuracy: " + ", ".join(f"{k} {_pct(v)}" for k, v in numbers.items()))
+            for source in reference["sources"]:
+                print(f"    {source}")
+
+
+_TEACHING_KEYS = ("dataset", "teacher.arch", "teacher.epochs", "student.arch", "epochs", "batch_size", "optimizer",
+                  "lr", "schedule", "temperature", "weights.ce", "weights.kd", "method")
 
 
 class TerminalProgress(Callback):
@@ -285,7 +317,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from kdcore.sweep import CONFIRM_ABOVE, build_sweep, submit_sweep
 
-    base, grid, runs = build_sweep(args.config, args.overrides, args.grid)
+    base, grid, runs = build_sweep(args.config, args.overrides, args.grid, preset=args.preset)
     checked = set()
     for _, config in runs:  # every grid point, before anything is queued
         teacher = (config.teacher.checkpoint, config.teacher.arch, config.dataset, config.labeled_fraction,
@@ -472,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist-5k")
     p.add_argument("--data-root", default=None)
     command("list-methods", cmd_list_methods, "list distillation methods with their papers and parameters")
+    command("list-presets", cmd_list_presets, "list the named presets (--preset NAME) with their settings and, for "
+            "the published recipe, the published accuracies")
     p = command("export", cmd_export, "write a finished run's student as ONNX (fp32 or int8) or a .pt checkpoint")
     p.add_argument("run_id")
     p.add_argument("--format", required=True, choices=["onnx", "pt"])

@@ -14,10 +14,12 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from kdcore.dataset_names import CROP_PADDING
 from kdcore.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step")  # see kdcore.train.learning_rate
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -123,6 +125,11 @@ class RunConfig:
     optimizer: str = "adam"
     lr: float = 2e-3
     weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only; the CIFAR-100 KD literature (CRD, DKD) uses plain momentum
+    schedule: str = "cosine"  # cosine decay to 0 (needs no tuning); step: × lr_decay after each of lr_milestones
+    lr_milestones: list[int] = field(default_factory=list)  # step schedule: epochs after which the lr decays
+    lr_decay: float = 0.1  # step schedule: the factor at each milestone
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU/MPS
@@ -156,6 +163,14 @@ class RunConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_number("lr", self.lr, low=0, low_inclusive=False, high=10)
         _check_number("weight_decay", self.weight_decay, low=0, low_inclusive=True, high=1)
+        _check_number("momentum", self.momentum, low=0, low_inclusive=True, high=0.999)
+        _check_bool("nesterov", self.nesterov)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        self.lr_milestones = _milestones(self.lr_milestones)
+        _check_number("lr_decay", self.lr_decay, low=0, low_inclusive=False, high=1)
+        if self.schedule == "step" and not self.lr_milestones:
+            raise ConfigError("schedule=step needs lr_milestones, the epochs after which the lr decays "
+                              "(e.g. lr_milestones=150,180,210)")
         _check_nonnegative_int("seed", self.seed)
         _check_choice("device", self.device, DEVICES)
         _check_bool("amp", self.amp)
@@ -215,11 +230,55 @@ class RunConfig:
             "weight_decay": self.weight_decay,
             "version": 1,
             **({"pretrained": True} if t.pretrained else {}),  # absent when false: older keys stay valid
+            **self.optimization_settings(),
+            **({"crop_padding": CROP_PADDING[self.dataset]} if t.augment and self.dataset in CROP_PADDING else {}),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+    def optimization_settings(self) -> dict[str, Any]:
+        """The optimizer and schedule settings that differ from the defaults: absent when default, so the keys of
+        teachers trained before these settings existed (and the bundled teachers) stay valid."""
+        defaults = RunConfig.__dataclass_fields__
+        out = {}
+        for name in ("momentum", "nesterov", "schedule", "lr_milestones", "lr_decay"):
+            if name in ("momentum", "nesterov") and self.optimizer != "sgd":
+                continue  # Adam ignores them
+            if name in ("lr_milestones", "lr_decay") and self.schedule != "step":
+                continue
+            default = defaults[name].default_factory() if name == "lr_milestones" else defaults[name].default
+            if getattr(self, name) != default:
+                out[name] = getattr(self, name)
+        return out
+
+
 _ROOTED = {"mnist", "fashion-mnist", "cifar10", "cifar100"}
+
+
+def _milestones(value: Any) -> list[int]:
+    """lr_milestones as a list of increasing positive epochs, from a list, one int, or "150,180,210" (what
+    `--set lr_milestones=150,180,210` gives)."""
+    items = [] if value is None else value
+    if isinstance(value, str):
+        items = [part.strip() for part in value.strip().strip("[]").split(",") if part.strip()]
+        try:
+            items = [int(part) for part in items]
+        except ValueError:
+            raise ConfigError(f"lr_milestones must be epochs like 150,180,210, got {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"lr_milestones must be a list of epochs like 150,180,210, got {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, float) and item.is_integer():
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int) or item <= 0:
+            raise ConfigError(f"lr_milestones must be positive whole epochs, got {value!r}")
+        if out and item <= out[-1]:
+            raise ConfigError(f"lr_milestones must increase, got {value!r}")
+        out.append(item)
+    return out
 
 
 def _check_archs_fit_dataset(config: RunConfig) -> None:
@@ -428,8 +487,31 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def build_config(config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """The CLI's way in: a file (optional), then `--set` overrides, validated once."""
-    data = load_config_file(config_file) if config_file else {}
+def build_config(config_file: str | None = None, overrides: list[str] | None = None,
+                 preset: str | None = None) -> RunConfig:
+    """The CLI's way in: a named preset (optional), then a file (optional), then `--set` overrides, validated once."""
+    return RunConfig.from_dict(config_data(config_file, overrides, preset))
+
+
+def config_data(config_file: str | None = None, overrides: list[str] | None = None,
+                preset: str | None = None) -> dict[str, Any]:
+    """The nested config dict of a preset, a file and `--set` overrides, in that order (not yet validated)."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        from kdcore.presets import get_preset
+
+        data = get_preset(preset).config_dict()
+    if config_file:
+        merge(data, load_config_file(config_file))
     apply_overrides(data, overrides or [])
-    return RunConfig.from_dict(data)
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into `base` (in place): a file's `teacher: {epochs: 2}` keeps the preset's teacher.arch."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base

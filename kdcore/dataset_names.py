@@ -62,6 +62,11 @@ CATALOGUE: dict[str, DatasetInfo] = {
 
 DATASET_NAMES: tuple[str, ...] = tuple(CATALOGUE)
 
+# Training augmentation of these photo sets is the CIFAR standard (He et al. 2016, and every CIFAR-100 KD
+# paper since): a random 32x32 crop of the image padded by this many black pixels, mirrored with probability 1/2.
+# Other image sets are shifted by ~7% of their side with the border repeated (`kdcore.data.augment`).
+CROP_PADDING: dict[str, int] = {"cifar10": 4, "cifar100": 4}
+
 
 def is_imagefolder(name: str) -> bool:
     """True for "imagefolder:<path>", a user's own images in one subfolder per class."""

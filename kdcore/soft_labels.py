@@ -69,17 +69,17 @@ class SoftLabels:
                 cache_stem.with_name(f"{cache_stem.name}.{prefix}views.pt").exists() for prefix, _ in sources)
             if stem_exists or views <= 1.5 * config.epochs:  # no dearer than running the teacher every step
                 self.view_table = over_training_inputs("views", lambda m: (views, m, classes),
-                                                       lambda x: self._view_table(x, data.info, views), dim=1)
+                                                       lambda x: self._view_table(x, data.info, views, data.black), dim=1)
         self.val_logits = cached("val_logits", (len(data.val_x), classes), lambda: predict(teacher, data.val_x, amp=config.amp))
 
-    def _view_table(self, x: Tensor, info, views: int) -> Tensor:
+    def _view_table(self, x: Tensor, info, views: int, fill: tuple[float, ...]) -> Tensor:
         device = x.device
         table = torch.empty(views, len(x), info.num_classes, device=device)
         for view in range(views):
             ids = torch.full((len(x),), view, device=device)
             step = EVAL_BATCH.get(device.type, 256) * 4  # predict() batches each chunk further
             for start in range(0, len(x), step):
-                chunk = apply_views(x[start : start + step], info, ids[start : start + step])
+                chunk = apply_views(x[start : start + step], info, ids[start : start + step], fill)
                 table[view, start : start + len(chunk)] = predict(self.teacher, chunk, amp=self.amp)
         return table
 

@@ -13,7 +13,7 @@ import copy
 import itertools
 from typing import Any
 
-from kdcore.config import RunConfig, apply_overrides, load_config_file, parse_value, set_dotted
+from kdcore.config import RunConfig, config_data, parse_value, set_dotted
 from kdcore.errors import ConfigError
 
 CONFIRM_ABOVE = 100  # runs; a larger sweep must be confirmed (CLI: --yes; app: a checkbox)
@@ -67,10 +67,10 @@ def _culprit(base: dict[str, Any], values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())  # only the combination is invalid
 
 
-def build_sweep(config_file: str | None, overrides: list[str], grid_specs: list[str]) -> tuple[dict, dict, list]:
-    """The CLI's way in: base dict, grid, and the expanded (values, config) list."""
-    base = load_config_file(config_file) if config_file else {}
-    apply_overrides(base, overrides)
+def build_sweep(config_file: str | None, overrides: list[str], grid_specs: list[str],
+                preset: str | None = None) -> tuple[dict, dict, list]:
+    """The CLI's way in: base dict (a preset, a file, `--set`), grid, and the expanded (values, config) list."""
+    base = config_data(config_file, overrides, preset)
     grid = parse_grid(grid_specs)
     return base, grid, expand(base, grid)
 

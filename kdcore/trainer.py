@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,7 +226,7 @@ def baseline_key(config: RunConfig) -> tuple:
     """Runs with equal keys train identical baselines: temperature and loss weights do not matter to it."""
     return (config.teacher_key(), config.student.arch, config.seed, config.epochs + config.finetune_epochs,
             config.batch_size, config.optimizer, config.lr, config.weight_decay, config.augment, config.amp,
-            config.labeled_fraction, config.transfer)
+            config.labeled_fraction, config.transfer, json.dumps(config.optimization_settings(), sort_keys=True))
 
 
 def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_result: dict[str, Any],

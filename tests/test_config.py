@@ -275,6 +275,33 @@ def test_teacher_key_follows_teacher_settings_and_data(key, value):
     assert key_with(**{key: value}) != key_with()
 
 
+def test_teacher_key_follows_the_optimizer_and_schedule_only_where_they_act():
+    sgd = key_with(optimizer="sgd")
+    assert len({sgd, key_with(optimizer="sgd", nesterov=False), key_with(optimizer="sgd", momentum=0.5),
+                key_with(optimizer="sgd", schedule="step", lr_milestones=[2])}) == 4
+    assert key_with(nesterov=False) == key_with(), "Adam has no momentum setting"
+    assert key_with(lr_milestones=[2], lr_decay=0.5) == key_with(), "milestones act on the step schedule only"
+    assert key_with(schedule="step", lr_milestones=[2]) != key_with(schedule="step", lr_milestones=[3])
+
+
+@pytest.mark.parametrize("given, expected", [("150,180,210", [150, 180, 210]), ("[5, 7]", [5, 7]), (4, [4]),
+                                             ([1, 2.0], [1, 2]), ("", [])])
+def test_lr_milestones_read_as_increasing_epochs(given, expected):
+    assert RunConfig.from_dict({"lr_milestones": given}).lr_milestones == expected
+    if isinstance(given, str):  # what --set gives
+        assert build_config(None, [f"lr_milestones={given}"]).lr_milestones == expected
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"lr_milestones": "3,2"}, "must increase"), ({"lr_milestones": "0,5"}, "positive"), ({"lr_milestones": "a"}, "epochs"),
+    ({"schedule": "step"}, "needs lr_milestones"), ({"schedule": "linear"}, "schedule"), ({"lr_decay": 0}, "lr_decay"),
+    ({"momentum": 1.5}, "momentum"), ({"nesterov": "yes"}, "nesterov"),
+])
+def test_bad_schedule_settings_are_refused_by_name(settings, named):
+    with pytest.raises(ConfigError, match=named):
+        RunConfig.from_dict(settings)
+
+
 def test_teacher_key_is_stable_across_round_trip():
     config = RunConfig.from_dict(BASE)
     assert RunConfig.from_json(config.to_json()).teacher_key() == config.teacher_key()

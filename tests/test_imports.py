@@ -38,7 +38,8 @@ TORCH_FREE = {
     "kdcore.runner": "from kdcore.runner import Runner, max_runs; r = Runner(); max_runs(r.store); r.reap()",
     "kdcore.sweep": "import kdcore.sweep as s; s.expand({'dataset': 'digits'}, s.parse_grid(['temperature=1,4']))",
     "kdcore.compare (records only)": "from kdcore.compare import comparison_rows, config_diff; comparison_rows([])",
-    "kdcore.cli (runs, list-methods)": "from kdcore.cli import main; main(['runs', '--json']); main(['list-methods'])",
+    "kdcore.cli (runs, list-methods, list-presets)": "from kdcore.cli import main; main(['runs', '--json']); "
+                                                     "main(['list-methods']); main(['list-presets', '--json'])",
     "app.read_model (every module)": "import importlib, pkgutil, app.read_model as read_model\n"
                                      "for module in pkgutil.iter_modules(read_model.__path__):\n"
                                      "    importlib.import_module(f'app.read_model.{module.name}')",

@@ -8,7 +8,8 @@ import torch
 from kdcore.callbacks import Callback
 from kdcore.config import RunConfig
 from kdcore.errors import Cancelled, DivergedError
-from kdcore.train import Progress, Single, Stacked, StageResult, TrainState, cosine, fit, fit_one
+from kdcore.train import (Progress, Single, Stacked, StageResult, TrainState, cosine, fit, fit_one, learning_rate,
+                          make_optimizer, step_decay)
 from kdcore.trainer import distill_stage, new_model, prepare
 from run_helpers import StopAfterFirstEpoch
 
@@ -37,6 +38,27 @@ def train(prep, configs, members, callbacks=None, progress=None, state=None):
 def test_cosine_schedule_ends_at_zero():
     assert cosine(0.1, 0, 10) == pytest.approx(0.1) and cosine(0.1, 5, 10) == pytest.approx(0.05)
     assert cosine(0.1, 10, 10) == pytest.approx(0.0, abs=1e-12) and cosine(0.1, 99, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_step_schedule_decays_by_lr_decay_after_each_milestone():
+    """CRD's and DKD's schedule: 0.05 for epochs 1-150, then 0.005, 0.0005 and 0.00005 (hand values)."""
+    by_epoch = {1: 0.05, 150: 0.05, 151: 0.005, 180: 0.005, 181: 0.0005, 210: 0.0005, 211: 0.00005, 240: 0.00005}
+    for epoch, lr in by_epoch.items():
+        assert step_decay(0.05, epoch, [150, 180, 210], 0.1) == pytest.approx(lr, rel=1e-12), epoch
+    config = RunConfig(optimizer="sgd", lr=0.05, schedule="step", lr_milestones=[150, 180, 210])
+    steps_per_epoch, total = 782, 782 * 240  # 50,000 images in batches of 64
+    for epoch, lr in by_epoch.items():  # every step of the epoch, first and last, trains with the epoch's lr
+        for step in ((epoch - 1) * steps_per_epoch, epoch * steps_per_epoch - 1):
+            assert learning_rate(config, 0.05, step, steps_per_epoch, total) == pytest.approx(lr, rel=1e-12)
+    assert learning_rate(CONFIG, 0.1, 5, 1, 10) == cosine(0.1, 5, 10)  # the default stays cosine
+
+
+def test_sgd_takes_the_configured_momentum_and_nesterov():
+    weight = torch.nn.Parameter(torch.zeros(3))
+    for settings, expected in (({}, (0.9, True, 0.0)), ({"nesterov": False, "weight_decay": 5e-4}, (0.9, False, 5e-4)),
+                               ({"momentum": 0.0}, (0.0, False, 0.0))):
+        group = make_optimizer(RunConfig(optimizer="sgd", **settings), [weight], 0.05).param_groups[0]
+        assert (group["momentum"], group["nesterov"], group["weight_decay"]) == expected
 
 
 def test_stacked_members_equal_the_same_runs_trained_one_by_one(prep):

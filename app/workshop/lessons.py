@@ -4,13 +4,15 @@ The first two lessons draw one example's teacher logits: a real trained teacher'
 (the Temperature lab's source), once one exists; until then one fixed vector (a handwritten 7 that
 looks a little like a 1 and a 9). Either way they are plain floats, so the pages redraw instantly
 without torch. The third and fourth lessons train: `LESSON_PRESET` is the run
-whose benefit a room can see (found by `bench/lesson_preset.py`, recorded in BENCHMARKS.md).
+whose benefit a room can see (`kdcore.presets.LESSON`, found by `bench/lesson_preset.py`, in BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from kdcore import presets
 
 CLASSES = [str(digit) for digit in range(10)]
 # A teacher's logits for one handwritten 7: sure it is a 7, and it finds 1 and 9 the likeliest mistakes.
@@ -51,10 +53,9 @@ def lesson_teacher(teachers: list[dict]) -> dict | None:
 
 
 ALONE_VS_DISTILLED = "alone-vs-distilled"
-# Settings over RunConfig's defaults (BENCHMARKS.md, "A lesson preset that teaches"): the student keeps the labels
-# of 10% of the digits, the teacher labels them all. Distilled beats alone by +7.8 to +8.3 points on each of 3
-# seeds, 2–3 s a run (with its baseline) on 2 busy cores once the teacher exists.
-LESSON_PRESET: dict[str, object] = {"dataset": "digits", "labeled_fraction": 0.1, "baseline": True}
+# Settings over RunConfig's defaults: the engine's preset `lesson-alone-vs-distilled` (`kdcore.presets`, where its
+# numbers are told), so `python -m kdcore run --preset lesson-alone-vs-distilled` trains the same run.
+LESSON_PRESET: dict[str, object] = dict(presets.LESSON.settings)
 # The room sweep over T starts from the lesson preset (one shared teacher; the runs train together).
 ROOM_SWEEP_TEMPERATURES = [1, 2, 4, 8, 16]
 

@@ -51,6 +51,11 @@ class Splits:
     # (`kdcore.data.transfer`). None: every one is labelled, as loaded.
     train_labeled: Tensor | None = None
 
+    @property
+    def black(self) -> tuple[float, ...]:
+        """A black pixel, per channel, in these normalised units: what CIFAR's standard crop pads with."""
+        return tuple(-mean / std for mean, std in zip(self.mean, self.std))
+
     def to(self, device: torch.device | str) -> Splits:
         """A copy with every tensor on `device`."""
         moved = {field: getattr(self, field).to(device)

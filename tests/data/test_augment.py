@@ -3,11 +3,13 @@ padding and slicing, point jitter, seeded reproducibility."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcore.data import DatasetInfo, augment, load_dataset
+from kdcore.data import DatasetInfo, augment, load_dataset, view_count
 
 
 def shifted_versions(image: torch.Tensor, max_shift: int, flips: bool) -> list[torch.Tensor]:
@@ -45,16 +47,24 @@ def test_augment_shifts_images(name, max_shift):
         assert matches_one_of(result, shifted_versions(image, max_shift, flips=False))
 
 
-def test_augment_flips_only_cifar():
-    x = torch.randn(64, 3, 32, 32)
-    cifar = DatasetInfo("cifar10", "", (3, 32, 32), 10, "image", True, None)
-    out = augment(x, cifar, seeded(0))
-    flipped = 0
-    for image, result in zip(x, out):
-        matches = matches_one_of(result, shifted_versions(image, 2, flips=True))
-        assert matches
-        flipped += matches[0] >= 25
-    assert 10 < flipped < 54, "about half of the images are mirrored"
+def test_cifar_gets_the_standard_crop_of_the_padded_image_and_flip():
+    """torchvision's RandomCrop(32, padding=4) then RandomHorizontalFlip() on pixels in [0, 1], padding black,
+    here on normalised images: every output is one of the 9 x 9 crops of the padded image or its mirror."""
+    pixels = torch.rand(64, 3, 32, 32)
+    mean, std = torch.tensor([0.51, 0.49, 0.44]).view(3, 1, 1), torch.tensor([0.27, 0.26, 0.28]).view(3, 1, 1)
+    black = tuple((-mean / std).flatten().tolist())
+    cifar = DatasetInfo("cifar100", "", (3, 32, 32), 100, "image", True, None)
+    assert view_count(cifar) == view_count(dataclasses.replace(cifar, name="cifar10")) == 9 * 9 * 2
+    out = augment((pixels - mean) / std, cifar, seeded(0), fill=black) * std + mean  # back to pixels
+    matches = []
+    for image, result in zip(pixels, out):
+        padded = F.pad(torch.stack([image, image.flip(-1)]), [4] * 4, value=0.0)  # [2, 3, 40, 40]
+        versions = torch.stack([padded[:, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)], dim=1)
+        distance = (versions.reshape(162, -1) - result.reshape(1, -1)).abs().amax(dim=1)  # [mirror * 81 + shift]
+        assert distance.min() < 1e-5
+        matches.append(int(distance.argmin()))
+    assert 10 < sum(m >= 81 for m in matches) < 54, "about half of the images are mirrored"
+    assert len({m % 81 for m in matches}) > 30 and {m % 81 for m in matches} & {0, 8, 72, 80}, "shifts reach 4 px"
 
 
 def test_augment_jitters_points():
