@@ -219,8 +219,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_RUN_FAILED
         print(f"kdcore: error: {summary.get('error')} (run {run_id} failed)", file=sys.stderr)
         return EXIT_USER_ERROR  # execute() returns (rather than raises) only for user errors
+    summary = {**summary, "seeds": _seeds(store, store.get_run(run_id))}
     _emit(args, summary, lambda: _print_summary(summary))
     return 0
+
+
+def _seeds(store, record) -> dict[str, Any] | None:
+    """The run's config over every seed in the store (`kdcore.seeds.seeds_summary`); None unless done."""
+    if record.status != "done" or not record.summary:
+        return None
+    from kdcore.seeds import seeds_summary
+
+    return seeds_summary(record, store.list_runs(status="done"))
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -232,6 +242,10 @@ def _print_summary(s: dict[str, Any]) -> None:
     _table(rows, ["model", "test acc", "params"])
     if s.get("gap_closed") is not None:
         print(f"gap closed: {100 * s['gap_closed']:.1f}%  compression: {s['compression']:.1f}x")
+    seeds = s.get("seeds")
+    if seeds and seeds["baseline_mean"] is not None:
+        print(f"over {seeds['n']} seed{'s' if seeds['n'] != 1 else ''} of this config, distilled vs baseline: "
+              f"{seeds['text']}" + ("" if seeds["n"] > 1 else " (python -m kdcore repeat RUN_ID --seeds 3)"))
 
 
 # --- background runs -----------------------------------------------------------------------------------
@@ -257,6 +271,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     runner.tick()
     record = runner.store.get_run(args.run_id)
     data = record.to_json()
+    seeds = _seeds(runner.store, record)
+    if seeds is not None:
+        data["seeds"] = seeds
 
     def human() -> None:
         print(f"{record.id}  {record.status}" + (f"  (pid {record.pid})" if data.get("pid") else ""))
@@ -266,7 +283,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if record.error:
             print(f"  error: {record.error}")
         if record.summary:
-            _print_summary(record.summary)
+            _print_summary({**record.summary, "seeds": seeds})
 
     _emit(args, data, human)
     return 0
@@ -352,6 +369,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _emit(args, data, human)
     failed = [r for r, st in data.get("statuses", {}).items() if st != "done"]
     return EXIT_RUN_FAILED if failed else 0
+
+
+def cmd_repeat(args: argparse.Namespace) -> int:
+    from kdcore.seeds import repeat_run, repeat_sweep
+
+    runner = _runner()
+    if args.id.startswith("sweep-"):
+        run_ids = repeat_sweep(runner, args.id, args.seeds)
+    else:
+        run_ids = repeat_run(runner, args.id, args.seeds)
+    records = [runner.store.get_run(r) for r in run_ids]
+    data = {"id": args.id, "seeds": args.seeds, "queued": [{"run_id": r.id, "seed": r.config.get("seed"),
+                                                            "status": r.status} for r in records]}
+    _emit(args, data, lambda: print(
+        f"{len(run_ids)} run{'s' if len(run_ids) != 1 else ''} queued: " + ", ".join(
+            f"{r.id} (seed {r.config.get('seed')})" for r in records) if run_ids
+        else f"{args.id} already has {args.seeds} seeds (finished or on their way): nothing queued"))
+    return 0
 
 
 METRIC_COLUMNS = ("stage", "epoch", "step", "name", "value")
@@ -495,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until every run has finished")
     p.add_argument("--yes", action="store_true", help="confirm a sweep of more than 100 runs")
     _owner_arg(p)
+    p = command("repeat", cmd_repeat, "queue the missing seeds of a run's config (or of every cell of a sweep), so "
+                "that distilled vs baseline gets a seed-noise verdict")
+    p.add_argument("id", metavar="RUN_ID|SWEEP_ID")
+    p.add_argument("--seeds", type=int, default=3, help="how many seeds the config should have in all (default 3)")
     p = command("metrics", cmd_metrics, "print every recorded series of a run (stage, epoch, step, name, value)")
     p.add_argument("run_id")
     p.add_argument("--csv", action="store_true", help="every point as CSV with a header row")

@@ -8,6 +8,7 @@ JSON spec; the slider redrawing in a real browser is tests/test_browser_lab.py.
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from app_helpers import (ENTRY, charts, finished_run, record_downloads, stop_active_runs,
                          wait_until_finished)
@@ -437,3 +439,115 @@ def test_pick_samples() -> None:
     assert pick_samples(labels, predictions, confidences, "wrong", 5) == [3, 1]
     draw = pick_samples(labels, predictions, confidences, "random", 3, seed=1)
     assert draw == pick_samples(labels, predictions, confidences, "random", 3, seed=1) and len(set(draw)) == 3
+
+
+# --- seed-noise verdicts over a real sweep of 3 seeds (kept last: it adds runs to the module's store) -----------------
+
+
+@pytest.fixture(scope="module")
+def seed_sweep(sweep_store: SimpleNamespace) -> SimpleNamespace:
+    """temperature 1 and 4 × seeds 0, 1, 2 on digits, 1 epoch: one stacked group trained in this process (as
+    its worker would), with the first sweep's teacher (cached: only the six students and baselines train)."""
+    from kdcore.worker import execute_group
+
+    store, base = sweep_store.store, {**BASE, "epochs": 1}
+    grid = parse_grid(["temperature=1,4", "seed=0,1,2"])
+    runs = expand(base, grid)
+    sweep_id = store.create_sweep({"name": "seeds", "base": base, "grid": grid, "size": len(runs)})
+    run_ids = [store.create_run(config.to_dict(), name=f"seeds: {values}", status="running", pid=os.getpid(),
+                                sweep_id=sweep_id) for values, config in runs]
+    summaries = execute_group(store, run_ids, [config for _, config in runs])
+    assert [s["status"] for s in summaries] == ["done"] * 6, summaries
+    return SimpleNamespace(sweep_id=sweep_id, run_ids=run_ids, records=[store.get_run(r) for r in run_ids])
+
+
+def paired_reference(distilled: list[float], reference: list[float]) -> tuple[float, float]:
+    """(mean, half-width) of distilled − reference: scipy's t quantile over numpy's float64 statistics."""
+    d = np.asarray(distilled, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    return d.mean(), stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+
+
+def expected_verdict(mean: float, half: float) -> str:
+    return "better" if mean - half > 0 else "worse" if mean + half < 0 else "within seed noise"
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no table with a {column!r} column"
+    return found[0]
+
+
+def test_a_sweep_over_3_seeds_shows_a_verdict_per_cell(in_store, seed_sweep, capsys) -> None:
+    at = open_page("sweeps", sweep=seed_sweep.sweep_id)
+    verdicts = frame_with(at, "verdict")
+    assert list(verdicts["temperature"]) == [1.0, 4.0] and list(verdicts["seeds"]) == [3, 3]
+    for row, temperature in zip(verdicts.to_dict("records"), (1.0, 4.0)):
+        runs = [r for r in seed_sweep.records if r.config["temperature"] == temperature]
+        mean, half = paired_reference([r.summary["student_test_acc"] for r in runs],
+                                      [r.summary["baseline_test_acc"] for r in runs])
+        assert row["verdict"].startswith(expected_verdict(mean, half)), (row["verdict"], mean, half)
+        assert row["difference"] == f"{100 * mean:+.2f} ± {100 * half:.2f}".replace("-", "−")
+        distilled = np.array([r.summary["student_test_acc"] for r in runs])
+        spread = stats.t.ppf(0.975, 2) * distilled.std(ddof=1) / math.sqrt(3)
+        assert row["distilled"] == f"{100 * distilled.mean():.2f} ± {100 * spread:.2f}"
+    # the summary JSON of one of its runs carries the same paired difference
+    from kdcore.cli import main
+
+    first = seed_sweep.run_ids[0]
+    assert main(["status", first, "--json"]) == 0
+    seeds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seeds"]
+    runs = [r for r in seed_sweep.records if r.config["temperature"] == 1.0]
+    mean, half = paired_reference([r.summary["student_test_acc"] for r in runs],
+                                  [r.summary["baseline_test_acc"] for r in runs])
+    assert seeds["n"] == 3 and seeds["seeds"] == [0, 1, 2] and set(seeds["run_ids"]) == {r.id for r in runs}
+    assert seeds["diff_ci95"] == pytest.approx([mean - half, mean + half], abs=1e-12)
+    assert seeds["verdict"] == expected_verdict(mean, half)
+
+
+def test_live_run_and_compare_judge_over_the_seeds_in_the_store(in_store, seed_sweep) -> None:
+    at = open_page("live", run=seed_sweep.run_ids[1])
+    over = [m.value for m in at.markdown if "Over 3 seeds" in m.value]
+    assert over and "seeds 0, 1, 2" in over[0], [m.value for m in at.markdown]
+    assert at.number_input(key=f"live_more_{seed_sweep.run_ids[1]}_seeds").value == 5  # 3 there: offer 2 more
+
+    cold, warm = seed_sweep.run_ids[0], seed_sweep.run_ids[3]  # T = 1 and T = 4, seed 0 each
+    at = open_page("compare", runs=f"{cold},{warm}")
+    table = frame_with(at, "versus_first")
+    assert list(table["config"]) == ["temperature=1", "temperature=4"] and list(table["seeds"]) == [3, 3]
+    by_seed = {t: {r.config["seed"]: r.summary["student_test_acc"] for r in seed_sweep.records
+                   if r.config["temperature"] == t} for t in (1.0, 4.0)}
+    mean, half = paired_reference([by_seed[4.0][s] for s in range(3)], [by_seed[1.0][s] for s in range(3)])
+    assert table["versus_first"][1].startswith(expected_verdict(mean, half)), (table["versus_first"][1], mean, half)
+
+
+def _fake_done(store: Store, seed: int, sweep_id: str | None = None, temperature: float = 4.0) -> str:
+    config = RunConfig.from_dict({**BASE, "epochs": 1, "seed": seed, "temperature": temperature}).to_dict()
+    run_id = store.create_run(config, status="running", sweep_id=sweep_id, name=f"T{temperature:g} seed {seed}")
+    store.finish(run_id, "done", summary={"student_test_acc": 0.9, "baseline_test_acc": 0.88, "teacher_test_acc": 0.95,
+                                          "teacher_params": 100, "student_params": 10, "compression": 10.0,
+                                          "wall_s": 1.0})
+    return run_id
+
+
+def test_repeat_with_more_seeds_queues_the_missing_ones_from_each_page(slot_taken) -> None:
+    alone = _fake_done(slot_taken, 0)
+    at = open_page("live", run=alone)
+    assert any("One seed: no verdict" in m.value for m in at.markdown)
+    at.button(key=f"live_more_{alone}_repeat").click().run()
+    queued = slot_taken.list_runs(status="queued")
+    assert sorted(r.config["seed"] for r in queued) == [1, 2]
+    assert any("Queued 2 runs" in s.value for s in at.success)
+
+    sweep_id = slot_taken.create_sweep({"name": "grid", "base": {}, "grid": {"temperature": [1, 4]}, "size": 2})
+    for temperature in (1.0, 4.0):
+        _fake_done(slot_taken, 0, sweep_id=sweep_id, temperature=temperature)
+    at = open_page("sweeps", sweep=sweep_id)
+    assert any("One seed per cell" in i.value for i in at.info)
+    at.number_input(key="sw_more_seeds").set_value(2).run()
+    at.button(key="sw_more_repeat").click().run()
+    added = [r for r in slot_taken.list_runs(sweep_id=sweep_id) if r.status == "queued"]
+    assert sorted((r.config["temperature"], r.config["seed"]) for r in added) == [(1.0, 1), (4.0, 1)]
+
+    at = open_page("compare", runs=alone)
+    at.button(key="cmp_more_repeat").click().run()  # seeds 1 and 2 are on their way already
+    assert any("Nothing to queue" in s.value for s in at.success)

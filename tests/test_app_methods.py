@@ -170,6 +170,9 @@ def test_methods_page_shows_mean_and_std_from_the_store(table_store, monkeypatch
     assert table.loc["runs", "Student alone"] == "1"
     dkd_delta = statistics.mean(by_method["dkd"]) - baseline
     assert table.loc["Δ vs. student alone", "dkd"] == f"{100 * dkd_delta:+.2f}".replace("-", "−")
+    # kd has the student alone on seed 0 only: one pair, so no verdict (tests/test_verdict.py has verdicts)
+    assert table.loc["vs. student alone, over seeds", "kd"].startswith("one seed: no verdict")
+    assert table.loc["vs. student alone, over seeds", "Teacher"] == ""
     label = at.selectbox(key="mt_pair")
     assert label.value == "digits|cnn-small|mlp-tiny"
 

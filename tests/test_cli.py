@@ -15,7 +15,7 @@ from kdcore.model_names import ARCH_NAMES
 from kdcore.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ("run", "submit", "status", "runs", "cancel", "resume", "list-models", "list-datasets")
+COMMANDS = ("run", "submit", "status", "runs", "cancel", "resume", "repeat", "list-models", "list-datasets")
 TINY = ["--set", "dataset=digits", "--set", "device=cpu", "--set", "teacher.arch=cnn-small",
         "--set", "student.arch=mlp-tiny", "--set", "teacher.epochs=2", "--set", "epochs=2"]
 SUMMARY_KEYS = ("run_id", "status", "teacher_test_acc", "student_test_acc", "baseline_test_acc", "teacher_params",
@@ -204,6 +204,9 @@ def test_run_json_summary(finished_run):
     assert summary["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert summary["teacher_params"] > summary["student_params"] and summary["wall_s"] > 0
     assert "Traceback" not in result.stderr
+    seeds = summary["seeds"]  # the only seed of its config: no verdict yet (tests/test_verdict.py has three)
+    assert seeds["n"] == 1 and seeds["seeds"] == [3] and seeds["verdict"] == "no verdict" and seeds["diff_ci95"] is None
+    assert seeds["diff_mean"] == pytest.approx(summary["student_test_acc"] - summary["baseline_test_acc"])
 
 
 def test_run_is_recorded_as_done(finished_run):

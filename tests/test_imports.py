@@ -61,6 +61,10 @@ TORCH_FREE = {
                                                "o = options.CompressOptions(prune=0.5, structured=True, quantize='int8')\n"
                                                "jobs.state(Store(), 'run-00000000', o); o.cli_args()",
     "kdcore.cli (compress: bad input)": "from kdcore.cli import main; assert main(['compress', 'run-00000000']) == 2",
+    "kdcore.seeds and kdcore.verdict (status --json, repeat)": "from kdcore.cli import main\n"
+                                                              "from kdcore.verdict import seed_verdict\n"
+                                                              "seed_verdict({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.75})\n"
+                                                              "assert main(['repeat', 'run-00000000']) == 2",
 }
 
 

@@ -7,6 +7,7 @@
     compare       one series of several runs on a chosen x axis
     sweeps        a sweep's rows, aggregates over seeds and the time a run will likely take
     method_table  the method table of finished runs, as the published tables print it
+    seeds         seed-noise verdicts of a sweep's cells and of the configs picked on Compare
     lab           the Temperature lab's choice of samples
 
 The store returns typed rows (`kdcore.store.MetricRow`, `RunMetricRow`, `LogRow`); these modules take

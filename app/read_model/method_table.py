@@ -8,6 +8,7 @@ from typing import Any
 
 from kdcore.config import RunConfig, flatten
 from kdcore.methods import METHODS, method_spec
+from kdcore.verdict import Verdict, seed_verdict
 
 DEFAULT_METHOD = RunConfig.method  # what a stored config without a method ran
 
@@ -84,7 +85,9 @@ def method_table(records: list[Any]) -> list[dict[str, Any]]:
     report the ensemble, so they are left out — and of the student alone over the runs that trained one), `methods` (in
     the registry's order: name → `acc`, the MeanStd of the student's test accuracy over its runs,
     i.e. its seeds; `delta`, its mean minus the student alone's; `gap_closed`, (method − student
-    alone) / (teacher − student alone) from the means, None unless the teacher leads; `run_ids`),
+    alone) / (teacher − student alone) from the means, None unless the teacher leads; `run_ids`;
+    `verdict`, the method against the student alone over seeds (`kdcore.verdict.seed_verdict`: paired by
+    seed, the student alone of a seed being the mean of the row's baselines with that seed)),
     and `differs`: settings on which the row's runs disagree beyond seeds and method (key → values).
     """
     groups: dict[tuple[str, str, str], list[Any]] = {}
@@ -108,6 +111,7 @@ def method_table(records: list[Any]) -> list[dict[str, Any]]:
                 teachers.setdefault(identity, summary["teacher_test_acc"])
         teacher_acc = mean_std(list(teachers.values()))
         baseline_acc = mean_std([(r.summary or {}).get("baseline_test_acc") for r in runs])
+        baseline_by_seed = _by_seed(runs, "baseline_test_acc")
         order = [m for m in METHODS if m in by_method] + sorted(m for m in by_method if m not in METHODS)
         methods = {}
         for method in order:
@@ -115,12 +119,24 @@ def method_table(records: list[Any]) -> list[dict[str, Any]]:
             delta = acc.mean - baseline_acc.mean if baseline_acc else None
             gap = (teacher_acc.mean - baseline_acc.mean) if teacher_acc and baseline_acc else 0.0
             methods[method] = {"acc": acc, "delta": delta, "gap_closed": delta / gap if gap > 0 else None,
-                               "run_ids": [r.id for r in by_method[method]]}
+                               "run_ids": [r.id for r in by_method[method]],
+                               "verdict": seed_verdict(_by_seed(by_method[method], "student_test_acc"),
+                                                       baseline_by_seed)}
         rows.append({"dataset": dataset, "teacher": teacher, "student": student, "runs": len(runs),
                      "teacher_acc": teacher_acc, "baseline_acc": baseline_acc, "methods": methods,
                      "differs": _differing_settings([r.config or {} for r in runs])})
     rows.sort(key=lambda row: -row["runs"])
     return rows
+
+
+def _by_seed(records: list[Any], key: str) -> dict[Any, float]:
+    """A summary number per seed: the mean over the runs of that seed that have it."""
+    values: dict[Any, list[float]] = {}
+    for record in records:
+        value = (record.summary or {}).get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            values.setdefault((record.config or {}).get("seed", 0), []).append(float(value))
+    return {seed: sum(v) / len(v) for seed, v in values.items()}
 
 
 def method_table_label(row: dict[str, Any]) -> str:
@@ -134,11 +150,13 @@ def method_table_label(row: dict[str, Any]) -> str:
 def method_table_columns(row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row of `method_table` as the table's columns, in order: the teacher, the student alone, then
     each method. Each: `column` (teacher, student alone, or the method's name), `acc` (MeanStd or None),
-    `delta`, `gap_closed` (None for the references) and `runs` (how many values the cell averages)."""
-    columns = [{"column": "teacher", "acc": row["teacher_acc"], "delta": None, "gap_closed": None},
-               {"column": "student alone", "acc": row["baseline_acc"], "delta": None, "gap_closed": None}]
-    columns += [{"column": name, "acc": cell["acc"], "delta": cell["delta"], "gap_closed": cell["gap_closed"]}
-                for name, cell in row["methods"].items()]
+    `delta`, `gap_closed`, `verdict` (a `Verdict`; None for the references) and `runs` (how many values
+    the cell averages)."""
+    columns = [{"column": "teacher", "acc": row["teacher_acc"], "delta": None, "gap_closed": None, "verdict": None},
+               {"column": "student alone", "acc": row["baseline_acc"], "delta": None, "gap_closed": None,
+                "verdict": None}]
+    columns += [{"column": name, "acc": cell["acc"], "delta": cell["delta"], "gap_closed": cell["gap_closed"],
+                 "verdict": cell.get("verdict")} for name, cell in row["methods"].items()]
     for column in columns:
         column["runs"] = column["acc"].n if column["acc"] else 0
     return columns
@@ -154,5 +172,15 @@ def method_table_csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"dataset": row["dataset"], "teacher": row["teacher"], "student": row["student"],
                         "column": column["column"], "test_acc_mean": acc.mean if acc else None,
                         "test_acc_std": acc.std if acc else None, "runs": column["runs"],
-                        "minus_student_alone": column["delta"], "gap_closed": column["gap_closed"]})
+                        "minus_student_alone": column["delta"], "gap_closed": column["gap_closed"],
+                        **_verdict_columns(column["verdict"])})
     return out
+
+
+def _verdict_columns(verdict: Verdict | None) -> dict[str, Any]:
+    """The CSV's verdict columns: the 95% interval of method − student alone (paired by seed, else Welch's),
+    how many seeds were paired, and the verdict."""
+    if verdict is None:
+        return {"diff_ci95_low": None, "diff_ci95_high": None, "seeds_paired": None, "verdict": None}
+    return {"diff_ci95_low": verdict.diff_low, "diff_ci95_high": verdict.diff_high,
+            "seeds_paired": len(verdict.seeds) if verdict.paired else 0, "verdict": verdict.verdict}

@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, session
+from app import charts, session, verdicts
 from app.read_model.compare import X_AXES, compare_series
 from app.read_model.progress import STAGE_TITLES
+from app.read_model.seeds import config_groups, format_ci, format_difference
 from app.read_model.series import PERCENT_SERIES, is_step_series, series_kind, series_label, series_order
 from kdcore.compare import comparison_rows, config_diff, datasets_differ
 from kdcore.dataset_names import CATALOGUE
@@ -45,6 +46,7 @@ def render() -> None:
     st.fragment(_curves, run_every=POLL_S if active else None)([r.id for r in records], active)
     _table(store, records)
     _differences(records)
+    _over_seeds(store, records)
 
 
 # --- which runs -------------------------------------------------------------------------------------------------
@@ -255,6 +257,41 @@ def _metrics_csv(home: Path, run_ids: list[str]):
         finally:
             store.close()
     return build
+
+
+# --- over seeds ------------------------------------------------------------------------------------------------
+
+
+def _over_seeds(store: Store, records: list[RunRecord]) -> None:
+    """Each config picked (apart from seed) over all its finished seeds in the store: distilled vs baseline
+    and, from the second config on, its distilled accuracy vs the first one's, each with a verdict."""
+    st.subheader("Over seeds", divider="gray")
+    groups = config_groups(records, store.list_runs(status="done"))
+    rows = []
+    for group in groups:
+        seeds, versus = group["seeds"], group["versus_first"]
+        rows.append({"config": group["label"], "seeds": seeds["n"],
+                     "distilled": format_ci(seeds["distilled_mean"], seeds["distilled_ci95"]),
+                     "baseline": format_ci(seeds["baseline_mean"], seeds["baseline_ci95"]),
+                     "difference": format_difference(seeds), "verdict": seeds["text"],
+                     "versus_first": "" if versus is None else versus.text})
+    first = groups[0]["label"] if groups else ""
+    columns = ["config", "seeds", "distilled", "baseline", "difference", "verdict"]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="cmp_seeds",
+                 column_order=columns + (["versus_first"] if len(groups) > 1 else []), column_config={
+                     "config": st.column_config.TextColumn("Config", pinned=True,
+                                                           help="the settings on which the configs picked differ"),
+                     "seeds": st.column_config.NumberColumn("Seeds", help="finished runs of this config, one per seed"),
+                     "distilled": st.column_config.TextColumn("Distilled (%)", help="mean ± 95% t-interval"),
+                     "baseline": st.column_config.TextColumn("Baseline (%)", help="mean ± 95% t-interval"),
+                     "difference": st.column_config.TextColumn("Distilled − baseline (points)"),
+                     "verdict": st.column_config.TextColumn("Distilled vs baseline", width="large"),
+                     "versus_first": st.column_config.TextColumn(f"Distilled vs {first}", width="large",
+                                                                 help="paired by seed where the configs share seeds")})
+    st.caption("Every finished run of each config in this store counts, one per seed, not only the runs picked. "
+               + verdicts.RULE)
+    have = min((g["seeds"]["n"] for g in groups), default=0)
+    verdicts.repeat_control([g["run"].id for g in groups], have, "cmp_more", "each config picked")
 
 
 # --- what differs ------------------------------------------------------------------------------------------------

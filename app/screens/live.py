@@ -11,14 +11,16 @@ import time
 
 import streamlit as st
 
-from app import charts, session
+from app import charts, session, verdicts
 from app.text import plain
 from app.workshop import access
 from app.read_model.progress import (STAGE_TITLES, TRAINED_STAGES, format_duration, run_eta, run_plan, stage_eta,
                                      stage_fraction, stage_states)
 from app.read_model.runs import labels_label, weights_label
+from app.read_model.seeds import format_ci, seeds_present
 from app.read_model.trace import RunTrace, teacher_val_acc
 from kdcore.errors import KDError, RunNotFound
+from kdcore.seeds import seed_family, seeds_summary
 from kdcore.store import ACTIVE, RunRecord, Store
 
 POLL_S = 1.0  # curves and progress
@@ -224,6 +226,27 @@ def _results(record: RunRecord) -> None:
     cols[3].metric("Compression", f"{summary['compression']:.1f}×" if summary.get("compression") else "—")
     cols[4].metric("Agreement (test)", _pct(summary.get("test_agreement")))
     cols[5].metric("Wall time", format_duration(summary.get("wall_s")))
+    _over_seeds(record)
+
+
+def _over_seeds(record: RunRecord) -> None:
+    """Distilled vs baseline over every finished seed of this run's config, and more seeds on request."""
+    if (record.summary or {}).get("baseline_test_acc") is None:
+        return  # no baseline, nothing to judge against
+    store = session.store()
+    seeds = seeds_summary(record, store.list_runs(status="done"))
+    if seeds["n"] > 1:
+        st.markdown(f"**Over {seeds['n']} seeds** of this config (seeds {', '.join(map(str, seeds['seeds']))}): "
+                    f"distilled {format_ci(seeds['distilled_mean'], seeds['distilled_ci95'])}%, baseline "
+                    f"{format_ci(seeds['baseline_mean'], seeds['baseline_ci95'])}% · "
+                    + verdicts.verdict_text(seeds["verdict"], seeds["text"]), help=verdicts.RULE)
+    else:
+        st.markdown(verdicts.verdict_text("no verdict", "One seed: no verdict. A difference of a point between "
+                                                        "distilled and baseline can be seed noise; repeat this "
+                                                        "config with more seeds to tell."), help=verdicts.RULE)
+    family = [r for r in store.list_runs() if seed_family(r.config) == seed_family(record.config)]
+    verdicts.repeat_control([record.id], seeds_present([r for r in family if r.status == "done" or r.active]),
+                            f"live_more_{record.id}", "this config")
 
 
 def _pct(value: float | None) -> str:

@@ -16,7 +16,8 @@ from app.read_model.method_table import (format_mean_std, method_table, method_t
                                          method_table_label)
 from kdcore.methods import METHODS, method_spec
 
-ROWS = {"acc": "test accuracy (%)", "delta": "Δ vs. student alone", "gap_closed": "gap closed", "runs": "runs"}
+ROWS = {"acc": "test accuracy (%)", "delta": "Δ vs. student alone", "gap_closed": "gap closed", "runs": "runs",
+        "verdict": "vs. student alone, over seeds"}
 SMALL_LEAD = 0.02  # a teacher this close to the student alone makes "gap closed" magnify noise
 
 
@@ -36,7 +37,9 @@ def render() -> None:
                "deviation over a method's runs (seeds); a cell of one run shows its value alone. The teacher's is over "
                "distinct teachers. Δ in percentage points. Gap closed = (method − student alone) "
                "/ (teacher − student alone), from the means: 100% reaches the teacher, below 0 is worse than no "
-               "teacher at all.")
+               "teacher at all. The verdict: the 95% Student-t interval of method − student alone, paired by seed "
+               "(Welch's when they share fewer than 2 seeds); better or worse when it excludes 0, otherwise within "
+               "seed noise; one seed gives no verdict.")
     _caveats(row)
     _legend(row)
     if len(rows) > 1:
@@ -61,6 +64,7 @@ def _frame(row: dict) -> pd.DataFrame:
             ROWS["delta"]: "" if column["delta"] is None else _signed(f"{100 * column['delta']:+.2f}"),
             ROWS["gap_closed"]: "" if column["gap_closed"] is None else _signed(f"{100 * column['gap_closed']:.0f}%"),
             ROWS["runs"]: str(column["runs"]),
+            ROWS["verdict"]: "" if column["verdict"] is None else column["verdict"].text,
         }
     return pd.DataFrame(table)
 

@@ -17,9 +17,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app import charts, session
+from app import charts, session, verdicts
 from app.workshop import access
 from app.read_model.progress import format_duration
+from app.read_model.seeds import cell_verdicts, format_ci, format_difference, seeds_present
 from app.read_model.sweeps import (ACCURACY_METRICS, SWEEP_METRICS, aggregate, axis_values, dotted_value,
                                    sweep_progress, sweep_rows, typical_run_s)
 from kdcore.config import RunConfig
@@ -214,6 +215,7 @@ def _sweep_panel(sweep_id: str, was_active: bool) -> None:
         with right:
             _temperature_lines(rows, plotted)
     _results(records, rows, keys)
+    _verdicts(sweep_id, records, keys)
 
 
 def _progress(sweep: dict[str, Any], records: list) -> None:
@@ -290,6 +292,33 @@ def _seed_only(rows: list[dict], metric: str) -> None:
     cell = cells[0]
     st.metric(f"{SWEEP_METRICS[metric]}, mean over {cell['n']} seeds", f"{cell['mean']:.1%}",
               help=f"standard deviation {cell['std']:.1%}")
+
+
+def _verdicts(sweep_id: str, records: list, keys: list[str]) -> None:
+    """Distilled vs baseline in each cell, over its seeds, with a verdict; and more seeds for every cell."""
+    st.subheader("Distilled vs baseline over seeds", divider="gray")
+    cells = cell_verdicts(records, keys)
+    have = seeds_present([r for r in records if r.status == "done" or r.active])
+    if not cells:
+        st.caption("The verdicts appear as runs of the sweep finish.")
+    elif all(cell["n"] < 2 for cell in cells):
+        st.info("One seed per cell, so no verdicts: a difference of a point can be seed noise. Repeat the sweep "
+                "with more seeds to see which differences are more than that.", icon=":material/info:")
+    if cells:
+        swept = [k for k in keys if k != "seed"]
+        frame = pd.DataFrame([{**{k: cell[k] for k in swept}, "seeds": cell["n"],
+                               "distilled": format_ci(cell["distilled_mean"], cell["distilled_ci95"]),
+                               "baseline": format_ci(cell["baseline_mean"], cell["baseline_ci95"]),
+                               "difference": format_difference(cell), "verdict": cell["text"]} for cell in cells])
+        st.dataframe(frame, hide_index=True, key="sw_verdicts", column_config={
+            "seeds": st.column_config.NumberColumn("Seeds", help="finished runs of the cell, one per seed"),
+            "distilled": st.column_config.TextColumn("Distilled (%)", help="test accuracy, mean ± 95% t-interval"),
+            "baseline": st.column_config.TextColumn("Baseline (%)", help="the student alone, mean ± 95% t-interval"),
+            "difference": st.column_config.TextColumn("Distilled − baseline (points)",
+                                                      help="mean of the per-seed differences ± its 95% t-interval"),
+            "verdict": st.column_config.TextColumn("Verdict", width="large")})
+        st.caption(verdicts.RULE)
+    verdicts.repeat_control([sweep_id], have, "sw_more", "every cell of this sweep")
 
 
 def _results(records: list, rows: list[dict], keys: list[str]) -> None:

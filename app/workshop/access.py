@@ -89,6 +89,23 @@ def delete(run_id: str) -> None:
     permissions.delete(session.runner(), actor(), run_id)
 
 
+def repeat_seeds(run_or_sweep_id: str, seeds: int) -> list[str]:
+    """Queue the missing seeds of a run's config, or of every cell of a sweep (`kdcore.seeds`); in a
+    workshop only the instructor may (participants' runs count against their cap, and they start runs
+    from their own page)."""
+    from kdcore.seeds import repeat_run, repeat_sweep
+
+    permissions.require_instructor(actor(), "queue more seeds")
+    if run_or_sweep_id.startswith("sweep-"):
+        return repeat_sweep(session.runner(), run_or_sweep_id, seeds)
+    return repeat_run(session.runner(), run_or_sweep_id, seeds)
+
+
+def may_repeat_seeds() -> bool:
+    who = actor()
+    return not who.in_workshop or who.is_instructor
+
+
 def submit(config, *, name: str | None = None, sweep_id: str | None = None, challenge_entry: bool = False) -> str:
     who = actor()
     if who.in_workshop and who.name is None:

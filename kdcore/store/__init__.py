@@ -671,6 +671,12 @@ class Store:
             raise RunNotFound(f"no sweep {sweep_id} in {self.home}")
         return {"sweep_id": row[0], "created": row[1], **json.loads(row[2])}
 
+    def update_sweep(self, sweep_id: str, spec: dict[str, Any]) -> None:
+        """Replace a sweep's spec (its grid and size grow when more seeds are queued into it)."""
+        self.get_sweep(sweep_id)  # a malformed or unknown id is refused by name
+        with self._transaction() as db:
+            db.execute("UPDATE sweeps SET spec=? WHERE id=?", (json.dumps(spec), sweep_id))
+
     def list_sweeps(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT id, created, spec FROM sweeps ORDER BY created DESC").fetchall()
         return [{"sweep_id": r[0], "created": r[1], **json.loads(r[2])} for r in rows]
