@@ -480,6 +480,48 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
+# --- experiment trackers (kdcore.tracking) -----------------------------------------------------------------
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from kdcore.config import TrackingConfig
+    from kdcore.store import Store
+
+    if not (args.mlflow or args.tensorboard):
+        raise KDError("sync: name where to export: --mlflow URI and/or --tensorboard DIR")
+    try:
+        targets = TrackingConfig(mlflow=args.mlflow, tensorboard=args.tensorboard)  # checked as the config keys are
+    except KDError as exc:
+        raise KDError(str(exc).replace("tracking.mlflow", "--mlflow").replace("tracking.tensorboard", "--tensorboard")) from None
+    store = Store()
+    records = [store.get_run(run_id) for run_id in dict.fromkeys(args.run_ids)]  # every id known before any export
+    for record in records:
+        if record.active:
+            raise KDError(f"sync: run {record.id} is {record.status}; sync exports runs that have ended "
+                          "(to log a run while it trains, set tracking.mlflow / tracking.tensorboard)")
+    from kdcore.tracking import TRACKERS, export_run, reason
+
+    exported = []
+    for record in records:
+        entry: dict[str, Any] = {"run_id": record.id, "status": record.status}
+        for name, tracker in TRACKERS.items():
+            target = getattr(targets, name)
+            if not target:
+                continue
+            try:
+                entry[name] = export_run(store, record, tracker(target))
+            except Exception as exc:  # the tracker's failure (unreachable, unwritable): this export fails, not the run
+                print(f"kdcore: error: sync: {name} at {target} failed for run {record.id}: {reason(exc)}",
+                      file=sys.stderr)
+                return EXIT_RUN_FAILED
+        exported.append(entry)
+        if not args.json:
+            print(f"{record.id} → " + "; ".join(entry[name] for name in TRACKERS if name in entry))
+    if args.json:
+        print(json.dumps({"runs": exported}))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from kdcore.worker import spare_main, worker_main
 
@@ -559,6 +601,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "teacher for N epochs")
     p.add_argument("--quantize", choices=["int8"], default=None, help="post-training int8 of each student variant")
     p.add_argument("--repeats", type=int, default=200, help="timed calls per latency measurement")
+    p = command("sync", cmd_sync, "export runs that have ended to MLflow and/or TensorBoard: params (the config), "
+                "every recorded series at its step, the summary and the student checkpoint (a run exported again "
+                "replaces its earlier export)")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--mlflow", metavar="URI", default=None, help="MLflow tracking URI: sqlite:///mlflow.db, a folder "
+                   "(file store), http://host:5000, ...; experiment $MLFLOW_EXPERIMENT_NAME or 'KD Lab'")
+    p.add_argument("--tensorboard", metavar="DIR", default=None, help="TensorBoard log folder; each run is written to "
+                   "DIR/RUN_ID/ (view: tensorboard --logdir DIR)")
     p = sub.add_parser("worker", help="(internal) train one queued run; started by the runner")
     p.add_argument("run_id", nargs="?")
     p.add_argument("--spare", action="store_true", help="(internal) warm up, then wait to be handed a run")

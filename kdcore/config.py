@@ -11,7 +11,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from kdcore.dataset_names import CROP_PADDING
@@ -108,6 +110,53 @@ class LossWeights:
             raise ConfigError("weights: ce, kd and feature cannot all be 0 (nothing would be learned)")
 
 
+MLFLOW_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers that log the run live (`kdcore.tracking`); null: not used.
+
+    Relative paths are made absolute here, at the edge, because the worker runs in another process.
+    """
+
+    mlflow: str | None = None  # a tracking URI: sqlite:///mlflow.db, a folder (file store), http://host:5000, ...
+    tensorboard: str | None = None  # a log folder; each run writes <folder>/<run id>/
+
+    def __post_init__(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow = _mlflow_uri(self.mlflow)
+        if self.tensorboard is not None:
+            if not isinstance(self.tensorboard, str) or not self.tensorboard.strip() or "\x00" in self.tensorboard:
+                raise ConfigError(f"tracking.tensorboard must be a folder path or null, got {self.tensorboard!r}")
+            self.tensorboard = str(Path(self.tensorboard.strip()).expanduser().resolve())
+
+
+def _mlflow_uri(uri: Any) -> str:
+    """Check an MLflow tracking URI and make a local one absolute: a bare folder becomes a file: URI, and
+    sqlite:///relative.db becomes sqlite:////abs/relative.db (both are read from the worker's folder otherwise)."""
+    if not isinstance(uri, str) or not uri.strip() or "\x00" in uri:
+        raise ConfigError(f"tracking.mlflow must be an MLflow tracking URI or null, got {uri!r}")
+    uri = uri.strip()
+    scheme, sep, rest = uri.partition(":")
+    if not sep or len(scheme) < 2 or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):  # a plain folder path
+        return Path(uri).expanduser().resolve().as_uri()
+    scheme = scheme.lower().split("+", 1)[0]  # postgresql+psycopg2: the driver's name follows a +
+    if scheme not in MLFLOW_SCHEMES:
+        raise ConfigError(f"tracking.mlflow: unknown scheme {scheme!r} in {uri!r}; use one of "
+                          f"{', '.join(s + ':' for s in MLFLOW_SCHEMES)} or a folder path")
+    if scheme == "file":
+        path = rest[2:] if rest.startswith("//") else rest
+        if rest.startswith("//") and not path.startswith("/"):
+            raise ConfigError(f"tracking.mlflow: {uri!r} names a host; a local file store is file:///absolute/folder")
+        return Path(path).expanduser().resolve().as_uri()
+    if scheme == "sqlite":
+        if not rest.startswith("///") or rest == "///":
+            raise ConfigError(f"tracking.mlflow: {uri!r} is not a database file; write sqlite:///path/to/mlflow.db")
+        return "sqlite:///" + str(Path(rest[3:]).expanduser().resolve())
+    return uri
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. Defaults are the teaching preset (see BENCHMARKS.md)."""
@@ -141,6 +190,7 @@ class RunConfig:
     name: str = ""
     method: str = "kd"  # a name in kdcore.methods.METHODS; kd is Hinton's, the teaching preset
     method_params: dict[str, float] = field(default_factory=dict)  # overrides of the method's defaults only
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow / TensorBoard; changes no number
 
     def __post_init__(self) -> None:
         from kdcore.dataset_names import validate_dataset_name
@@ -396,7 +446,7 @@ def _coerce(name: str, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-_NESTED = {"teacher": TeacherConfig, "student": StudentConfig, "weights": LossWeights}
+_NESTED = {"teacher": TeacherConfig, "student": StudentConfig, "weights": LossWeights, "tracking": TrackingConfig}
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

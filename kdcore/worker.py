@@ -32,7 +32,7 @@ import time
 import traceback
 from typing import Any
 
-from kdcore.callbacks import Callback
+from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.errors import Cancelled, KDError, StoreError
 from kdcore.store import Store
@@ -183,10 +183,13 @@ def _heartbeat_loop(store_home, callbacks: dict[str, StoreCallback], stop: threa
 
 
 class _Reporting:
-    """Callbacks, heartbeat and SIGTERM handling around the training of one or several runs."""
+    """Callbacks, heartbeat and SIGTERM handling around the training of one or several runs; and the
+    experiment trackers (`kdcore.tracking`) each run's config asks for, fed by the same hooks."""
 
-    def __init__(self, store: Store, run_ids: list[str]) -> None:
+    def __init__(self, store: Store, run_ids: list[str], configs: list[RunConfig], *, resume: bool = False) -> None:
+        self.store, self.configs, self.resume = store, dict(zip(run_ids, configs)), resume
         self.callbacks = {run_id: StoreCallback(store, run_id) for run_id in run_ids}
+        self.trackers: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
         self._stop = threading.Event()
         self._beat = threading.Thread(target=_heartbeat_loop, args=(store.home, self.callbacks, self._stop), daemon=True)
         self._previous = None
@@ -197,7 +200,23 @@ class _Reporting:
             self._previous = signal.signal(signal.SIGTERM, lambda *_: self._stop_all())
         if _stop_requested.is_set():  # SIGTERM came while the worker was still starting
             self._stop_all()
+            return self
+        from kdcore.tracking import callbacks_for  # after the heartbeat and the stop signal: a tracker's server may be slow
+
+        for run_id, config in self.configs.items():
+            self.trackers[run_id] = callbacks_for(config, run_id, log=self.callbacks[run_id].on_log,
+                                                  checkpoint=self.store.student_checkpoint(run_id), resume=self.resume)
         return self
+
+    def for_run(self, run_id: str) -> Callback:
+        """What the trainer reports one run's progress to: its store callback and its trackers."""
+        trackers = self.trackers[run_id]
+        return CallbackList([self.callbacks[run_id], *trackers]) if trackers else self.callbacks[run_id]
+
+    def finish_trackers(self, run_id: str, status: str, summary: dict[str, Any] | None) -> None:
+        """Close the run's trackers (each catches its own failure, as a warning in the run's log)."""
+        for tracker in self.trackers[run_id]:
+            tracker.finish(status, summary)
 
     def _stop_all(self) -> None:
         _stop_requested.set()
@@ -211,10 +230,12 @@ class _Reporting:
         _stop_requested.clear()  # honoured by these runs; a process that runs more (tests, `run`) starts afresh
 
 
-def _record_outcome(store: Store, run_id: str, callback: StoreCallback, outcome: Any) -> dict[str, Any]:
-    """Write how a run ended; return what `execute` returns for it. A run asked to stop before it is recorded
-    done ends cancelled (the user pressed Cancel before the run said it had finished); one whose last rows the
-    store cannot take ends failed with that reason."""
+def _record_outcome(store: Store, run_id: str, reporting: _Reporting, outcome: Any) -> dict[str, Any]:
+    """Write how a run ended (to its trackers first, so that a warning of theirs reaches the log); return what
+    `execute` returns for it. A run asked to stop before it is recorded done ends cancelled (the user pressed
+    Cancel before the run said it had finished); one whose last rows the store cannot take ends failed with
+    that reason."""
+    callback = reporting.callbacks[run_id]
     if isinstance(outcome, dict):
         pause_point(store, run_id, "summary", lambda: _flush_error(callback) is None and callback.should_stop())
         error = _flush_error(callback)
@@ -224,14 +245,18 @@ def _record_outcome(store: Store, run_id: str, callback: StoreCallback, outcome:
             outcome = Cancelled("stopped while writing its summary; resume finishes it without training again")
         else:
             summary = {"run_id": run_id, **outcome}
+            reporting.finish_trackers(run_id, "done", summary)
+            _flush_error(callback)  # a tracker's warning
             store.finish(run_id, "done", summary=summary)
             return summary
     if isinstance(outcome, Cancelled):
         callback.on_log(f"cancelled: {outcome}")
+        reporting.finish_trackers(run_id, "cancelled", None)
         _flush_error(callback)
         store.finish(run_id, "cancelled", error="cancelled by the user")
         return {"run_id": run_id, "status": "cancelled"}
     callback.on_log(f"failed: {outcome}")
+    reporting.finish_trackers(run_id, "failed", None)
     _flush_error(callback)
     store.finish(run_id, "failed", error=str(outcome))
     return {"run_id": run_id, "status": "failed", "error": str(outcome)}
@@ -247,14 +272,15 @@ def _flush_error(callback: StoreCallback) -> StoreError | None:
     return None
 
 
-def _record_crash(store: Store, run_ids: list[str], callbacks: dict[str, StoreCallback], exc: BaseException) -> None:
+def _record_crash(store: Store, run_ids: list[str], reporting: _Reporting, exc: BaseException) -> None:
     """A bug or an environment failure: keep the traceback in the runs' logs and mark them failed."""
     lines = traceback.format_exc().rstrip().splitlines()[-30:]
     message = f"internal error: {type(exc).__name__}: {exc}".strip()[:1000]
     for run_id in run_ids:
-        callback = callbacks[run_id]
+        callback = reporting.callbacks[run_id]
         for line in lines:
             callback.on_log(line)
+        reporting.finish_trackers(run_id, "failed", None)
         _flush_error(callback)
         store.finish(run_id, "failed", error=message)
 
@@ -266,29 +292,29 @@ def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = Fals
     User errors (bad data, bad checkpoint, divergence) and cancellation end the run and are returned
     as its status; anything else is a bug: the run is marked failed with the traceback, and it raises.
     """
-    with _Reporting(store, [run_id]) as reporting:
+    with _Reporting(store, [run_id], [config], resume=resume) as reporting:
         callback = reporting.callbacks[run_id]
         try:
             if callback.should_stop():  # SIGTERM while the worker was starting: nothing to train or import
                 raise Cancelled("stopped before training began")
             from kdcore.trainer import run_pipeline  # torch is imported here, in the worker, not in the app
 
-            outcome: Any = run_pipeline(config, [callback, *(extra_callbacks or [])], teacher_cache=store.teacher_dir(),
-                                        artifacts=store.run_dir(run_id), resume=resume)
+            outcome: Any = run_pipeline(config, [reporting.for_run(run_id), *(extra_callbacks or [])],
+                                        teacher_cache=store.teacher_dir(), artifacts=store.run_dir(run_id), resume=resume)
         except (Cancelled, KDError) as exc:
             outcome = exc
         except BaseException as exc:
-            _record_crash(store, [run_id], reporting.callbacks, exc)
+            _record_crash(store, [run_id], reporting, exc)
             raise
-        return _record_outcome(store, run_id, callback, outcome)
+        return _record_outcome(store, run_id, reporting, outcome)
 
 
 def execute_group(store: Store, run_ids: list[str], configs: list[RunConfig]) -> list[dict[str, Any]]:
     """Train several runs of a sweep together (see `kdcore.group`) and record each one's outcome."""
     from kdcore.group import run_group
 
-    with _Reporting(store, run_ids) as reporting:
-        callbacks = [reporting.callbacks[r] for r in run_ids]
+    with _Reporting(store, run_ids, configs) as reporting:
+        callbacks = [reporting.for_run(r) for r in run_ids]
         for run_id in run_ids:
             reporting.callbacks[run_id].on_log(f"trained together with {len(run_ids) - 1} other run(s) of its sweep")
         try:
@@ -297,9 +323,9 @@ def execute_group(store: Store, run_ids: list[str], configs: list[RunConfig]) ->
         except (Cancelled, KDError) as exc:
             outcomes = [exc] * len(run_ids)
         except BaseException as exc:
-            _record_crash(store, run_ids, reporting.callbacks, exc)
+            _record_crash(store, run_ids, reporting, exc)
             raise
-        return [_record_outcome(store, r, reporting.callbacks[r], o) for r, o in zip(run_ids, outcomes)]
+        return [_record_outcome(store, r, reporting, o) for r, o in zip(run_ids, outcomes)]
 
 
 def _share_cores(store: Store) -> None:

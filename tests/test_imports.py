@@ -1,4 +1,5 @@
-"""The modules that must stay quick to import never load torch (importing it costs seconds).
+"""The modules that must stay quick to import never load torch, nor the trackers' libraries (mlflow,
+tensorboard): importing each costs seconds.
 
 Config validation, the run store, the scheduler, the CLI's quick commands and the app's pages and
 live polls work on names and records only; torch belongs to the worker that trains. Each case runs
@@ -65,11 +66,17 @@ TORCH_FREE = {
                                                               "from kdcore.verdict import seed_verdict\n"
                                                               "seed_verdict({0: 0.8, 1: 0.9}, {0: 0.7, 1: 0.75})\n"
                                                               "assert main(['repeat', 'run-00000000']) == 2",
+    "kdcore.tracking (no tracker set), kdcore.worker, kdcore.cli (sync: bad input)":
+        "import kdcore.worker\nfrom pathlib import Path\nfrom kdcore.config import RunConfig\n"
+        "from kdcore.tracking import callbacks_for\n"
+        "assert callbacks_for(RunConfig(), 'run-00000000', log=print, checkpoint=Path('x')) == []\n"
+        "from kdcore.cli import main; assert main(['sync', 'run-00000000', '--mlflow', 'm']) == 2",
 }
 
 
 @pytest.mark.parametrize("code", TORCH_FREE.values(), ids=TORCH_FREE.keys())
 def test_does_not_import_torch(code, kd_home):
-    check = "\nimport sys\nassert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]\n"
+    check = ("\nimport sys\nheavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow', 'tensorboard')]\n"
+             "assert not heavy, sorted(heavy)[:5]\n")
     result = subprocess.run([sys.executable, "-c", code + check], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
