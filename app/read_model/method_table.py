@@ -16,7 +16,7 @@ DEFAULT_METHOD = RunConfig.method  # what a stored config without a method ran
 # parameters, a feature weight for FitNets), the seeds it averages over, and what does not change
 # the numbers. Any other difference (epochs, temperature, ...) makes a cell mix unlike runs.
 METHOD_TABLE_FREE = ("seed", "teacher.seed", "method", "method_params", "weights", "name", "baseline", "device",
-                     "amp", "compile", "data_root", "teacher.checkpoint")
+                     "amp", "compile", "data_root", "teacher.checkpoint", "tracking")
 
 
 @dataclass(frozen=True)
