@@ -355,6 +355,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                             **{k: (r.summary or {}).get(k) for k in ("teacher_test_acc", "student_test_acc",
                                                                       "baseline_test_acc", "wall_s")}}
                            for r, (values, _) in zip(records, runs)]
+        data["cells"] = _cells(records, [k for k in grid if k != "seed"])
 
     def human() -> None:
         print(f"{sweep_id}")
@@ -363,6 +364,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             _table([[row["run_id"], row["status"], *[row[k] for k in keys], _pct(row["student_test_acc"]),
                      _pct(row["baseline_test_acc"])] for row in data["results"]],
                    ["run", "status", *keys, "student", "baseline"])
+            if data["cells"]:
+                swept = [k for k in keys if k != "seed"]
+                print("\ndistilled vs baseline over each cell's seeds:")
+                _table([[*[cell[k] for k in swept], cell["seeds"]["n"], cell["seeds"]["text"]] for cell in data["cells"]],
+                       [*swept, "seeds", "verdict"])
         else:
             print("\n".join(run_ids))
 
@@ -387,6 +393,18 @@ def cmd_repeat(args: argparse.Namespace) -> int:
             f"{r.id} (seed {r.config.get('seed')})" for r in records) if run_ids
         else f"{args.id} already has {args.seeds} seeds (finished or on their way): nothing queued"))
     return 0
+
+
+def _cells(records: list, swept: list[str]) -> list[dict[str, Any]]:
+    """A sweep's cells (runs that differ only in seed): the swept values and the cell's `seeds` block."""
+    from kdcore.config import flatten
+    from kdcore.seeds import cells
+
+    out = []
+    for record, seeds in cells(records):
+        flat = flatten(record.config)
+        out.append({**{k: flat.get(k.replace("method.", "method_params.", 1)) for k in swept}, "seeds": seeds})
+    return out
 
 
 METRIC_COLUMNS = ("stage", "epoch", "step", "name", "value")

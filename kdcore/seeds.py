@@ -100,6 +100,18 @@ def seeds_summary(record: Any, records: list[Any]) -> dict[str, Any]:
             "verdict": verdict.verdict, "text": text}
 
 
+def cells(records: list[Any]) -> list[tuple[Any, dict[str, Any]]]:
+    """The runs of a sweep by cell (runs that differ only in seed), in the order of `records`: each cell's
+    first finished run and the `seeds_summary` of the cell's finished runs; cells with none are left out."""
+    out, seen = [], set()
+    for record in records:
+        family = seed_family(record.config)
+        if family not in seen and record.status == "done":
+            seen.add(family)
+            out.append((record, seeds_summary(record, records)))
+    return out
+
+
 # --- repeating with more seeds ------------------------------------------------------------------------------
 
 

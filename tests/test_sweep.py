@@ -67,6 +67,15 @@ def test_sweep_cli_queues_runs_that_share_one_teacher(tmp_path):
     assert len({r.summary["teacher_key"] for r in records}) == 1
     assert all(r.summary.get("group_size") == 4 for r in records)  # one worker trained them together
     assert len([p for p in (tmp_path / "teachers").glob("*.pt") if p.name.count(".") == 1]) == 1  # one teacher
+    # a cell per temperature, distilled vs baseline paired over its 2 seeds (the rule: tests/test_verdict.py)
+    assert [cell["temperature"] for cell in result["cells"]] == [1, 4]
+    for cell in result["cells"]:
+        mine = [r for r in records if r.config["temperature"] == cell["temperature"]]
+        diffs = [r.summary["student_test_acc"] - r.summary["baseline_test_acc"] for r in mine]
+        half = 12.706204736174694 * abs(diffs[0] - diffs[1]) / 2  # t(0.975; 1) · s_d / √2, s_d = |d0 − d1| / √2
+        assert cell["seeds"]["run_ids"] == [r.id for r in sorted(mine, key=lambda r: r.config["seed"])]
+        mean = sum(diffs) / 2
+        assert cell["seeds"]["diff_ci95"] == pytest.approx([mean - half, mean + half], abs=1e-12)
 
 
 def test_a_grid_with_a_bad_value_queues_nothing(tmp_path):

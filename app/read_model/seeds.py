@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kdcore.compare import config_diff
-from kdcore.seeds import seed_family, seed_free, seed_of, seeds_summary, siblings_by_seed
+from kdcore.seeds import cells, seed_family, seed_free, seed_of, seeds_summary, siblings_by_seed
 from kdcore.verdict import seed_verdict
 
 
@@ -37,14 +37,7 @@ def cell_verdicts(records: list[Any], keys: list[str]) -> list[dict[str, Any]]:
     from app.read_model.sweeps import dotted_value
 
     swept = [k for k in keys if k != "seed"]
-    out, seen = [], set()
-    for record in records:
-        family = seed_family(record.config)
-        if family in seen or record.status != "done":
-            continue
-        seen.add(family)
-        out.append({**{k: dotted_value(record.config, k) for k in swept}, **seeds_summary(record, records)})
-    return out
+    return [{**{k: dotted_value(record.config, k) for k in swept}, **summary} for record, summary in cells(records)]
 
 
 def config_groups(selected: list[Any], records: list[Any]) -> list[dict[str, Any]]:
