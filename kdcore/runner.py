@@ -57,7 +57,7 @@ def max_runs(store: Store) -> int:
 def environment_fingerprint(store: Store) -> str:
     """What a worker inherits from whoever starts it (interpreter, working folder, environment, store): a spare
     worker takes runs only from runners with the same, so a run never trains under another's settings."""
-    blob = json.dumps([sys.executable, os.getcwd(), str(store.home.resolve()), sorted(os.environ.items())])
+    blob = json.dumps([sys.executable, os.getcwd(), str(store.home.resolve()), store.db_url, sorted(os.environ.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -223,7 +223,9 @@ class Runner:
         threading.Thread(target=proc.wait, daemon=True, name=f"reap-{record.id}").start()
 
     def _worker_env(self) -> dict[str, str]:
-        return {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "PYTHONUNBUFFERED": "1"}
+        # the worker opens the same store: this folder, and this database (KDCORE_DB; empty means SQLite there)
+        return {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "KDCORE_DB": self.store.db_url,
+                "PYTHONUNBUFFERED": "1"}
 
     def warm_spare(self) -> bool:
         """Start a spare worker unless one of this environment is waiting (or KDCORE_SPARE_WORKER=0); True when

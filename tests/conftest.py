@@ -3,10 +3,13 @@ this process computes with one intra-op thread."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_server import PostgresServer, find_binaries
 
 
 @pytest.fixture(autouse=True)
@@ -15,6 +18,7 @@ def _isolated_kd_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     warms a spare worker (a process importing torch, then waiting minutes) unless a test asks for one."""
     monkeypatch.setenv("KDCORE_HOME", str(tmp_path_factory.mktemp("kd-home")))
     monkeypatch.setenv("KDCORE_SPARE_WORKER", "0")
+    monkeypatch.delenv("KDCORE_DB", raising=False)  # SQLite under KDCORE_HOME unless a test asks for PostgreSQL
 
 
 @pytest.fixture
@@ -24,6 +28,21 @@ def kd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("KDCORE_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started on first use from the installed binaries. Without them
+    the tests that need it skip, except in CI (CI=true), where .ci/run installs them and a skip would hide a
+    failure."""
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("PostgreSQL binaries (initdb, pg_ctl) not found; CI installs the postgresql package")
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
 
 
 @pytest.hookimpl(tryfirst=True)

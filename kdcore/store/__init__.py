@@ -1,15 +1,18 @@
-"""The run store: an embedded SQLite database (WAL) plus a folder per run. Only this module knows its layout.
+"""The run store: a database plus a folder per run. Only this package knows its layout.
 
     $KDCORE_HOME/
-        kdcore.db            runs, metrics, stage results, snapshots, logs, sweeps, settings
+        kdcore.db            runs, metrics, stage results, snapshots, logs, sweeps, settings (SQLite,
+                             the default; with KDCORE_DB=postgresql://... these tables live there instead)
         runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log,
                              artifacts/ (exported and compressed models, deployment reports)
         teachers/<key>.pt    trained teachers shared by every run with the same teacher settings
         uploads/<sha>-<name> checkpoints uploaded in the app, named by their content
 
-Many processes read and write at once (the app, CLI commands, one worker per run). WAL lets
-readers proceed while one writer commits; every write retries on a busy database instead of
-surfacing "database is locked". No torch here: the app reads the store without importing it.
+Many processes read and write at once (the app, CLI commands, one worker per run, on one machine or
+many). The SQL is written once; a dialect adapts what differs between the backends (`kdcore.store.sqlite`:
+WAL, BEGIN IMMEDIATE; `kdcore.store.postgres`: placeholders, types, advisory locks, reconnects). Write
+transactions name a lock where their order matters ("queue", a run id): SQLite serialises every writer
+anyway, PostgreSQL takes exactly those locks. No torch here: the app reads the store without importing it.
 Reads return typed rows (`MetricRow`, `RunMetricRow`, `LogRow`: named tuples, so positional access
 keeps working), and the few files a page shows come through methods here, never through paths.
 """
@@ -22,7 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ from typing import Any, NamedTuple
 
 from kdcore.errors import RunNotFound, StoreError
 from kdcore.owners import OwnerLimitError, limit_message
+from kdcore.store.sqlite import SQLite
 
 SCHEMA_VERSION = 3
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled")
@@ -48,16 +51,16 @@ WORKER_LOG_TAIL_BYTES = 64 * 1024  # a page shows the last lines of a worker's o
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq {serial},
     id TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL DEFAULT '',
     config TEXT NOT NULL,
     status TEXT NOT NULL,
-    created REAL NOT NULL,
-    started REAL,
-    ended REAL,
+    created {float} NOT NULL,
+    started {float},
+    ended {float},
     pid INTEGER,
-    heartbeat REAL,
+    heartbeat {float},
     error TEXT,
     summary TEXT,
     progress TEXT,
@@ -69,71 +72,89 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
 CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, status);
 CREATE TABLE IF NOT EXISTS metrics (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     run_id TEXT NOT NULL,
     stage TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     step INTEGER NOT NULL,
     name TEXT NOT NULL,
-    value REAL,
-    t REAL NOT NULL
+    value {float},
+    t {float} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id, id);
 CREATE TABLE IF NOT EXISTS stage_results (
     run_id TEXT NOT NULL,
     stage TEXT NOT NULL,
     name TEXT NOT NULL,
-    value,
-    t REAL NOT NULL,
+    value {any},
+    t {float} NOT NULL,
     PRIMARY KEY (run_id, stage, name)
 );
 CREATE TABLE IF NOT EXISTS snapshots (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     run_id TEXT NOT NULL,
     stage TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     payload TEXT NOT NULL,
-    t REAL NOT NULL
+    t {float} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_run ON snapshots(run_id, id);
 CREATE TABLE IF NOT EXISTS logs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     run_id TEXT NOT NULL,
-    t REAL NOT NULL,
+    t {float} NOT NULL,
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_run ON logs(run_id, id);
 CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,
-    created REAL NOT NULL,
+    created {float} NOT NULL,
     spec TEXT NOT NULL
 );
 """
 
 
-def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+def _migrate_1_to_2(db: Any, columns: set[str]) -> None:
     """Version 1 had no sweeps and no cancel flag."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
     if "sweep_id" not in columns:
         db.execute("ALTER TABLE runs ADD COLUMN sweep_id TEXT")
     if "cancel_requested" not in columns:
         db.execute("ALTER TABLE runs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0")
 
 
-def _migrate_2_to_3(db: sqlite3.Connection) -> None:
+def _migrate_2_to_3(db: Any, columns: set[str]) -> None:
     """Version 2 had no owners: its runs belong to nobody (NULL), which the fair queue treats as one owner."""
-    if "owner" not in {row[1] for row in db.execute("PRAGMA table_info(runs)")}:
+    if "owner" not in columns:
         db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
 
 _MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+# Each migration gets the columns `runs` has (they are only ever added), so it runs on either backend.
 # A table added without changing what older code reads (stage_results) is created by _SCHEMA's IF NOT
-# EXISTS on open, with no new version, so a worker of the previous release can still open the store.
-# stage_results.value has no declared type: an int (best_epoch) stays an int, a float a float.
+# EXISTS on open (when a table is missing), with no new version, so a worker of the previous release can
+# still open the store. A new index comes with a new version.
+# stage_results.value has no declared type in SQLite: an int (best_epoch) stays an int, a float a float
+# (PostgreSQL keeps it as JSON text, which does the same).
 
 
 def default_home() -> Path:
     return Path(os.environ.get("KDCORE_HOME") or "./kd-runs")
+
+
+def database_url() -> str:
+    """KDCORE_DB: a postgresql:// URL, or empty for the SQLite database under KDCORE_HOME."""
+    return os.environ.get("KDCORE_DB", "").strip()
+
+
+def _dialect(home: Path, url: str) -> Any:
+    if not url:
+        return SQLite(home / "kdcore.db")
+    if url.startswith(("postgresql://", "postgres://")):
+        from kdcore.store.postgres import PostgreSQL  # psycopg is imported only for a PostgreSQL store
+        return PostgreSQL(url)
+    raise StoreError("KDCORE_DB must be a postgresql://user@host:port/database URL (unset: SQLite under "
+                     f"KDCORE_HOME), not {url.split('://')[0]!r}")
 
 
 class MetricRow(NamedTuple):
@@ -234,11 +255,14 @@ def validate_run_id(run_id: str) -> str:
 
 
 class Store:
-    """Access to one KDCORE_HOME. Cheap to create; each instance holds one SQLite connection."""
+    """Access to one KDCORE_HOME (run folders) and its database: SQLite in that folder, or the PostgreSQL
+    database `db` names (default: KDCORE_DB). Cheap to create; each instance holds one connection."""
 
-    def __init__(self, home: str | Path | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, *, db: str | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
-        self.db_path = self.home / "kdcore.db"
+        self.db_url = database_url() if db is None else db.strip()
+        self._dialect = _dialect(self.home, self.db_url)
+        self.where = str(self.home) if not self.db_url else self._dialect.where  # what messages name
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             (self.home / "runs").mkdir(exist_ok=True)
@@ -248,62 +272,50 @@ class Store:
         if not os.access(self.home, os.W_OK):
             raise StoreError(f"run store folder {self.home} is not writable; set KDCORE_HOME to a writable folder")
         try:
-            self._db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout = 30000")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db = self._dialect.connect()
             self._open_schema()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"run store database {self.db_path} is unreadable (corrupt or not SQLite): {exc}") from None
+        except self._dialect.errors as exc:
+            raise StoreError(self._dialect.describe(exc)) from None
 
     # --- schema ----------------------------------------------------------------------------------
 
     def _open_schema(self) -> None:
-        with self._transaction() as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        # "schema": two processes opening a new PostgreSQL database at once create its tables once
+        with self._transaction(lock="schema") as db:
+            tables = self._dialect.tables(db)
             if "meta" not in tables:
                 if tables:
-                    raise StoreError(f"{self.db_path} is an SQLite database but not a kdcore run store")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                    kind = "an SQLite" if self._dialect.name == "sqlite" else "a PostgreSQL"
+                    raise StoreError(f"{self._dialect.where} is {kind} database but not a kdcore run store")
+                self._create_tables(db)
                 db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 return
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row else 1
             if version > SCHEMA_VERSION:
-                raise StoreError(f"run store {self.db_path} was written by a newer kdcore (schema {version}, "
-                                 f"this one reads up to {SCHEMA_VERSION}); upgrade kdcore or use another KDCORE_HOME")
+                raise StoreError(f"run store {self._dialect.where} was written by a newer kdcore (schema {version}, "
+                                 f"this one reads up to {SCHEMA_VERSION}); upgrade kdcore or use another "
+                                 f"{'KDCORE_DB' if self.db_url else 'KDCORE_HOME'}")
+            if version == SCHEMA_VERSION and not _TABLES - tables:
+                return  # the common case: no DDL, which on PostgreSQL would lock tables that others are writing
             while version < SCHEMA_VERSION:
-                _MIGRATIONS[version](db)
+                _MIGRATIONS[version](db, self._dialect.columns(db, "runs"))
                 version += 1
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._create_tables(db)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                       (str(SCHEMA_VERSION),))
+
+    def _create_tables(self, db: Any) -> None:
+        for statement in _SCHEMA.format(**self._dialect.types).split(";"):
+            if statement.strip():
+                db.execute(statement)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE … COMMIT, retried while another process holds the write lock."""
-        delay = 0.01
-        for _ in range(200):
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        else:
-            raise StoreError(f"run store {self.db_path} stayed locked by another process for too long")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+    def _transaction(self, lock: str | None = None) -> Iterator[Any]:
+        """One write transaction. `lock` names what it must not run beside: writers naming the same lock run
+        one after another (SQLite runs every writer one after another anyway; see kdcore.store.postgres)."""
+        with self._dialect.transaction(self._db, lock) as db:
+            yield db
 
     def close(self) -> None:
         self._db.close()
@@ -407,7 +419,7 @@ class Store:
         queued or running runs; the count and the insert are one transaction, so two submissions at
         once cannot both slip under the cap."""
         now = time.time()
-        with self._transaction() as db:
+        with self._transaction(lock="queue" if owner_cap is not None else None) as db:
             if owner is not None and owner_cap is not None:
                 active = db.execute("SELECT COUNT(*) FROM runs WHERE owner=? AND status IN ('queued','starting',"
                                     "'running')", (owner,)).fetchone()[0]
@@ -430,7 +442,7 @@ class Store:
         validate_run_id(run_id)
         row = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
-            raise RunNotFound(f"no run {run_id} in {self.home}")
+            raise RunNotFound(f"no run {run_id} in {self.where}")
         return _record(row)
 
     def list_runs(self, status: str | list[str] | None = None, *, sweep_id: str | None = None,
@@ -469,20 +481,23 @@ class Store:
         oldest queued run's submission and their last run's start, so an owner who just got a slot
         goes behind everyone already waiting. Runs without an owner count as one owner.
 
-        Two schedulers in two processes can call this at once: BEGIN IMMEDIATE serialises them, so a
-        run is claimed once and the limit holds.
+        Schedulers in several processes (or machines) can call this at once: the "queue" lock runs them
+        one after another, so the limit holds; the claim moves the run only if it is still queued (a
+        cancel or a worker adopting it may come first), so a run is claimed once.
         """
-        with self._transaction() as db:
+        next_run = _NEXT_FAIR_RUN.format(greatest=self._dialect.greatest, same=self._dialect.same)
+        with self._transaction(lock="queue") as db:
             # A slot is a worker process: the runs of a sweep that one worker trains together share its pid.
-            busy = db.execute("SELECT COUNT(DISTINCT COALESCE(pid, id)) FROM runs "
+            busy = db.execute("SELECT COUNT(DISTINCT COALESCE(CAST(pid AS TEXT), id)) FROM runs "
                               "WHERE status IN ('starting','running')").fetchone()[0]
             if busy >= limit:
                 return None
-            row = db.execute(_NEXT_FAIR_RUN).fetchone()
+            while (row := db.execute(next_run).fetchone()) is not None:
+                if db.execute("UPDATE runs SET status='starting', started=?, heartbeat=?, pid=NULL "
+                              "WHERE id=? AND status='queued'", (time.time(), time.time(), row[0])).rowcount == 1:
+                    break
             if row is None:
                 return None
-            db.execute("UPDATE runs SET status='starting', started=?, heartbeat=?, pid=NULL WHERE id=?",
-                       (time.time(), time.time(), row[0]))
         return self.get_run(row[0])
 
     def set_pid(self, run_id: str, pid: int) -> None:
@@ -510,7 +525,7 @@ class Store:
         return adopted
 
     def slots_in_use(self) -> int:
-        return self._db.execute("SELECT COUNT(DISTINCT COALESCE(pid, id)) FROM runs "
+        return self._db.execute("SELECT COUNT(DISTINCT COALESCE(CAST(pid AS TEXT), id)) FROM runs "
                                 "WHERE status IN ('starting','running')").fetchone()[0]
 
     def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> bool:
@@ -573,14 +588,16 @@ class Store:
         """Write a batch in one transaction. metrics: (stage, epoch, step, name, value, t);
         snapshots: (stage, epoch, payload dict, t); logs: (t, message); stage_results: (stage, name,
         value, t), what a stage reported when it ended (a later value of the same name replaces it).
-        Returns the cancel flag."""
-        with self._transaction() as db:
+        Returns the cancel flag. The run's lock keeps its row ids in commit order (incremental reads)."""
+        with self._transaction(lock=run_id) as db:
             if metrics:
                 db.executemany("INSERT INTO metrics (run_id, stage, epoch, step, name, value, t) VALUES (?,?,?,?,?,?,?)",
                                [(run_id, *m) for m in metrics])
             if stage_results:
-                db.executemany("INSERT OR REPLACE INTO stage_results (run_id, stage, name, value, t) VALUES (?,?,?,?,?)",
-                               [(run_id, *r) for r in stage_results])
+                db.executemany("INSERT INTO stage_results (run_id, stage, name, value, t) VALUES (?,?,?,?,?) "
+                               "ON CONFLICT (run_id, stage, name) DO UPDATE SET value=excluded.value, t=excluded.t",
+                               [(run_id, stage, name, self._dialect.encode_any(value), t)
+                                for stage, name, value, t in stage_results])
             if snapshots:
                 db.executemany("INSERT INTO snapshots (run_id, stage, epoch, payload, t) VALUES (?,?,?,?,?)",
                                [(run_id, s, e, json.dumps(p), t) for s, e, p, t in snapshots])
@@ -633,13 +650,11 @@ class Store:
         out: dict[str, dict[str, Any]] = {}
         for stage, name, value in self._db.execute(
                 "SELECT stage, name, value FROM stage_results WHERE run_id=? ORDER BY t, stage, name", (run_id,)):
-            out.setdefault(stage, {})[name] = value
+            out.setdefault(stage, {})[name] = self._dialect.decode_any(value)
         return out
 
     def _rows(self, row_type: type, sql: str, args: Any) -> list:
-        cursor = self._db.cursor()
-        cursor.row_factory = lambda _cursor, row: row_type(*row)
-        return cursor.execute(sql, args).fetchall()
+        return [row_type(*row) for row in self._db.execute(sql, args).fetchall()]
 
     def snapshots_since(self, run_id: str, cursor: int = 0) -> tuple[list[dict[str, Any]], int]:
         rows = self._db.execute("SELECT id, stage, epoch, payload, t FROM snapshots WHERE run_id=? AND id>? ORDER BY id",
@@ -668,7 +683,7 @@ class Store:
             raise RunNotFound(f"malformed sweep id {sweep_id!r}: sweep ids look like sweep-1a2b3c4d")
         row = self._db.execute("SELECT id, created, spec FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
         if row is None:
-            raise RunNotFound(f"no sweep {sweep_id} in {self.home}")
+            raise RunNotFound(f"no sweep {sweep_id} in {self.where}")
         return {"sweep_id": row[0], "created": row[1], **json.loads(row[2])}
 
     def update_sweep(self, sweep_id: str, spec: dict[str, Any]) -> None:
@@ -687,7 +702,8 @@ class Store:
 
     def set_setting(self, key: str, value: str) -> None:
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"setting.{key}", value))
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                       (f"setting.{key}", value))
 
     def settings_with_prefix(self, prefix: str) -> dict[str, str]:
         """Every setting whose key starts with `prefix`, by key (e.g. a workshop room's participants)."""
@@ -699,7 +715,8 @@ class Store:
     def set_setting_if_absent(self, key: str, value: str) -> bool:
         """Set a setting only if it has no value yet; True when this call set it (one transaction)."""
         with self._transaction() as db:
-            return db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (f"setting.{key}", value)).rowcount == 1
+            return db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                              (f"setting.{key}", value)).rowcount == 1
 
     # --- spare workers: processes with the training stack imported, waiting to be handed a run ------------
 
@@ -710,7 +727,7 @@ class Store:
     def claim_spare(self, run_id: str, fingerprint: str, alive: Callable[[int], bool]) -> int | None:
         """Hand `run_id` to a waiting spare worker of this environment; its pid, or None when there is none.
         One transaction: a spare is handed one run, however many runners ask at once. Dead spares are forgotten."""
-        with self._transaction() as db:
+        with self._transaction(lock="queue") as db:
             for key, value in db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
                                          (len(_SPARE_KEY), _SPARE_KEY)).fetchall():
                 pid, (offered, _, taken) = int(key[len(_SPARE_KEY):]), value.partition("|")
@@ -734,7 +751,7 @@ class Store:
 
     def withdraw_spare(self, pid: int) -> str | None:
         """Spare worker `pid` stops waiting: its offer is removed. The run it was handed meanwhile, if any."""
-        with self._transaction() as db:
+        with self._transaction(lock="queue") as db:
             row = db.execute("SELECT value FROM meta WHERE key=?", (f"{_SPARE_KEY}{pid}",)).fetchone()
             db.execute("DELETE FROM meta WHERE key=?", (f"{_SPARE_KEY}{pid}",))
         return (row[0].partition("|")[2] or None) if row else None
@@ -760,8 +777,8 @@ WITH waiting AS (
 )
 SELECT runs.id FROM waiting
 JOIN runs ON runs.seq = waiting.first_seq
-LEFT JOIN served ON served.owner IS waiting.owner
-ORDER BY MAX(waiting.first_created, COALESCE(served.last_start, 0)), waiting.first_seq
+LEFT JOIN served ON served.owner {same} waiting.owner
+ORDER BY {greatest}(waiting.first_created, COALESCE(served.last_start, 0)), waiting.first_seq
 LIMIT 1
 """
 
