@@ -571,7 +571,8 @@ class Store:
     def delete_run(self, run_id: str) -> None:
         """Delete a run that no worker trains (refused while starting or running) with its rows and files."""
         self.get_run(run_id)
-        with self._transaction() as db:  # the check and the delete are one step: no worker can take it in between
+        # the check and the delete are one step: no worker can take it in between (claims hold "queue")
+        with self._transaction(lock="queue") as db:
             status = db.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
             if status is not None and status[0] in ("starting", "running"):
                 raise StoreError(f"run {run_id} is {status[0]}; cancel it before deleting it")
