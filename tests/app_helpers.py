@@ -108,11 +108,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(home: Path, log_path: Path, port: int | None = None, timeout_s: float = 60.0) -> Iterator[str]:
+def running_app(home: Path, log_path: Path, port: int | None = None, timeout_s: float = 60.0,
+                keep_runs: bool = False) -> Iterator[str]:
     """`streamlit run app/streamlit_app.py` on a free port with KDCORE_HOME=home; yields its base URL.
 
     On exit the server is stopped, and any run it started is cancelled and waited for, so no
-    worker outlives the test.
+    worker outlives the test; with keep_runs, its runs train on (a server restarted under them).
     """
     port = port or free_port()
     env = {**os.environ, "KDCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
@@ -146,7 +147,8 @@ def running_app(home: Path, log_path: Path, port: int | None = None, timeout_s: 
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-        stop_active_runs(home)
+        if not keep_runs:
+            stop_active_runs(home)
 
 
 def launch_chromium(playwright, executable: str):

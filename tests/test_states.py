@@ -342,3 +342,49 @@ def test_a_database_write_that_fails_keeps_its_rows_and_fails_the_run_with_the_r
     student = sorted({s for stage, _, s, name in steps if stage == "student" and name == "train_loss"})
     assert failed and student == list(range(1, student[-1] + 1)), "the batch that failed was written later"
     assert store.get_run(run_id).status == "failed" and integrity(store.home) == "ok"
+
+
+# ---------------------------------------------------------------- the app restarted under its runs
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_a_streamlit_restart_leaves_runs_training_and_the_new_server_shows_them(tmp_path, monkeypatch):
+    """A run started by one server (its page's tick spawns the worker) trains on after that server is stopped,
+    and a new server on the same store shows it live, then finished."""
+    from playwright.sync_api import sync_playwright
+
+    from app_helpers import exceptions_on, launch_chromium, require_chromium, running_app
+
+    chromium = require_chromium(os.environ.get("KDLAB_BROWSER_TESTS") == "1")
+    home = tmp_path / "home"
+    store = Store(home)
+    run_id = store.create_run(config(baseline=False, finetune_epochs=0, epochs=2).to_dict())
+    monkeypatch.setenv("KDCORE_TEST_PAUSE", f"{run_id}=student")  # the workers the servers start inherit it
+    monkeypatch.setenv("KDCORE_WORKER_NICE", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    def body(page) -> str:
+        return page.inner_text("body")
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, chromium)
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+        with running_app(home, tmp_path / "first.log", keep_runs=True) as base:
+            page.goto(f"{base}/live?run={run_id}")  # the page's tick starts the worker, a child of this server
+            marker = paused(store, run_id, "student")
+            pid = store.get_run(run_id).pid
+        assert pid_alive(pid) and store.get_run(run_id).status == "running", "the worker outlived the server"
+
+        with running_app(home, tmp_path / "second.log") as base:
+            page.goto(f"{base}/live?run={run_id}")
+            wait_for(lambda: "Student · step" in body(page), timeout=60, poll=0.2)
+            marker.unlink()  # it trains on, watched by the new server's page
+            record = finished(store, run_id)
+            assert record.status == "done" and record.pid is None, record.error
+            wait_for(lambda: "Student test acc" in body(page), timeout=60, poll=0.2)
+            assert exceptions_on(page) == []
+        browser.close()
+    student = sorted({s for stage, _, s, name in stage_steps(store, run_id) if stage == "student" and name == "train_loss"})
+    assert student == list(range(1, 2 * 20 + 1)), "every step recorded once across the restart"
