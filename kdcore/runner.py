@@ -5,6 +5,13 @@ every poll of the app, and each worker as it exits call `Runner.tick()`, which m
 failed and starts queued runs while slots are free. `Store.claim_next` is one SQLite transaction,
 so any number of concurrent schedulers start each run exactly once and never exceed the limit.
 No torch here: the app and the CLI's quick commands stay fast.
+
+States: queued → starting (claimed, worker launching) → running (the worker took it) → done | failed |
+cancelled. Every move is one conditional update in the store, so a request that races another finds the
+state it lost to: two resumes at once queue the run once (the other is refused), a cancel and a worker
+taking its run at the same instant end either cancelled-before-start or a running worker told to stop, and
+a delete never removes a run a worker holds. What cancel, resume and delete do at each moment is in
+README ("Run states and faults"); the worker's side is in `kdcore.worker`.
 """
 
 from __future__ import annotations
