@@ -23,6 +23,7 @@ CLASS_COLORS = ["#4f46e5", "#d97706", "#0d9488", "#db2777", "#65a30d", "#0891b2"
                 "#475569"]
 MAX_BARS = 10  # classes drawn per sample; with more (cifar100) the teacher's top classes are shown
 SAMPLES_PER_ROW = 5
+PUBLISHED_COLOR = "#64748b"  # a paper's numbers: context behind the run's own curves
 
 
 def _layout(fig: go.Figure, title: str, *, height: int, revision: str, legend_below: bool = False) -> go.Figure:
@@ -134,8 +135,12 @@ def _epoch_dtick(config: dict[str, Any]) -> int | None:
     return 1 if _epoch_range(config)[1] <= 20 else None
 
 
-def accuracy_figure(trace: RunTrace, config: dict[str, Any], teacher_acc: float | None) -> go.Figure:
-    """Validation accuracy per epoch of student (and fine-tune, baseline); the teacher as a reference line."""
+def accuracy_figure(trace: RunTrace, config: dict[str, Any], teacher_acc: float | None,
+                    published: list[tuple[str, float]] | None = None) -> go.Figure:
+    """Validation accuracy per epoch of student (and fine-tune, baseline); the teacher as a reference line.
+
+    published: (label, test accuracy) of a paper's numbers for this setup (`kdcore.presets.Reference.lines`):
+    a band from the published student alone to the published teacher, and a dotted line per number."""
     fig = go.Figure()
     _epoch_lines(fig, trace, config, "val_acc")
     if teacher_acc is not None:
@@ -146,12 +151,27 @@ def accuracy_figure(trace: RunTrace, config: dict[str, Any], teacher_acc: float 
     _layout(fig, "Validation accuracy per epoch", height=360, revision=f"acc-{trace.run_id}", legend_below=True)
     if not fig.data:
         return _waiting(fig, "accuracy appears after the student's first epoch")
+    if published:
+        _published_band(fig, published)
     fig.update_xaxes(title_text="epoch", range=_epoch_range(config), dtick=_epoch_dtick(config))
     values = [y for trace in fig.data for y in trace.y if y is not None and math.isfinite(y)]
+    values += [acc for _, acc in published or []]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     fig.update_yaxes(title_text="accuracy", tickformat=".0%",
                      range=[max(0.0, low - 0.05), min(1.01, high + 0.03)])  # never beyond 100%
     return fig
+
+
+def _published_band(fig: go.Figure, published: list[tuple[str, float]]) -> None:
+    """The paper's numbers behind the curves: the band between its student alone and its teacher, a line each."""
+    accs = dict(published)
+    if "student alone" in accs and "teacher" in accs:
+        fig.add_hrect(y0=accs["student alone"], y1=accs["teacher"], fillcolor=PUBLISHED_COLOR, opacity=0.08,
+                      line_width=0, layer="below")
+    for label, acc in published:
+        fig.add_hline(y=acc, line={"color": PUBLISHED_COLOR, "dash": "dot", "width": 1}, layer="below",
+                      annotation={"text": f"published {label} {acc:.2%}", "font": {"size": 10, "color": PUBLISHED_COLOR}},
+                      annotation_position="top left")
 
 
 def agreement_figure(trace: RunTrace, config: dict[str, Any]) -> go.Figure:

@@ -25,7 +25,8 @@ class Reference:
     teacher: float
     student: float  # the student trained alone
     methods: dict[str, float]  # method name (kdcore.methods) → the distilled student's accuracy
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # in full: authors, title, venue, table
+    citation: str  # short, for a caption
 
     def lines(self) -> list[tuple[str, float]]:
         """(label, accuracy) of every published number, best last: what a chart draws as reference lines."""
@@ -66,7 +67,8 @@ CIFAR100_R32X4_R8X4 = Reference(
     teacher=0.7942, student=0.7250, methods={"kd": 0.7333, "crd": 0.7551, "dkd": 0.7632},
     sources=("Tian, Krishnan & Isola, Contrastive Representation Distillation, ICLR 2020, Table 1 "
              "(teacher 79.42, student 72.50, KD 73.33, CRD 75.51)",
-             "Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022, Table 1 (DKD 76.32)"))
+             "Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022, Table 1 (DKD 76.32)"),
+    citation="Tian et al., ICLR 2020; Zhao et al., CVPR 2022")
 
 RECIPE = Preset(
     "cifar100-r32x4-r8x4",
@@ -105,16 +107,21 @@ def get_preset(name: str) -> Preset:
     return preset
 
 
-def reference_for(config: dict[str, Any]) -> tuple[Preset, Reference] | None:
-    """The preset whose published numbers a run (its stored config) can be compared with: same dataset, teacher
-    and student as a preset with a reference. None for any other run."""
-    teacher, student = (config.get("teacher") or {}).get("arch"), (config.get("student") or {}).get("arch")
+def published(dataset: str, teacher: str, student: str) -> tuple[Preset, Reference] | None:
+    """The preset with published numbers for this dataset and teacher → student pair, and those numbers."""
     for preset in PRESETS.values():
         s = preset.settings
-        if preset.reference is not None and (config.get("dataset"), teacher, student) == (
+        if preset.reference is not None and (dataset, teacher, student) == (
                 s.get("dataset"), s.get("teacher.arch"), s.get("student.arch")):
             return preset, preset.reference
     return None
+
+
+def reference_for(config: dict[str, Any]) -> tuple[Preset, Reference] | None:
+    """The preset whose published numbers a run (its stored config) can be compared with: same dataset, teacher
+    and student as a preset with a reference. None for any other run."""
+    return published(config.get("dataset"), (config.get("teacher") or {}).get("arch"),
+                     (config.get("student") or {}).get("arch"))
 
 
 def describe(preset: Preset) -> dict[str, Any]:

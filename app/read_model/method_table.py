@@ -9,6 +9,7 @@ from typing import Any
 from kdcore.config import RunConfig, flatten
 from kdcore.methods import METHODS, method_spec
 from kdcore.verdict import Verdict, seed_verdict
+from kdcore.presets import published
 
 DEFAULT_METHOD = RunConfig.method  # what a stored config without a method ran
 
@@ -124,7 +125,8 @@ def method_table(records: list[Any]) -> list[dict[str, Any]]:
                                                        baseline_by_seed)}
         rows.append({"dataset": dataset, "teacher": teacher, "student": student, "runs": len(runs),
                      "teacher_acc": teacher_acc, "baseline_acc": baseline_acc, "methods": methods,
-                     "differs": _differing_settings([r.config or {} for r in runs])})
+                     "differs": _differing_settings([r.config or {} for r in runs]),
+                     "published": _published(dataset, teacher, student)})
     rows.sort(key=lambda row: -row["runs"])
     return rows
 
@@ -139,6 +141,17 @@ def _by_seed(records: list[Any], key: str) -> dict[Any, float]:
     return {seed: sum(v) / len(v) for seed, v in values.items()}
 
 
+def _published(dataset: str, teacher: str, student: str) -> dict[str, Any] | None:
+    """A paper's numbers for this pair (`kdcore.presets`): `preset` (the recipe's name), `citation`, `sources`, and
+    `acc`: column (teacher, student alone, a method's name) → published test accuracy."""
+    found = published(dataset, teacher, student)
+    if found is None:
+        return None
+    preset, reference = found
+    return {"preset": preset.name, "citation": reference.citation, "sources": list(reference.sources),
+            "acc": {"teacher": reference.teacher, "student alone": reference.student, **reference.methods}}
+
+
 def method_table_label(row: dict[str, Any]) -> str:
     """`digits · cnn-small → mlp-tiny · 12 runs, 4 methods`: a row of `method_table` in a picker."""
     methods = len(row["methods"])
@@ -149,16 +162,21 @@ def method_table_label(row: dict[str, Any]) -> str:
 
 def method_table_columns(row: dict[str, Any]) -> list[dict[str, Any]]:
     """One row of `method_table` as the table's columns, in order: the teacher, the student alone, then
-    each method. Each: `column` (teacher, student alone, or the method's name), `acc` (MeanStd or None),
-    `delta`, `gap_closed`, `verdict` (a `Verdict`; None for the references) and `runs` (how many values
-    the cell averages)."""
+    each method, then the methods only a paper reports for this pair. Each: `column` (teacher, student alone, or the
+    method's name), `acc` (MeanStd or None), `delta`, `gap_closed`, `verdict` (a `Verdict`; None for the
+    references), `runs` (how many values the cell averages) and `published` (the paper's test accuracy, None when
+    there is none)."""
     columns = [{"column": "teacher", "acc": row["teacher_acc"], "delta": None, "gap_closed": None, "verdict": None},
                {"column": "student alone", "acc": row["baseline_acc"], "delta": None, "gap_closed": None,
                 "verdict": None}]
     columns += [{"column": name, "acc": cell["acc"], "delta": cell["delta"], "gap_closed": cell["gap_closed"],
                  "verdict": cell.get("verdict")} for name, cell in row["methods"].items()]
+    paper = (row.get("published") or {}).get("acc", {})
+    columns += [{"column": name, "acc": None, "delta": None, "gap_closed": None, "verdict": None}
+                for name in paper if name not in ("teacher", "student alone") and name not in row["methods"]]
     for column in columns:
         column["runs"] = column["acc"].n if column["acc"] else 0
+        column["published"] = paper.get(column["column"])
     return columns
 
 
@@ -173,7 +191,7 @@ def method_table_csv_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "column": column["column"], "test_acc_mean": acc.mean if acc else None,
                         "test_acc_std": acc.std if acc else None, "runs": column["runs"],
                         "minus_student_alone": column["delta"], "gap_closed": column["gap_closed"],
-                        **_verdict_columns(column["verdict"])})
+                        "published_test_acc": column["published"], **_verdict_columns(column["verdict"])})
     return out
 
 

@@ -21,6 +21,7 @@ from app.read_model.seeds import format_ci, seeds_present
 from app.read_model.trace import RunTrace, teacher_val_acc
 from kdcore.errors import KDError, RunNotFound
 from kdcore.seeds import seed_family, seeds_summary
+from kdcore.presets import reference_for
 from kdcore.store import ACTIVE, RunRecord, Store
 
 POLL_S = 1.0  # curves and progress
@@ -152,7 +153,13 @@ def _live_panel(run_id: str, was_active: bool) -> None:
     teacher_acc = teacher_val_acc(record.summary, trace, session.store().stage_results(run_id))
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(charts.accuracy_figure(trace, record.config, teacher_acc), key=f"acc_{run_id}")
+        reference = reference_for(record.config)
+        st.plotly_chart(charts.accuracy_figure(trace, record.config, teacher_acc, reference[1].lines() if reference else None),
+                        key=f"acc_{run_id}")
+        if reference:
+            st.caption(f"Dotted: the published test accuracies of this teacher → student pair on {record.config.get('dataset')} "
+                       f"with the `{reference[0].name}` recipe ({reference[1].citation}); the curves are "
+                       "this run's validation accuracy.")
     with right:
         st.plotly_chart(charts.agreement_figure(trace, record.config), key=f"agree_{run_id}")
 

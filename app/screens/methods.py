@@ -17,7 +17,7 @@ from app.read_model.method_table import (format_mean_std, method_table, method_t
 from kdcore.methods import METHODS, method_spec
 
 ROWS = {"acc": "test accuracy (%)", "delta": "Δ vs. student alone", "gap_closed": "gap closed", "runs": "runs",
-        "verdict": "vs. student alone, over seeds"}
+        "verdict": "vs. student alone, over seeds", "published": "published test accuracy (%)"}
 SMALL_LEAD = 0.02  # a teacher this close to the student alone makes "gap closed" magnify noise
 
 
@@ -40,6 +40,7 @@ def render() -> None:
                "teacher at all. The verdict: the 95% Student-t interval of method − student alone, paired by seed "
                "(Welch's when they share fewer than 2 seeds); better or worse when it excludes 0, otherwise within "
                "seed noise; one seed gives no verdict.")
+    _published_note(row)
     _caveats(row)
     _legend(row)
     if len(rows) > 1:
@@ -61,6 +62,8 @@ def _frame(row: dict) -> pd.DataFrame:
         name = {"teacher": "Teacher", "student alone": "Student alone"}.get(column["column"], column["column"])
         table[name] = {
             ROWS["acc"]: format_mean_std(column["acc"]),
+            **({ROWS["published"]: "" if column["published"] is None else f"{100 * column['published']:.2f}"}
+               if row.get("published") else {}),  # beside this store's accuracy, as a paper's row would be
             ROWS["delta"]: "" if column["delta"] is None else _signed(f"{100 * column['delta']:+.2f}"),
             ROWS["gap_closed"]: "" if column["gap_closed"] is None else _signed(f"{100 * column['gap_closed']:.0f}%"),
             ROWS["runs"]: str(column["runs"]),
@@ -82,6 +85,14 @@ def _styled(row: dict):
     best = max(methods, key=methods.get)
     return frame.style.apply(lambda col: ["font-weight: bold" if col.name == best and i == ROWS["acc"] else ""
                                           for i in col.index])
+
+
+def _published_note(row: dict) -> None:
+    paper = row.get("published")
+    if paper:
+        st.caption(f"Published: the papers' test accuracies for this pair with the `{paper['preset']}` recipe "
+                   f"(`python -m kdcore run --preset {paper['preset']}`): " + "; ".join(paper["sources"]) + ". "
+                   "Runs with a shorter budget are not expected to reach them.")
 
 
 def _caveats(row: dict) -> None:
