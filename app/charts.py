@@ -494,3 +494,91 @@ def deploy_tradeoff_figure(points: list[dict[str, Any]]) -> go.Figure:
     fig.update_xaxes(type="log", title_text="ms per sample (log)", row=1, col=2)
     fig.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
     return fig
+
+
+# --- tuning studies (app.read_model.tune) -------------------------------------------------------------------------
+
+TRIAL_COLORS = {"complete": COLORS["student"], "pruned": "#94a3b8", "failed": "#dc2626", "cancelled": "#64748b"}
+TRIAL_SYMBOLS = {"complete": "circle", "pruned": "x", "failed": "triangle-down", "cancelled": "square"}
+
+
+def tune_progress_figure(points: list[dict[str, Any]], best: list[tuple[int, float]]) -> go.Figure:
+    """Each trial's validation accuracy by trial number (pruned ones: their best before the stop), and the best
+    complete trial so far as a step line."""
+    fig = go.Figure()
+    for state in TRIAL_COLORS:
+        mine = [p for p in points if p["state"] == state]
+        if mine:
+            fig.add_trace(go.Scatter(x=[p["number"] for p in mine], y=[p["y"] for p in mine], mode="markers",
+                                     name=state, customdata=[p["run_id"] for p in mine],
+                                     marker={"color": TRIAL_COLORS[state], "symbol": TRIAL_SYMBOLS[state], "size": 9},
+                                     hovertemplate="trial #%{x}: %{y:.2%} (%{customdata})<extra>" + state + "</extra>"))
+    if best:
+        fig.add_trace(go.Scatter(x=[n for n, _ in best], y=[b for _, b in best], mode="lines", name="best so far",
+                                 line={"color": COLORS["finetune"], "shape": "hv", "width": 2},
+                                 hovertemplate="after trial #%{x}: best %{y:.2%}<extra></extra>"))
+    _layout(fig, "Validation accuracy by trial", height=340, revision="tune-progress", legend_below=True)
+    if not points:
+        return _waiting(fig, "appears as trials finish")
+    fig.update_xaxes(title_text="trial", dtick=1 if len(points) <= 20 else None)
+    fig.update_yaxes(title_text="validation accuracy", tickformat=".1%")
+    return fig
+
+
+def tune_param_figure(points: list[dict[str, Any]], key: str, *, log: bool = False) -> go.Figure:
+    """Validation accuracy against one searched setting, a marker per trial (colour and shape by its state)."""
+    fig = go.Figure()
+    for state in TRIAL_COLORS:
+        mine = [p for p in points if p["state"] == state]
+        if mine:
+            fig.add_trace(go.Scatter(
+                x=[p["x"] for p in mine], y=[p["y"] for p in mine], mode="markers", name=state, showlegend=False,
+                customdata=[[p["number"], p["epochs"]] for p in mine],
+                marker={"color": TRIAL_COLORS[state], "symbol": TRIAL_SYMBOLS[state], "size": 9},
+                hovertemplate=f"{key} = %{{x}}: %{{y:.2%}} (trial #%{{customdata[0]}}, %{{customdata[1]}} epochs)"
+                              f"<extra>{state}</extra>"))
+    _layout(fig, f"val acc vs {key}", height=280, revision=f"tune-param-{key}")
+    if not points:
+        return _waiting(fig, "appears as trials finish")
+    numeric = all(isinstance(p["x"], (int, float)) and not isinstance(p["x"], bool) for p in points)
+    fig.update_xaxes(title_text=key, type="log" if log and numeric else "linear" if numeric else "category")
+    fig.update_yaxes(title_text="val acc", tickformat=".1%")
+    return fig
+
+
+def tune_parallel_figure(dimensions: list[dict[str, Any]], accuracy: list[float]) -> go.Figure:
+    """Parallel coordinates of the complete trials: one axis per searched setting, then validation accuracy; a
+    line per trial coloured by its accuracy (brush an axis to filter)."""
+    columns = []
+    for dim in dimensions:
+        column = {"label": dim["label"], "values": dim["values"]}
+        if "ticks" in dim:
+            column.update(tickvals=list(range(len(dim["ticks"]))), ticktext=dim["ticks"],
+                          range=[-1, len(dim["ticks"])])
+        elif dim.get("log") and min(dim["values"]) > 0:  # plotly has no log axis here: draw log10 with real ticks
+            logs = [math.log10(v) for v in dim["values"]]
+            ticks = sorted({round(v, 3) for v in dim["values"]})
+            column.update(values=logs, tickvals=[math.log10(v) for v in ticks], ticktext=[f"{v:g}" for v in ticks],
+                          label=f"{dim['label']} (log)")
+        columns.append(column)
+    fig = go.Figure(go.Parcoords(dimensions=columns, line={"color": accuracy or [0], "colorscale": "Viridis",
+                                                           "showscale": bool(accuracy)}) if columns else None)
+    _layout(fig, "Complete trials, every setting at once", height=340, revision="tune-parallel")
+    fig.update_layout(margin={"l": 60, "r": 60, "t": 80, "b": 20})
+    if not accuracy:
+        return _waiting(fig, "appears as trials complete")
+    return fig
+
+
+def tune_importance_figure(importance: dict[str, float]) -> go.Figure:
+    """fANOVA importance of each searched setting for validation accuracy (Optuna's; sums to 1)."""
+    items = sorted(importance.items(), key=lambda kv: kv[1])
+    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
+                           marker={"color": COLORS["student"]}, texttemplate="%{x:.0%}",
+                           hovertemplate="%{y}: %{x:.1%} of the variance explained<extra></extra>"))
+    _layout(fig, "Which settings matter (fANOVA importance)", height=80 + 40 * max(len(items), 2),
+            revision="tune-importance")
+    if not items:
+        return _waiting(fig, "appears once 3 trials complete")
+    fig.update_xaxes(tickformat=".0%", range=[0, 1])
+    return fig

@@ -13,8 +13,8 @@ st.set_page_config(page_title="KD Lab", page_icon=":material/science:", layout="
 
 
 def lab_pages(default: bool, everything: bool = True) -> list:
-    """The lab's pages; without `everything` (a workshop participant) no Deploy and no Sweeps: both start
-    work that no one owns (compression jobs, a grid of runs)."""
+    """The lab's pages; without `everything` (a workshop participant) no Deploy, Sweeps or Tune: they start
+    work that no one owns (compression jobs, a grid of runs, a study)."""
     pages = [
         st.Page("screens/new_run.py", title="New run", icon=":material/add_circle:", default=default),
         st.Page("screens/live.py", title="Live run", icon=":material/monitoring:"),
@@ -23,9 +23,10 @@ def lab_pages(default: bool, everything: bool = True) -> list:
         st.Page("screens/compare.py", title="Compare", icon=":material/compare_arrows:"),
         st.Page("screens/deploy.py", title="Deploy", icon=":material/rocket_launch:"),
         st.Page("screens/sweeps.py", title="Sweeps", icon=":material/grid_on:"),
+        st.Page("screens/tune.py", title="Tune", icon=":material/tune:"),
         st.Page("screens/lab.py", title="Temperature lab", icon=":material/thermostat:"),
     ]
-    return pages if everything else [p for p in pages if p.title not in ("Deploy", "Sweeps")]
+    return pages if everything else [p for p in pages if p.title not in ("Deploy", "Sweeps", "Tune")]
 
 
 if not access.enabled():

@@ -407,6 +407,79 @@ def _cells(records: list, swept: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from kdcore.config import apply_overrides, load_config_file
+    from kdcore.tune.report import study_report
+    from kdcore.tune.study import create_study, drive, extend, get_study, request_stop, start_driver
+
+    runner = _runner()
+    store = runner.store
+    if args.study:
+        if args.space or args.overrides or args.config:
+            raise KDError("--study continues a recorded study, whose space and config are fixed: leave out "
+                          "--space, --set and --config")
+        study_id = args.study
+        get_study(store, study_id)
+        if args.stop:
+            request_stop(store, study_id)
+            _emit(args, {"study_id": study_id, "stop_requested": True}, lambda: print(f"{study_id} stopping"))
+            return 0
+        if args.trials is not None:
+            extend(store, study_id, args.trials)
+    else:
+        if args.stop:
+            raise KDError("--stop needs --study ID")
+        if args.trials is None:
+            raise KDError("a study needs --trials N (how many settings to try)")
+        base = load_config_file(args.config) if args.config else {}
+        apply_overrides(base, args.overrides)
+        study_id = create_study(store, base, args.space, trials=args.trials, seeds=args.seeds, batch=args.batch,
+                                pruner=args.pruner, sampler_seed=args.sampler_seed, name=args.name, owner=args.owner)
+        print(f"study {study_id}: {args.trials} trials over {len(args.space)} setting(s)", file=sys.stderr)
+    if not args.wait:
+        pid = start_driver(store, study_id)
+        _emit(args, {"study_id": study_id, "status": "running", "driver_pid": pid},
+              lambda: print(f"{study_id} running (driver pid {pid}); follow it on the Tune page or with "
+                            f"`python -m kdcore tune --study {study_id} --wait`"))
+        return 0
+
+    def progress(spec: dict[str, Any]) -> None:
+        if not (args.json or args.quiet):
+            best = spec.get("best") or {}
+            print(f"{len(spec['trials'])}/{spec['trials_wanted']} trials; best validation accuracy "
+                  f"{_pct(best.get('val_acc'))}" + (f" (#{best['number']})" if best else ""), file=sys.stderr)
+
+    spec = drive(runner, study_id, on_batch=progress)
+    report = study_report(store, study_id)
+    _emit(args, report, lambda: _print_study(report))
+    return 0 if spec["status"] == "done" else EXIT_RUN_FAILED
+
+
+def _print_study(report: dict[str, Any]) -> None:
+    keys = [text.partition("=")[0] for text in report["space"]]
+    print(f"{report['study_id']}  {report['status']}  ({len(report['trials'])} trials, "
+          f"{report['student_steps']} student steps)")
+    _table([[t["number"], t["run_id"], t["state"], *[_fmt(t["params"].get(k)) for k in keys], _pct(t["val_acc"]),
+             t["epochs"]] for t in report["trials"]], ["#", "run", "state", *keys, "val acc", "epochs"])
+    best = report["best"]
+    if best:
+        print(f"best: #{best['number']} ({best['run_id']}) validation accuracy {_pct(best['val_acc'])}: "
+              + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
+    verdict = report["verdict"]
+    if verdict:
+        def line(name: str, row: dict[str, Any]) -> str:
+            ci = f" ± {100 * row['ci95']:.2f}" if row.get("ci95") is not None else ""
+            return f"  {name:<8} test {_pct(row['mean'])}{ci} over {row['n']} seed(s)"
+        print("on the test split:")
+        for name in ("tuned", "default", "alone"):
+            print(line(name, verdict[name]))
+        print(f"  {verdict['verdict']}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
 METRIC_COLUMNS = ("stage", "epoch", "step", "name", "value")
 
 
@@ -594,6 +667,29 @@ def build_parser() -> argparse.ArgumentParser:
                 "that distilled vs baseline gets a seed-noise verdict")
     p.add_argument("id", metavar="RUN_ID|SWEEP_ID")
     p.add_argument("--seeds", type=int, default=3, help="how many seeds the config should have in all (default 3)")
+    p = command("tune", cmd_tune, "search settings with Optuna (each trial an ordinary run), e.g. --space "
+                "temperature=log:1,32 --space weights.kd=0.1,0.95 --trials 12; the best is re-run on seeds")
+    _config_args(p)
+    p.add_argument("--space", metavar="KEY=SPEC", action="append", default=[],
+                   help="a searched setting (repeatable): lo,hi | log:lo,hi | int:lo,hi | choice:a,b,... (a list of "
+                        "non-numeric values is a choice); method.<param> applies to the methods that have it")
+    p.add_argument("--trials", type=int, default=None, metavar="N",
+                   help="settings to try (with --study: more trials for that study)")
+    p.add_argument("--seeds", type=int, default=3, metavar="K",
+                   help="re-run the best settings and the base config on K seeds with the student alone, on the "
+                        "test split (0: none; default 3)")
+    p.add_argument("--batch", type=int, default=4, help="trials asked for at once; they train as one stacked "
+                   "group where they can (default 4)")
+    p.add_argument("--pruner", choices=["sha", "hyperband", "none"], default="sha",
+                   help="stop unpromising trials from their validation accuracy (default: successive halving)")
+    p.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
+    p.add_argument("--name", default="", help="a label for the study and its runs")
+    p.add_argument("--study", metavar="ID", default=None, help="continue (or, with --trials, extend) a recorded study")
+    p.add_argument("--stop", action="store_true", help="with --study: cancel its trials and stop its driver")
+    p.add_argument("--wait", action="store_true", help="drive the study in the foreground until it ends "
+                   "(default: in a background process, and return at once)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _owner_arg(p)
     p = command("metrics", cmd_metrics, "print every recorded series of a run (stage, epoch, step, name, value)")
     p.add_argument("run_id")
     p.add_argument("--csv", action="store_true", help="every point as CSV with a header row")

@@ -253,7 +253,7 @@ def _record_outcome(store: Store, run_id: str, reporting: _Reporting, outcome: A
         callback.on_log(f"cancelled: {outcome}")
         reporting.finish_trackers(run_id, "cancelled", None)
         _flush_error(callback)
-        store.finish(run_id, "cancelled", error="cancelled by the user")
+        store.finish(run_id, "cancelled", error=store.cancel_reason(run_id))
         return {"run_id": run_id, "status": "cancelled"}
     callback.on_log(f"failed: {outcome}")
     reporting.finish_trackers(run_id, "failed", None)
@@ -309,12 +309,15 @@ def execute(store: Store, run_id: str, config: RunConfig, *, resume: bool = Fals
         return _record_outcome(store, run_id, reporting, outcome)
 
 
-def execute_group(store: Store, run_ids: list[str], configs: list[RunConfig]) -> list[dict[str, Any]]:
+def execute_group(store: Store, run_ids: list[str], configs: list[RunConfig], *,
+                  extra_callbacks: dict[str, list[Callback]] | None = None) -> list[dict[str, Any]]:
     """Train several runs of a sweep together (see `kdcore.group`) and record each one's outcome."""
     from kdcore.group import run_group
 
     with _Reporting(store, run_ids, configs) as reporting:
-        callbacks = [reporting.for_run(r) for r in run_ids]
+        extra = extra_callbacks or {}  # a tuning study's pruning, for its trials
+        callbacks = [CallbackList([reporting.for_run(r), *extra[r]]) if extra.get(r) else reporting.for_run(r)
+                     for r in run_ids]
         for run_id in run_ids:
             reporting.callbacks[run_id].on_log(f"trained together with {len(run_ids) - 1} other run(s) of its sweep")
         try:
@@ -387,14 +390,24 @@ def worker_main(run_id: str, *, warmed: bool = False) -> int:
         _yield_cpu()
     try:
         companions = [] if record.resume else _companions(store, record, config)
+        extras = _study_callbacks(store, [record] + [r for r, _ in companions])
         if companions:
             run_ids = [run_id] + [r.id for r, _ in companions]
-            execute_group(store, run_ids, [config] + [c for _, c in companions])
+            execute_group(store, run_ids, [config] + [c for _, c in companions], extra_callbacks=extras)
         else:
-            execute(store, run_id, config, resume=record.resume)
+            execute(store, run_id, config, resume=record.resume, extra_callbacks=extras.get(run_id))
     finally:
         Runner(store).tick()  # this slot is free now: start the next queued run
     return 0
+
+
+def _study_callbacks(store: Store, records: list) -> dict[str, list[Callback]]:
+    """The pruning callbacks of runs that are trials of a tuning study (`kdcore.tune`); {} for other runs."""
+    if not any(r.sweep_id for r in records):
+        return {}
+    from kdcore.tune.pruning import pruning_callbacks
+
+    return pruning_callbacks(store, records)
 
 
 SPARE_IDLE_S = 600.0  # a spare worker nobody hands a run exits after this long (KDCORE_SPARE_IDLE_S)

@@ -57,3 +57,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tuned_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    """One small tuning study run as a user would: `python -m kdcore tune ... --wait --json` (digits, 2 epochs,
+    2 trials in one stacked batch, the best confirmed on 2 seeds), then extended by one trial (`tune --study ID
+    --trials 1 --wait --json`). Its store folder and both JSON reports. Shared by the engine's and the Tune
+    page's tests: the study is the costly part of both."""
+    import json
+    import os
+    import subprocess
+
+    home = tmp_path_factory.mktemp("tuned-study")
+    env = {**os.environ, "KDCORE_HOME": str(home), "OMP_NUM_THREADS": "1", "KDCORE_SPARE_WORKER": "0"}
+
+    def tune(*args: str) -> dict:
+        result = subprocess.run([sys.executable, "-m", "kdcore", "tune", *args, "--wait", "--json"],
+                                capture_output=True, text=True, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    first = tune("--space", "temperature=log:1,16", "--space", "weights.kd=0.1,0.9", "--trials", "2", "--seeds", "2",
+                 "--sampler-seed", "0", "--name", "tiny", "--set", "dataset=digits", "--set", "epochs=2",
+                 "--set", "teacher.epochs=1")
+    return home, first, tune("--study", first["study_id"], "--trials", "1")

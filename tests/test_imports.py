@@ -37,6 +37,12 @@ TORCH_FREE = {
     "kdcore.callbacks": "import kdcore.callbacks",
     "kdcore.store": "from kdcore.store import Store; s = Store(); s.get_run(s.create_run({})); s.list_runs()",
     "kdcore.runner": "from kdcore.runner import Runner, max_runs; r = Runner(); max_runs(r.store); r.reap()",
+    "kdcore.tune (space, report, verdict; study and pruning until they drive)":
+        "import kdcore.tune.study, kdcore.tune.pruning\nfrom kdcore.tune.space import parse_space, check_space\n"
+        "from kdcore.tune.report import list_studies\nfrom kdcore.tune.verdict import confirm_verdict\n"
+        "from kdcore.store import Store\n"
+        "check_space({'dataset': 'digits'}, parse_space(['temperature=log:1,8', 'method=kd,dkd', 'method.beta=1,4']))\n"
+        "list_studies(Store()); confirm_verdict([], [])\nimport sys; assert 'optuna' not in sys.modules",
     "kdcore.sweep": "import kdcore.sweep as s; s.expand({'dataset': 'digits'}, s.parse_grid(['temperature=1,4']))",
     "kdcore.compare (records only)": "from kdcore.compare import comparison_rows, config_diff; comparison_rows([])",
     "kdcore.cli (runs, list-methods, list-presets)": "from kdcore.cli import main; main(['runs', '--json']); "

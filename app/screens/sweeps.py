@@ -41,7 +41,7 @@ MAX_RUNS = 10_000  # a grid beyond this is surely a typo; expanding it would sta
 def render() -> None:
     st.title("Sweeps")
     store = session.store()
-    sweeps = store.list_sweeps()
+    sweeps = [s for s in store.list_sweeps() if s.get("kind") != "tune"]  # studies have their own page (Tune)
     with st.expander("New sweep", expanded=not sweeps, icon=":material/add_circle:"):
         _new_sweep(store)
     if not sweeps:

@@ -6,6 +6,7 @@
         runs/<run_id>/       progress.pt (per-epoch checkpoint), student.pt, worker.log,
                              artifacts/ (exported and compressed models, deployment reports)
         teachers/<key>.pt    trained teachers shared by every run with the same teacher settings
+        studies.db           the tuning studies' search state (Optuna's own tables; see `study_storage_url`)
         uploads/<sha>-<name> checkpoints uploaded in the app, named by their content
 
 Many processes read and write at once (the app, CLI commands, one worker per run, on one machine or
@@ -549,15 +550,23 @@ class Store:
                 (status, time.time(), json.dumps(summary) if summary is not None else None, error, run_id, *only_if))
             return cur.rowcount == 1
 
-    def request_cancel(self, run_id: str) -> RunRecord:
+    def request_cancel(self, run_id: str, reason: str | None = None) -> RunRecord:
         """Cancel a run no worker has taken yet (queued, or starting: its worker still launching) at once, so the
-        worker finds it cancelled and exits; flag a running one (its runner also sends SIGTERM)."""
+        worker finds it cancelled and exits; flag a running one (its runner also sends SIGTERM). A `reason` (a
+        tuning study's "pruned at epoch 3") becomes the run's error when it ends; by default the user cancelled."""
         self.get_run(run_id)
         with self._transaction() as db:
-            db.execute("UPDATE runs SET status='cancelled', ended=?, error='cancelled before it started', pid=NULL, "
-                       "resume=0 WHERE id=? AND status IN ('queued','starting')", (time.time(), run_id))
-            db.execute("UPDATE runs SET cancel_requested=1 WHERE id=? AND status='running'", (run_id,))
+            db.execute("UPDATE runs SET status='cancelled', ended=?, error=?, pid=NULL, resume=0 "
+                       "WHERE id=? AND status IN ('queued','starting')",
+                       (time.time(), reason or "cancelled before it started", run_id))
+            db.execute("UPDATE runs SET cancel_requested=1, error=COALESCE(?, error) WHERE id=? AND status='running'",
+                       (reason, run_id))
         return self.get_run(run_id)
+
+    def cancel_reason(self, run_id: str) -> str:
+        """Why a run that was asked to stop stops: the reason given with the request, else the user's cancel."""
+        row = self._db.execute("SELECT error, cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
+        return row[0] if row and row[1] and row[0] else "cancelled by the user"
 
     def requeue(self, run_id: str, *, resume: bool, only_if: tuple[str, ...] = FINISHED) -> bool:
         """Queue a run again, unless it already left the states in `only_if` (one transaction: of two resumes
@@ -692,6 +701,22 @@ class Store:
         self.get_sweep(sweep_id)  # a malformed or unknown id is refused by name
         with self._transaction() as db:
             db.execute("UPDATE sweeps SET spec=? WHERE id=?", (json.dumps(spec), sweep_id))
+
+    def edit_sweep(self, sweep_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read a sweep's spec, let `change` edit it in place, write it back: one transaction, so two writers
+        (a study's driver, a page asking it to stop) never lose each other's edits. Returns the sweep as
+        `get_sweep` does."""
+        self.get_sweep(sweep_id)
+        with self._transaction(lock=sweep_id) as db:
+            spec = json.loads(db.execute("SELECT spec FROM sweeps WHERE id=?", (sweep_id,)).fetchone()[0])
+            change(spec)
+            db.execute("UPDATE sweeps SET spec=? WHERE id=?", (json.dumps(spec), sweep_id))
+        return self.get_sweep(sweep_id)
+
+    def study_storage_url(self) -> str:
+        """Where tuning studies (`kdcore.tune`) keep their search state: an SQLAlchemy URL for Optuna's RDB
+        storage, a file beside the runs so that a study lives, and moves, with them."""
+        return f"sqlite:///{(self.home / 'studies.db').resolve()}"
 
     def list_sweeps(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT id, created, spec FROM sweeps ORDER BY created DESC").fetchall()
