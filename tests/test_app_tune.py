@@ -47,10 +47,10 @@ def test_the_page_shows_a_study_its_best_settings_and_the_verdict(tuned_study, m
         sorted(t["params"]["temperature"] for t in trials))
     assert temperature["layout"]["xaxis"]["type"] == "log"  # searched on a log scale, drawn on one
     assert "val acc vs weights.kd" in drawn and "Complete trials, every setting at once" in drawn
-    verdict = at.dataframe(key="tu_verdict").value
+    verdict, table = (frame.value for frame in at.dataframe)
     assert list(verdict["test acc"]) == pytest.approx([report["verdict"][k]["mean"] for k in ("tuned", "default",
                                                                                               "alone")])
-    assert list(at.dataframe(key="tu_trials").value["run_id"]) == [t["run_id"] for t in trials]
+    assert list(table["run_id"]) == [t["run_id"] for t in trials]
     assert any(f"{len(trials)} of {len(trials)} trials finished" in str(p.proto.text) for p in at.get("progress"))
     at.button(key="tu_open").click().run()  # the best settings' first confirmation run, in New run
     assert at.query_params.get("from") == report["confirm"]["best"][0]
@@ -64,20 +64,20 @@ def test_the_form_starts_a_study_that_a_background_driver_runs(tmp_path, monkeyp
     busy = store.create_run(RunConfig().replace(dataset="digits").to_dict(), status="running", pid=os.getpid())
     at = open_page()  # the slot is held by this test: trials stay queued, no worker trains
     assert any("No studies yet" in i.value for i in at.info)
-    at.selectbox(key="tu_dataset").set_value("digits").run()
-    at.checkbox(key="tu_t_log").uncheck().run()
-    at.toggle(key="tu_kd_on").set_value(False).run()
+    at.selectbox(key="tu_dataset").set_value("digits")
+    at.checkbox(key="tu_t_log").uncheck()
+    at.toggle(key="tu_kd_on").set_value(False)
+    at.number_input(key="tu_trials").set_value(2)
     at.multiselect(key="tu_methods").set_value(["kd", "dkd"]).run()
     at.checkbox(key="tu_on_dkd.beta").check().run()
-    at.number_input(key="tu_lo_dkd.beta").set_value(30.0).run()  # beyond dkd's beta range (≤ 20)
+    at.number_input(key="tu_lo_dkd.beta").set_value(30.0)  # beyond dkd's beta range (≤ 20)
     at.number_input(key="tu_hi_dkd.beta").set_value(40.0).run()
-    at.number_input(key="tu_trials").set_value(2).run()
     command = at.code[0].value
     assert "--space temperature=1,32 --space method=kd,dkd --space dkd.beta=30,40 --trials 2" in command
     at.button(key="tu_start").click().run()
     assert any("dkd.beta=30" in e.value for e in at.error), [e.value for e in at.error]
     assert store.list_sweeps() == []  # refused: nothing recorded
-    at.number_input(key="tu_lo_dkd.beta").set_value(2.0).run()
+    at.number_input(key="tu_lo_dkd.beta").set_value(2.0)
     at.number_input(key="tu_hi_dkd.beta").set_value(10.0).run()
     at.button(key="tu_start").click().run()
     assert not at.exception and not at.error

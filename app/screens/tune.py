@@ -224,13 +224,14 @@ def _status(store: Store, report: dict[str, Any]) -> None:
         if row.button("Stop the study", icon=":material/stop:", key=PREFIX + "stop"):
             request_stop(store, study_id)
             st.toast("Stopping the study: its running trials are cancelled")
-    elif status in ACTIVE_STUDY and not alive:
-        st.warning("The study's driver is not running (the machine restarted, or it was killed).",
-                   icon=":material/warning:")
+    elif (status in ACTIVE_STUDY or status == "failed") and not alive:
+        if status != "failed":
+            st.warning("The study's driver is not running (the machine restarted, or it was stopped).",
+                       icon=":material/warning:")
         if st.button("Resume the study", icon=":material/play_arrow:", key=PREFIX + "resume"):
             start_driver(store, study_id)
             st.rerun()
-    if status not in ACTIVE_STUDY:
+    if status in ("done", "stopped"):
         more = row.number_input("More trials", 1, 500, 4, key=PREFIX + "more", label_visibility="collapsed")
         if row.button(f"Run {more} more trials", icon=":material/add:", key=PREFIX + "extend"):
             extend(store, study_id, int(more))

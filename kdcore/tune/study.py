@@ -211,6 +211,9 @@ def drive(runner, study_id: str, *, poll_s: float = POLL_S, on_batch=None) -> di
             if spec["stop_requested"]:
                 return _set(store, study_id, status="stopped", driver_pid=None)
         return _set(store, study_id, status="done", driver_pid=None)
+    except KeyboardInterrupt:  # the study is not over: its trials go on training, and it can be driven again
+        _set(store, study_id, driver_pid=None)
+        raise
     except BaseException as exc:
         _set(store, study_id, status="failed", driver_pid=None, error=f"{type(exc).__name__}: {exc}"[:500])
         raise
