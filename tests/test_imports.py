@@ -42,7 +42,7 @@ TORCH_FREE = {
         "from kdcore.tune.report import list_studies\nfrom kdcore.tune.verdict import confirm_verdict\n"
         "from kdcore.store import Store\n"
         "check_space({'dataset': 'digits'}, parse_space(['temperature=log:1,8', 'method=kd,dkd', 'method.beta=1,4']))\n"
-        "list_studies(Store()); confirm_verdict([], [])\nimport sys; assert 'optuna' not in sys.modules",
+        "list_studies(Store()); confirm_verdict({}, {})\nimport sys; assert 'optuna' not in sys.modules",
     "kdcore.sweep": "import kdcore.sweep as s; s.expand({'dataset': 'digits'}, s.parse_grid(['temperature=1,4']))",
     "kdcore.compare (records only)": "from kdcore.compare import comparison_rows, config_diff; comparison_rows([])",
     "kdcore.cli (runs, list-methods, list-presets)": "from kdcore.cli import main; main(['runs', '--json']); "
