@@ -63,6 +63,8 @@ def from_config(config: dict[str, Any]) -> dict[str, Any]:
         "data_root": c["data_root"] or "",
         "method": c["method"],
         **method_values(c["method"], c["method_params"]),
+        "mlflow": c["tracking"]["mlflow"] or "",
+        "tensorboard": c["tracking"]["tensorboard"] or "",
     }
 
 
@@ -152,6 +154,8 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
         "name": (values.get("name") or "").strip(),
         "method": values.get("method", "kd"),
         "method_params": method_params(values),  # replaces a copied run's: they belong to its method
+        "tracking": {"mlflow": (values.get("mlflow") or "").strip() or None,
+                     "tensorboard": (values.get("tensorboard") or "").strip() or None},
     })
     if values["teacher_source"] == "store" and store_teacher is not None:
         config.update(store_teacher["shared"])

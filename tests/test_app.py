@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from app import form
 from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished
 from kdcore.config import RunConfig
 from kdcore.store import ACTIVE, Store
@@ -106,6 +107,20 @@ def test_advanced_weights_and_the_formula(in_lab) -> None:
     at.number_input(key="nr_w_ce").set_value(-1.0).run()
     assert any("weights.ce must be >= 0" in e.value for e in at.error)
     assert at.button(key="nr_start").disabled
+
+
+def test_the_tracking_expander_sets_the_trackers_the_engine_validates(in_lab, tmp_path) -> None:
+    at = open_app()
+    at.text_input(key="nr_mlflow").set_value("s3://bucket").run()
+    assert any("tracking.mlflow: unknown scheme 's3'" in e.value for e in at.error)
+    assert at.button(key="nr_start").disabled
+    at.text_input(key="nr_mlflow").set_value(f"sqlite:///{tmp_path}/mlflow.db")
+    at.text_input(key="nr_tensorboard").set_value(str(tmp_path / "tb")).run()
+    assert not at.error and not at.button(key="nr_start").disabled
+    config, errors = form.validate({name: at.session_state[f"nr_{name}"] for name in form.defaults()})
+    assert errors == [] and (config.tracking.mlflow, config.tracking.tensorboard) == (
+        f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "tb"))
+    assert form.from_config(config.to_dict())["tensorboard"] == str(tmp_path / "tb")  # `?from=` keeps them
 
 
 def test_reusing_a_teacher_from_the_store_copies_its_settings(in_lab) -> None:

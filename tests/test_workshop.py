@@ -76,6 +76,8 @@ def test_only_bundled_datasets_and_the_instructors_are_allowed():
     ({"teacher": {"arch": "hf:/srv/models/bert", "epochs": 1}}, "teacher.arch 'hf:/srv/models/bert' is not available"),
     ({"student": {"arch": "timm:resnet50"}}, "student.arch 'timm:resnet50' is not available"),
     ({"teacher": {"arch": "cnn", "epochs": 1, "checkpoint": "/etc/passwd"}}, "must be uploaded through the form"),
+    ({"tracking": {"mlflow": None, "tensorboard": "/etc/tb"}}, "experiment trackers (tracking.mlflow, tracking.tensorboard) "
+                                                             "cannot be set"),
 ])
 def test_a_run_that_reaches_a_server_path_is_refused(change, message):
     config = {**DIGITS.to_dict(), **change}

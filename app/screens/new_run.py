@@ -145,7 +145,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
         allowed = policy.allowed_datasets()
         if st.session_state[PREFIX + "dataset"] not in allowed:
             st.session_state[PREFIX + "dataset"] = allowed[0]
-        for name in ("data_root", "transfer"):  # never a folder or transfer set copied from another run (`?from=`)
+        for name in ("data_root", "transfer", "mlflow", "tensorboard"):  # never a path copied from a run (`?from=`)
             st.session_state[PREFIX + name] = ""
         st.selectbox("Dataset", allowed, key=PREFIX + "dataset", disabled=from_store, **KEEP,
                      help="The datasets this workshop offers.")
@@ -268,6 +268,15 @@ def _form(store, teachers: list[dict]) -> list[str]:
             cols[1].text_input("Transfer set", key=PREFIX + "transfer", **KEEP, placeholder="none",
                                help=f"Extra unlabelled inputs the teacher labels: a dataset of the same shape, or "
                                     f"{IMAGEFOLDER_PREFIX}/path/to/images.")
+    if not workshop:
+        with st.expander("Tracking"):
+            st.text_input("MLflow tracking URI", key=PREFIX + "mlflow", **KEEP, placeholder="none",
+                          help="Log the run live to MLflow: sqlite:///path/mlflow.db, a folder, or http://host:5000 "
+                               "(params, every series, the summary, the student).")
+            st.text_input("TensorBoard folder", key=PREFIX + "tensorboard", **KEEP, placeholder="none",
+                          help="Log the run's series live as TensorBoard events under <folder>/<run id>/.")
+            st.caption("A tracker that cannot be reached never stops the run: its log says so, and "
+                       "`python -m kdcore sync RUN_ID` exports the run later.")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
 

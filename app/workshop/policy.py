@@ -113,6 +113,9 @@ def check_run(config: dict[str, Any], *, is_upload: Callable[[str], bool], budge
         if not _is_registered(arch):
             raise WorkshopPolicyError(f"{role}.arch {arch!r} is not available in this workshop; choose a listed "
                                       "architecture or mlp:W1,W2,...")
+    if any((config.get("tracking") or {}).values()):
+        raise WorkshopPolicyError("experiment trackers (tracking.mlflow, tracking.tensorboard) cannot be set in this "
+                                  "workshop")
     checkpoint = (config.get("teacher") or {}).get("checkpoint")
     if checkpoint and not is_upload(checkpoint):
         raise WorkshopPolicyError("a teacher checkpoint in this workshop must be uploaded through the form")
