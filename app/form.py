@@ -19,6 +19,7 @@ from kdcore.methods import METHODS, ParamSpec, default_value, get_method
 TEACHER_SOURCES = {"train": "Train a teacher", "store": "Reuse a teacher trained in this store",
                    "upload": "Upload a checkpoint"}
 WEIGHT_MODES = {"simple": "Simple (α)", "advanced": "Advanced"}
+SCHEDULE_FIELDS = ("momentum", "nesterov", "schedule", "lr_milestones", "lr_decay")  # lr_milestones: "150,180,210"
 
 
 def from_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -57,6 +58,11 @@ def from_config(config: dict[str, Any]) -> dict[str, Any]:
         "name": c["name"],
         "optimizer": c["optimizer"],
         "weight_decay": c["weight_decay"],
+        "momentum": c["momentum"],
+        "nesterov": c["nesterov"],
+        "schedule": c["schedule"],
+        "lr_milestones": ",".join(map(str, c["lr_milestones"])),
+        "lr_decay": c["lr_decay"],
         "augment": c["augment"],
         "val_fraction": c["val_fraction"],
         "amp": c["amp"],
@@ -109,6 +115,14 @@ def defaults() -> dict[str, Any]:
     return from_config(RunConfig().to_dict())
 
 
+def preset_config(name: str) -> dict[str, Any]:
+    """The whole config of a named preset (`kdcore.presets`): what "Load preset" fills the form from, and keeps as
+    the base of the settings the form does not show."""
+    from kdcore.config import build_config
+
+    return build_config(preset=name).to_dict()
+
+
 def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
               store_teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """The nested config dict the form describes (not yet validated).
@@ -157,6 +171,9 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
         "tracking": {"mlflow": (values.get("mlflow") or "").strip() or None,
                      "tensorboard": (values.get("tensorboard") or "").strip() or None},
     })
+    for key in SCHEDULE_FIELDS:  # absent from values built before these fields existed: the base's stay
+        if key in values:
+            config[key] = values[key]
     if values["teacher_source"] == "store" and store_teacher is not None:
         config.update(store_teacher["shared"])
         config["teacher"] = dict(store_teacher["teacher"])

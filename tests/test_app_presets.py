@@ -3,6 +3,7 @@ of the Methods table, for runs of its teacher → student pair only (the pages r
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from app import charts as figures
 from app.read_model.method_table import method_table, method_table_columns, method_table_csv_rows
 from app.read_model.trace import RunTrace
-from app_helpers import charts
+from app_helpers import ENTRY, charts
 from kdcore.config import build_config
 from kdcore.presets import RECIPE
 from kdcore.store import Store
@@ -93,3 +94,28 @@ def test_pages_show_the_published_numbers_for_the_recipes_pair_only(kd_home):
     assert any("Tian, Krishnan & Isola" in c.value and "CVPR 2022" in c.value for c in at.caption)
     at.selectbox(key="mt_pair").set_value("mnist-5k|cnn|mlp-small").run()
     assert "published test accuracy (%)" not in at.table[0].value.index
+
+
+def test_load_preset_fills_the_new_run_form_and_the_run_keeps_what_the_form_does_not_show(kd_home, monkeypatch):
+    store = Store()
+    monkeypatch.setenv("KDCORE_MAX_RUNS", "1")
+    store.create_run(build_config().to_dict(), status="running", pid=os.getpid())  # the slot is taken: Start queues
+    at = AppTest.from_file(str(ENTRY), default_timeout=60)
+    at.run()
+    at.selectbox(key="nr_preset_choice").set_value(RECIPE.name).run()
+    at.button(key="nr_load_preset").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {key: at.session_state[f"nr_{key}"] for key in (
+        "dataset", "teacher_arch", "student_arch", "epochs", "teacher_epochs", "lr", "optimizer", "weight_decay",
+        "schedule", "lr_milestones", "momentum", "nesterov", "batch_size", "augment")}
+    assert shown == {"dataset": "cifar100", "teacher_arch": "resnet32x4", "student_arch": "resnet8x4", "epochs": 240,
+                     "teacher_epochs": 240, "lr": 0.05, "optimizer": "sgd", "weight_decay": 0.0005, "schedule": "step",
+                     "lr_milestones": "150,180,210", "momentum": 0.9, "nesterov": False, "batch_size": 64,
+                     "augment": True}
+    at.text_input(key="nr_lr_milestones").set_value("100,150").run()
+    at.button(key="nr_start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (queued,) = store.list_runs(status="queued")
+    expected = build_config(preset=RECIPE.name, overrides=["lr_milestones=100,150", f"name={RECIPE.name}"]).to_dict()
+    assert queued.config == expected
+    store.close()

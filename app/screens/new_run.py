@@ -17,16 +17,18 @@ import streamlit as st
 from app import form, session
 from app.read_model.runs import stored_teachers
 from app.workshop import access, policy
-from kdcore.config import OPTIMIZERS
+from kdcore.config import OPTIMIZERS, SCHEDULES
 from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
 from kdcore.errors import KDError
 from kdcore.methods import METHODS, ParamSpec, teacher_seeds
 from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
+from kdcore.presets import PRESETS
 from kdcore.teachers import bundled_path
 
 PREFIX = "nr_"
 KEEP = {"persist_state": "session"}  # form values survive a visit to another page
 CHALLENGE_ENTRY = PREFIX + "challenge_entry"  # workshop only, not a RunConfig field: set by the Challenge page too
+PRESET_CHOICE = PREFIX + "preset_choice"  # not a RunConfig field: the preset "Load preset" fills the form from
 
 
 def render() -> None:
@@ -81,6 +83,16 @@ def _init_form(store) -> None:
 def _reset() -> None:
     _set_values(form.defaults())
     st.session_state.pop("_kdlab_form_base", None)
+
+
+def _load_preset() -> None:
+    """Fill the form from the chosen named preset; its settings the form does not show stay in the base."""
+    name = st.session_state[PRESET_CHOICE]
+    config = form.preset_config(name)
+    _set_values(form.from_config(config))
+    st.session_state["_kdlab_form_base"] = config
+    st.session_state[PREFIX + "name"] = "" if name == "teaching" else name
+    st.toast(f"Form filled from the preset {name}")
 
 
 def _chosen_teacher(teachers: list[dict]) -> dict | None:
@@ -139,8 +151,10 @@ def _form(store, teachers: list[dict]) -> list[str]:
     source = st.session_state[PREFIX + "teacher_source"]
     from_store = source == "store"
 
-    st.subheader("Data", divider="gray")
     workshop = access.enabled()  # a shared server: only listed datasets and names, no folders, no paths
+    if not workshop:
+        _preset_picker()
+    st.subheader("Data", divider="gray")
     if workshop:
         allowed = policy.allowed_datasets()
         if st.session_state[PREFIX + "dataset"] not in allowed:
@@ -245,6 +259,8 @@ def _form(store, teachers: list[dict]) -> list[str]:
                              **KEEP)
         cols[2].number_input("Validation fraction", step=0.05, format="%g", key=PREFIX + "val_fraction",
                              disabled=from_store, **KEEP)
+        if not workshop:  # the room's runs keep the teaching schedule
+            _schedule_inputs()
         cols = st.columns(3)
         cols[0].number_input("Teacher learning rate", step=0.0005, format="%g", key=PREFIX + "teacher_lr",
                              disabled=from_store, **KEEP)
@@ -253,9 +269,10 @@ def _form(store, teachers: list[dict]) -> list[str]:
         cols[2].number_input("Teacher seed", step=1, key=PREFIX + "teacher_seed", disabled=from_store, **KEEP)
         cols = st.columns(3)
         cols[0].toggle("Augment the teacher's data", key=PREFIX + "teacher_augment", disabled=from_store, **KEEP,
-                       help="Random shifts while the teacher trains.")
+                       help="Random shifts (CIFAR: random crop + flip) while the teacher trains.")
         cols[1].toggle("Augment the student's data", key=PREFIX + "augment", **KEEP,
-                       help="Random shifts for student and baseline; the teacher then runs on every batch.")
+                       help="Random shifts (CIFAR: the standard random crop + flip) for student and baseline; the teacher "
+                            "then runs on every batch.")
         cols[2].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
         if not workshop:
             cols[0].text_input("Data folder", key=PREFIX + "data_root", disabled=from_store, **KEEP,
@@ -279,6 +296,39 @@ def _form(store, teachers: list[dict]) -> list[str]:
                        "`python -m kdcore sync RUN_ID` exports the run later.")
     st.button("Reset to the teaching preset", on_click=_reset, type="tertiary", icon=":material/restart_alt:")
     return errors
+
+
+def _schedule_inputs() -> None:
+    """The learning-rate schedule and SGD's momentum (what the CIFAR recipe changes)."""
+    cols = st.columns(3)
+    cols[0].selectbox("Learning-rate schedule", list(SCHEDULES), key=PREFIX + "schedule", **KEEP,
+                      help="cosine: decays to 0 over each stage. step: × decay after each milestone epoch.")
+    step_schedule = st.session_state[PREFIX + "schedule"] == "step"
+    cols[1].text_input("LR milestones (epochs)", key=PREFIX + "lr_milestones", disabled=not step_schedule, **KEEP,
+                       placeholder="e.g. 150,180,210", help="Epochs after which the step schedule decays the lr.")
+    cols[2].number_input("LR decay", step=0.05, format="%g", key=PREFIX + "lr_decay", disabled=not step_schedule,
+                         **KEEP, help="The factor at each milestone (0.1 in the CIFAR KD papers).")
+    sgd = st.session_state[PREFIX + "optimizer"] == "sgd"
+    cols = st.columns(3)
+    cols[0].number_input("SGD momentum", step=0.05, format="%g", key=PREFIX + "momentum", disabled=not sgd, **KEEP)
+    cols[1].toggle("Nesterov momentum", key=PREFIX + "nesterov", disabled=not sgd, **KEEP,
+                   help="The CIFAR KD papers use plain momentum.")
+
+
+def _preset_picker() -> None:
+    """Start from a named preset (`python -m kdcore list-presets`): it fills every field, and keeps what the form
+    does not show."""
+    cols = st.columns([3, 1], vertical_alignment="bottom")
+    cols[0].selectbox("Preset", list(PRESETS), key=PRESET_CHOICE, format_func=_preset_label,
+                      help="Named settings the engine knows (python -m kdcore list-presets): the teaching preset, the "
+                           "workshop lesson, and the CIFAR-100 recipe of the KD papers.")
+    cols[1].button("Load preset", on_click=_load_preset, icon=":material/upload:", key=PREFIX + "load_preset")
+    preset = PRESETS[st.session_state[PRESET_CHOICE]]
+    st.caption(preset.description + "." + (f" {preset.notes}" if preset.notes else ""))
+
+
+def _preset_label(name: str) -> str:
+    return {"teaching": "teaching (the defaults)"}.get(name, name)
 
 
 def _method_label(method: str) -> str:
