@@ -30,9 +30,14 @@ class PruningCallback(Callback):
         self.best = max(self.best, values.get("val_acc", float("-inf")))
         if epoch not in self.rungs:
             return
-        trial = self._optuna_trial()
-        trial.report(self.best, epoch)
-        if trial.should_prune():
+        try:
+            trial = self._optuna_trial()
+            trial.report(self.best, epoch)
+            prune = trial.should_prune()
+        except Exception as exc:  # the study's storage busy or gone: the trial trains on, unpruned
+            self.store.add_records(self.run_id, logs=[(time.time(), f"pruning skipped at epoch {epoch}: {exc}")])
+            return
+        if prune:
             self.pruned_at = epoch
             self.store.request_cancel(self.run_id, reason=f"pruned at epoch {epoch}")
             self.store.add_records(self.run_id, logs=[(time.time(), f"pruned at epoch {epoch}: its best validation "
@@ -58,7 +63,7 @@ def pruning_callbacks(store: Store, records: list) -> dict[str, list[Callback]]:
     out: dict[str, list[Callback]] = {}
     specs: dict[str, dict[str, Any]] = {}
     for record in records:
-        if not record.sweep_id:
+        if not record.sweep_id or record.resume:  # a resumed trial was told already: it trains to its end
             continue
         if record.sweep_id not in specs:
             specs[record.sweep_id] = store.get_sweep(record.sweep_id)

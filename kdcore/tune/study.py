@@ -257,6 +257,7 @@ def _ask_batch(runner, study, study_id: str, spec: dict[str, Any], dims: list[Di
         name = f"{label} #{trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         run_id = runner.submit(config, name=name[:200], sweep_id=study_id, start=False, owner=spec.get("owner"))
         trial.set_user_attr("run_id", run_id)
+        # the storage's id of the trial (Optuna has no public accessor): the worker reports to it by this id
         runs[run_id] = {"number": trial.number, "trial_id": trial._trial_id, "params": values}
 
     def record(s: dict[str, Any]) -> None:
