@@ -163,3 +163,15 @@ def test_a_study_runs_its_trials_as_runs_and_confirms_the_best(tuned_study):
     tuned_acc = [listed[r]["student_test_acc"] for r in confirm["best"]]
     assert report["verdict"]["tuned"]["mean"] == pytest.approx(sum(tuned_acc) / 2)
     assert listed[confirm["best"][0]]["temperature"] == pytest.approx(best["params"]["temperature"])
+
+
+def test_on_a_postgresql_store_the_study_lives_in_that_database(postgres_server, tmp_path):
+    """With KDCORE_DB, Optuna's tables sit beside the store's (every machine of a cluster reaches them)."""
+    store = Store(tmp_path / "home", db=postgres_server.new_database())
+    study_id = create_study(store, DIGITS, ["temperature=log:1,8"], trials=1)
+    study = load_optuna(store, get_study(store, study_id))
+    trial = study.ask()
+    trial.report(0.5, 1)
+    study.tell(trial, 0.5)
+    assert [t.value for t in load_optuna(store, get_study(store, study_id)).trials] == [0.5]
+    assert not (tmp_path / "home" / "studies.db").exists()

@@ -715,7 +715,11 @@ class Store:
 
     def study_storage_url(self) -> str:
         """Where tuning studies (`kdcore.tune`) keep their search state: an SQLAlchemy URL for Optuna's RDB
-        storage, a file beside the runs so that a study lives, and moves, with them."""
+        storage, beside the runs so that a study lives, and moves, with them: a file under KDCORE_HOME, or the
+        PostgreSQL database of KDCORE_DB (Optuna's tables beside the store's), which every machine of a cluster
+        reaches."""
+        if self.db_url:
+            return "postgresql+psycopg://" + self.db_url.split("://", 1)[1]  # SQLAlchemy's name for psycopg 3
         return f"sqlite:///{(self.home / 'studies.db').resolve()}"
 
     def list_sweeps(self) -> list[dict[str, Any]]:

@@ -100,8 +100,10 @@ def load_optuna(store: Store, spec: dict[str, Any]):
 def _storage(store: Store):
     import optuna
 
-    # A long busy timeout: the driver and every worker of the study write to the same SQLite file.
-    return optuna.storages.RDBStorage(store.study_storage_url(), engine_kwargs={"connect_args": {"timeout": 60}})
+    url = store.study_storage_url()
+    # On SQLite, a long busy timeout: the driver and every worker of the study write to the same file.
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
 # --- creating ---------------------------------------------------------------------------------------------------
