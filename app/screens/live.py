@@ -245,7 +245,7 @@ def _over_seeds(record: RunRecord) -> None:
     if seeds["n"] > 1:
         st.markdown(f"**Over {seeds['n']} seeds** of this config (seeds {', '.join(map(str, seeds['seeds']))}): "
                     f"distilled {format_ci(seeds['distilled_mean'], seeds['distilled_ci95'])}%, baseline "
-                    f"{format_ci(seeds['baseline_mean'], seeds['baseline_ci95'])}% · "
+                    f"{format_ci(seeds['baseline_mean'], seeds['baseline_ci95'])}% (means ± 95% intervals) · "
                     + verdicts.verdict_text(seeds["verdict"], seeds["text"]), help=verdicts.RULE)
     else:
         st.markdown(verdicts.verdict_text("no verdict", "One seed: no verdict. A difference of a point between "
