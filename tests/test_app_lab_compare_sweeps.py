@@ -471,6 +471,15 @@ def expected_verdict(mean: float, half: float) -> str:
     return "better" if mean - half > 0 else "worse" if mean + half < 0 else "within seed noise"
 
 
+def open_screen(page: str, **query: str) -> AppTest:
+    """One page alone, without the navigation's first page (New run, which imports torch): cheaper."""
+    at = AppTest.from_file(str(ENTRY.parent / "screens" / f"{page}.py"), default_timeout=TIMEOUT)
+    at.query_params.update(query)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
 def frame_with(at: AppTest, column: str) -> pd.DataFrame:
     found = [d.value for d in at.dataframe if column in d.value.columns]
     assert found, f"no table with a {column!r} column"
@@ -478,7 +487,7 @@ def frame_with(at: AppTest, column: str) -> pd.DataFrame:
 
 
 def test_a_sweep_over_3_seeds_shows_a_verdict_per_cell(in_store, seed_sweep, capsys) -> None:
-    at = open_page("sweeps", sweep=seed_sweep.sweep_id)
+    at = open_screen("sweeps", sweep=seed_sweep.sweep_id)
     verdicts = frame_with(at, "verdict")
     assert list(verdicts["temperature"]) == [1.0, 4.0] and list(verdicts["seeds"]) == [3, 3]
     for row, temperature in zip(verdicts.to_dict("records"), (1.0, 4.0)):
@@ -505,19 +514,23 @@ def test_a_sweep_over_3_seeds_shows_a_verdict_per_cell(in_store, seed_sweep, cap
 
 
 def test_live_run_and_compare_judge_over_the_seeds_in_the_store(in_store, seed_sweep) -> None:
-    at = open_page("live", run=seed_sweep.run_ids[1])
+    at = open_screen("live", run=seed_sweep.run_ids[1])
     over = [m.value for m in at.markdown if "Over 3 seeds" in m.value]
     assert over and "seeds 0, 1, 2" in over[0], [m.value for m in at.markdown]
     assert at.number_input(key=f"live_more_{seed_sweep.run_ids[1]}_seeds").value == 5  # 3 there: offer 2 more
 
     cold, warm = seed_sweep.run_ids[0], seed_sweep.run_ids[3]  # T = 1 and T = 4, seed 0 each
-    at = open_page("compare", runs=f"{cold},{warm}")
+    at = open_screen("compare", runs=f"{cold},{warm}")
     table = frame_with(at, "versus_first")
     assert list(table["config"]) == ["temperature=1", "temperature=4"] and list(table["seeds"]) == [3, 3]
     by_seed = {t: {r.config["seed"]: r.summary["student_test_acc"] for r in seed_sweep.records
                    if r.config["temperature"] == t} for t in (1.0, 4.0)}
     mean, half = paired_reference([by_seed[4.0][s] for s in range(3)], [by_seed[1.0][s] for s in range(3)])
     assert table["versus_first"][1].startswith(expected_verdict(mean, half)), (table["versus_first"][1], mean, half)
+    at.number_input(key="cmp_more_seeds").set_value(3).run()
+    at.button(key="cmp_more_repeat").click().run()  # both configs have 3 seeds: nothing is queued
+    assert any("Nothing to queue: each config picked already has 3 seeds" in s.value for s in at.success)
+    assert not in_store.store.list_runs(status=["queued", "starting", "running"])
 
 
 def _fake_done(store: Store, seed: int, sweep_id: str | None = None, temperature: float = 4.0) -> str:
@@ -531,7 +544,7 @@ def _fake_done(store: Store, seed: int, sweep_id: str | None = None, temperature
 
 def test_repeat_with_more_seeds_queues_the_missing_ones_from_each_page(slot_taken) -> None:
     alone = _fake_done(slot_taken, 0)
-    at = open_page("live", run=alone)
+    at = open_screen("live", run=alone)
     assert any("One seed: no verdict" in m.value for m in at.markdown)
     at.button(key=f"live_more_{alone}_repeat").click().run()
     queued = slot_taken.list_runs(status="queued")
@@ -541,13 +554,10 @@ def test_repeat_with_more_seeds_queues_the_missing_ones_from_each_page(slot_take
     sweep_id = slot_taken.create_sweep({"name": "grid", "base": {}, "grid": {"temperature": [1, 4]}, "size": 2})
     for temperature in (1.0, 4.0):
         _fake_done(slot_taken, 0, sweep_id=sweep_id, temperature=temperature)
-    at = open_page("sweeps", sweep=sweep_id)
+    at = open_screen("sweeps", sweep=sweep_id)
     assert any("One seed per cell" in i.value for i in at.info)
     at.number_input(key="sw_more_seeds").set_value(2).run()
     at.button(key="sw_more_repeat").click().run()
     added = [r for r in slot_taken.list_runs(sweep_id=sweep_id) if r.status == "queued"]
     assert sorted((r.config["temperature"], r.config["seed"]) for r in added) == [(1.0, 1), (4.0, 1)]
 
-    at = open_page("compare", runs=alone)
-    at.button(key="cmp_more_repeat").click().run()  # seeds 1 and 2 are on their way already
-    assert any("Nothing to queue" in s.value for s in at.success)
