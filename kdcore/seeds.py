@@ -156,12 +156,15 @@ def _queue(runner, plan: list[tuple[RunRecord, int]], sweep: dict[str, Any] | No
         run_ids.append(runner.submit(config, name=_run_name(record, seed, sweep), sweep_id=record.sweep_id,
                                      start=False, owner=record.owner))
     if sweep is not None and plan:
-        grid = dict(sweep.get("grid") or {})
-        seeds = list(grid.get("seed") or [])
-        grid["seed"] = seeds + sorted({s for _, s in plan} - set(seeds))
-        spec = {k: v for k, v in sweep.items() if k not in ("sweep_id", "created")}
-        runner.store.update_sweep(sweep["sweep_id"], {**spec, "grid": grid,
-                                                      "size": len(runner.store.list_runs(sweep_id=sweep["sweep_id"]))})
+        size = len(runner.store.list_runs(sweep_id=sweep["sweep_id"]))
+
+        def add_seeds(spec: dict[str, Any]) -> None:  # the grid names the seeds now in the sweep
+            grid = spec.setdefault("grid", {})
+            seeds = list(grid.get("seed") or [])
+            grid["seed"] = seeds + sorted({s for _, s in plan} - set(seeds))
+            spec["size"] = size
+
+        runner.store.edit_sweep(sweep["sweep_id"], add_seeds)
     runner.tick()
     return run_ids
 

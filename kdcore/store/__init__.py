@@ -696,12 +696,6 @@ class Store:
             raise RunNotFound(f"no sweep {sweep_id} in {self.where}")
         return {"sweep_id": row[0], "created": row[1], **json.loads(row[2])}
 
-    def update_sweep(self, sweep_id: str, spec: dict[str, Any]) -> None:
-        """Replace a sweep's spec (its grid and size grow when more seeds are queued into it)."""
-        self.get_sweep(sweep_id)  # a malformed or unknown id is refused by name
-        with self._transaction() as db:
-            db.execute("UPDATE sweeps SET spec=? WHERE id=?", (json.dumps(spec), sweep_id))
-
     def edit_sweep(self, sweep_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read a sweep's spec, let `change` edit it in place, write it back: one transaction, so two writers
         (a study's driver, a page asking it to stop) never lose each other's edits. Returns the sweep as
