@@ -430,7 +430,7 @@ def spare_main() -> int:
 
         builtin.mnist_5k()  # the default dataset, read once for this process
         deadline = time.monotonic() + float(os.environ.get("KDCORE_SPARE_IDLE_S") or SPARE_IDLE_S)
-        while store.spare_run(pid) is None and time.monotonic() < deadline:
+        while store.spare_run(pid) is None and not _stop_requested.is_set() and time.monotonic() < deadline:
             time.sleep(SPARE_POLL_S)
     except Exception:  # a failed warm-up: a run handed over meanwhile still gets its worker (and its error) below
         pass

@@ -293,31 +293,41 @@ def test_a_readable_checkpoint_of_another_shape_fails_the_resumed_run_in_one_lin
     assert outcome["error"].startswith("progress checkpoint does not fit this run's student stage")
 
 
-def test_a_full_disk_while_saving_a_checkpoint_fails_the_run_and_keeps_the_last_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", ["full disk", "unwritable folder"])
+def test_a_checkpoint_the_disk_refuses_fails_the_run_and_keeps_the_last_one(tmp_path, monkeypatch, fault):
+    """The second epoch's progress checkpoint meets a full disk (half written, then ENOSPC) or a run folder made
+    unwritable (EACCES: injected, since root may write anywhere)."""
     import errno
 
     from kdcore import checkpoints
     from kdcore.worker import execute
 
-    real_save, saves = checkpoints.torch.save, []
+    real_save, real_mkstemp, saves = checkpoints.torch.save, checkpoints.tempfile.mkstemp, []
 
     def save_until_the_disk_is_full(obj, fh, *args, **kwargs):
         progress = isinstance(obj, dict) and "optimizer" in obj  # a progress checkpoint, not a teacher or a cache
-        if progress and saves:
+        if progress and saves and fault == "full disk":
             fh.write(b"PK\x03\x04 half a checkpoint")
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, fh, *args, **kwargs)
         if progress:
             saves.append(obj["epoch"])
 
+    def mkstemp_until_unwritable(*args, prefix="", **kwargs):
+        if prefix.startswith("progress.pt") and saves and fault == "unwritable folder":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_mkstemp(*args, prefix=prefix, **kwargs)
+
     monkeypatch.setattr(checkpoints.torch, "save", save_until_the_disk_is_full)
+    monkeypatch.setattr(checkpoints.tempfile, "mkstemp", mkstemp_until_unwritable)
     store = Store(tmp_path / "home")
     run = config(baseline=False, finetune_epochs=0, epochs=3)
     run_id = store.create_run(run.to_dict(), status="running", pid=os.getpid())
     outcome = execute(store, run_id, run)
     monkeypatch.undo()
     path = store.progress_checkpoint(run_id)
-    assert outcome == {"run_id": run_id, "status": "failed", "error": f"cannot write {path}: No space left on device"}
+    reason = "No space left on device" if fault == "full disk" else "Permission denied"
+    assert outcome == {"run_id": run_id, "status": "failed", "error": f"cannot write {path}: {reason}"}
     assert store.get_run(run_id).status == "failed"
     assert checkpoints.load(path)["epoch"] == 1, "the checkpoint before stays whole"
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
