@@ -153,8 +153,8 @@ def _queue(runner, plan: list[tuple[RunRecord, int]], sweep: dict[str, Any] | No
     run_ids = []
     for record, seed in plan:
         config = RunConfig.from_dict({**record.config, "seed": seed})
-        run_ids.append(runner.submit(config, name=_run_name(record, seed, sweep), sweep_id=record.sweep_id,
-                                     start=False, owner=record.owner))
+        run_ids.append(runner.submit(config, name=_run_name(record, seed, sweep),
+                                     sweep_id=sweep["sweep_id"] if sweep else None, start=False, owner=record.owner))
     if sweep is not None and plan:
         size = len(runner.store.list_runs(sweep_id=sweep["sweep_id"]))
 
@@ -177,13 +177,16 @@ def _taken(records: list[RunRecord]) -> set[Any]:
 def repeat_run(runner, run_id: str, total: int) -> list[str]:
     """Queue the seeds that `run_id`'s config lacks in the store, up to `total` seeds; returns the new run ids.
 
-    The new runs join the run's sweep when it has one, so they train together there."""
+    The new runs join the run's sweep when it has one, so they train together there (not a tuning study's:
+    its runs are its trials)."""
     total = _check_total(total)
     store = runner.store
     record = store.get_run(run_id)
     family = seed_family(record.config)
     siblings = [r for r in store.list_runs() if seed_family(r.config) == family]
     sweep = store.get_sweep(record.sweep_id) if record.sweep_id else None
+    if sweep is not None and sweep.get("kind"):  # a tuning study (`kdcore.tune`), not a grid
+        sweep = None
     return _queue(runner, [(record, seed) for seed in missing_seeds(_taken(siblings), total)], sweep)
 
 
@@ -192,6 +195,9 @@ def repeat_sweep(runner, sweep_id: str, total: int) -> list[str]:
     total = _check_total(total)
     store = runner.store
     sweep = store.get_sweep(sweep_id)
+    if sweep.get("kind"):
+        raise KDError(f"{sweep_id} is a tuning study, not a grid: its best settings are confirmed on seeds by "
+                      "`tune --seeds`; repeat one of its runs with `repeat RUN_ID` instead")
     cells: dict[str, list[RunRecord]] = {}
     for record in reversed(store.list_runs(sweep_id=sweep_id)):  # grid order
         cells.setdefault(seed_family(record.config), []).append(record)

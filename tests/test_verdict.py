@@ -267,6 +267,14 @@ def test_repeat_queues_the_missing_seeds_of_a_run_and_of_a_sweep(held_store, cap
     sweep = held_store.get_sweep(sweep_id)
     assert sweep["grid"] == {"temperature": [1, 4], "seed": [1]} and sweep["size"] == 4
 
+    study = held_store.create_sweep({"kind": "tune", "name": "study", "trials": {}})  # its runs are its trials
+    trial = finished(held_store, 0, 0.8, 0.8, sweep_id=study, temperature=2.0)
+    assert main(["repeat", trial, "--seeds", "2", "--json"]) == 0
+    (added,) = json_out(capsys)["queued"]
+    assert held_store.get_run(added["run_id"]).sweep_id is None and held_store.get_sweep(study)["trials"] == {}
+    assert main(["repeat", study]) == 2
+    assert "is a tuning study, not a grid" in capsys.readouterr().err
+
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "1"], "--seeds must be a whole number from 2 to 20, got 1"),
