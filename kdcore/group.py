@@ -51,7 +51,7 @@ def run_group(configs: list[RunConfig], callbacks: list[Callback], *, teacher_ca
     """Train runs that share a `group_key`; returns each run's summary, or the exception that ended it."""
     assert configs and len({group_key(c) for c in configs}) == 1 and group_key(configs[0]) is not None
     started = time.perf_counter()
-    everyone = CallbackList(callbacks)
+    everyone = _Shared(callbacks)  # the teacher and its soft labels serve every run: they stop only if all do
     prep = prepare(configs[0], everyone, teacher_cache)
     for config, cb in zip(configs, callbacks):
         report_soft_labels(config, prep, cb)

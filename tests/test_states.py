@@ -81,7 +81,7 @@ def lab(tmp_path_factory):
     - `moments`: one run per moment, started by a runner's tick (so a `launch` run is still `starting`), each
       waiting at its moment; teachers differ by seed so no run waits for another's teacher lock;
     - `folder`: a run waiting in its student stage, whose folder a test removes;
-    - `group`: two runs of a sweep trained stacked by one worker, the first waiting in the student stage;
+    - `group`: two runs of a sweep trained stacked by one worker, the first waiting in their shared teacher;
     - `locked`: a run in its own store waiting in the student stage while a test locks the database."""
     home, group_home, lock_home = (tmp_path_factory.mktemp(name) for name in ("states", "group", "locked"))
     with pytest.MonkeyPatch.context() as mp:
@@ -97,11 +97,11 @@ def lab(tmp_path_factory):
 
         group_store = Store(group_home)
         sweep = group_store.create_sweep({"grid": {"temperature": [2, 4]}})
-        group = [group_store.create_run(config(temperature=t, baseline=False, finetune_epochs=0).to_dict(),
-                                        sweep_id=sweep) for t in (2, 4)]
+        group = [group_store.create_run(config(temperature=t, baseline=False, finetune_epochs=0,
+                                               **{"teacher.seed": 77}).to_dict(), sweep_id=sweep) for t in (2, 4)]
         lock_store = Store(lock_home)
         locked = lock_store.create_run(config(baseline=False, finetune_epochs=0, epochs=3).to_dict())
-        procs = [worker(group_home, group[0], f"{group[0]}=student"), worker(lock_home, locked, f"{locked}=student")]
+        procs = [worker(group_home, group[0], f"{group[0]}=teacher"), worker(lock_home, locked, f"{locked}=student")]
         yield {"runner": runner, "moments": moments, "folder": folder, "group": (Runner(group_store), group),
                "locked": (lock_store, locked, procs[1])}
         for store in (runner.store, group_store, lock_store):
@@ -176,14 +176,16 @@ def test_resuming_twice_at_once_starts_one_worker_and_finishes_without_training_
 
 
 def test_cancelling_one_run_of_a_stacked_group_stops_that_run_alone(lab):
+    """Even while the teacher they share trains: it goes on for the other run."""
     runner, (first, second) = lab["group"]
-    paused(runner.store, first, "student")
+    paused(runner.store, first, "teacher")
     assert runner.store.get_run(second).pid == runner.store.get_run(first).pid, "one worker trains both"
     runner.cancel(first)
     assert runner.store.get_run(second).status == "running", "the shared worker got no SIGTERM"
     stopped, kept = finished(runner.store, first), finished(runner.store, second)
     assert stopped.status == "cancelled"
     assert kept.status == "done" and kept.summary["group_size"] == 2, kept.error
+    assert not kept.summary["teacher_cached"] and "teacher" in runner.store.stage_results(second)
 
 
 def test_a_stop_request_before_the_worker_could_handle_it_still_ends_cancelled(tmp_path):
