@@ -215,7 +215,12 @@ class Runner:
         if spare is not None:
             self.store.set_pid(record.id, spare)
             return
-        log = open(self.store.worker_log_path(record.id), "ab")
+        try:
+            log = open(self.store.worker_log_path(record.id), "ab")
+        except OSError as exc:  # its folder was removed (or made unwritable) while it waited in the queue
+            self.store.finish(record.id, "failed", error=f"could not start a worker: its run folder cannot be "
+                                                         f"written ({exc.strerror or exc}: {exc.filename})")
+            return
         try:
             proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, env=self._worker_env(), start_new_session=True,

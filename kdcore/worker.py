@@ -437,10 +437,14 @@ def spare_main() -> int:
     run_id = store.withdraw_spare(pid)  # the run it was handed, even in the last instant
     if run_id is None:
         return 0
-    log = os.open(store.worker_log_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)  # from here on this process is the run's worker, writing its worker.log
-    os.dup2(log, 2)
-    os.close(log)
+    try:
+        log = os.open(store.worker_log_path(run_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:  # its folder is gone: the run fails saying so at its first checkpoint
+        pass
+    else:
+        os.dup2(log, 1)  # from here on this process is the run's worker, writing its worker.log
+        os.dup2(log, 2)
+        os.close(log)
     return worker_main(run_id, warmed=True)
 
 

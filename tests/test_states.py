@@ -259,6 +259,17 @@ def test_a_run_folder_removed_under_a_running_worker_fails_the_run_saying_so(lab
     runner.delete(run_id)  # and the store lets it go cleanly
 
 
+def test_a_queued_run_whose_folder_was_removed_fails_to_start_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDCORE_HOME", str(tmp_path))
+    store = Store(tmp_path)
+    run_id = Runner(store).submit(config(), start=False)
+    shutil.rmtree(store.run_dir(run_id))
+    assert Runner(store).tick() == [run_id]  # the scheduler itself does not fail
+    record = store.get_run(run_id)
+    assert record.status == "failed" and record.pid is None
+    assert record.error.startswith("could not start a worker: its run folder cannot be written (No such file")
+
+
 def _progress_checkpoint_bytes(tmp_path: Path) -> bytes:
     import torch
 
