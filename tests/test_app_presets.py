@@ -1,15 +1,18 @@
-"""The published recipe in the app: its paper's numbers as reference lines on the Live run accuracy chart and as a row
-of the Methods table, for runs of its teacher → student pair only (the pages read recorded runs; nothing trains)."""
+"""Presets in the app: the published recipe's numbers as reference lines on the Live run accuracy chart and as a row
+of the Methods table, for runs of its teacher → student pair only (the pages read recorded runs; nothing trains);
+Load preset on the New run form; a recipe teacher reused from the store."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-
+from types import SimpleNamespace
 
 from app import charts as figures
+from app import form
 from app.read_model.method_table import method_table, method_table_columns, method_table_csv_rows
+from app.read_model.runs import stored_teachers
 from app.read_model.trace import RunTrace
 from app_helpers import ENTRY, charts
 from kdcore.config import build_config
@@ -119,3 +122,15 @@ def test_load_preset_fills_the_new_run_form_and_the_run_keeps_what_the_form_does
     expected = build_config(preset=RECIPE.name, overrides=["lr_milestones=100,150", f"name={RECIPE.name}"]).to_dict()
     assert queued.config == expected
     store.close()
+
+
+def test_reusing_a_recipe_teacher_from_the_store_keeps_its_key():
+    """The store's teacher brings the optimizer and schedule its key depends on, so the engine finds it cached."""
+    stored = build_config(preset=RECIPE.name, overrides=["epochs=2", "teacher.epochs=2", "lr_milestones=1"])
+    record = SimpleNamespace(id="run-00000001", status="done", config=stored.to_dict(),
+                             summary={"teacher_key": stored.teacher_key()})
+    (teacher,) = stored_teachers([record])
+    config, errors = form.validate({**form.defaults(), "teacher_source": "store"}, store_teacher=teacher,
+                                   devices=["cpu"])
+    assert errors == [] and config.teacher_key() == stored.teacher_key()
+    assert (config.schedule, config.lr_milestones, config.nesterov) == ("step", [1], False)

@@ -62,8 +62,8 @@ def stored_teachers(records: list[Any]) -> list[dict[str, Any]]:
     """Distinct teachers trained by finished runs, newest first: what a new run can reuse.
 
     Each carries the teacher key, the source run and the settings a run must copy to get the
-    same key (`RunConfig.teacher_key`, and so the cached teacher): dataset, data split, optimizer
-    and all of teacher.*.
+    same key (`RunConfig.teacher_key`, and so the cached teacher): dataset, data split, optimizer and its
+    schedule, and all of teacher.*.
     """
     seen, out = set(), []
     for record in records:
@@ -78,7 +78,8 @@ def stored_teachers(records: list[Any]) -> list[dict[str, Any]]:
             "run_id": record.id,
             "dataset": config.get("dataset"),
             "teacher": {**(config.get("teacher") or {}), "checkpoint": None},
-            "shared": {k: config[k] for k in ("dataset", "data_root", "val_fraction", "optimizer", "weight_decay")
+            "shared": {k: config[k] for k in ("dataset", "data_root", "val_fraction", "optimizer", "weight_decay",
+                                              "momentum", "nesterov", "schedule", "lr_milestones", "lr_decay")
                        if k in config},
             "test_acc": summary.get("teacher_test_acc"),
             "params": summary.get("teacher_params"),

@@ -119,9 +119,10 @@ def _apply_store_teacher(teachers: list[dict]) -> None:
                  "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"],
                  "teacher_seed": teacher["seed"],
                  "teacher_augment": bool(teacher.get("augment", False))})
-    for name in ("val_fraction", "optimizer", "weight_decay"):
+    for name in ("val_fraction", "optimizer", "weight_decay", *form.SCHEDULE_FIELDS):
         if name in shared:
-            st.session_state[PREFIX + name] = shared[name]
+            value = shared[name]
+            st.session_state[PREFIX + name] = ",".join(map(str, value)) if name == "lr_milestones" else value
     st.session_state[PREFIX + "data_root"] = shared.get("data_root") or ""
 
 
@@ -260,7 +261,7 @@ def _form(store, teachers: list[dict]) -> list[str]:
         cols[2].number_input("Validation fraction", step=0.05, format="%g", key=PREFIX + "val_fraction",
                              disabled=from_store, **KEEP)
         if not workshop:  # the room's runs keep the teaching schedule
-            _schedule_inputs()
+            _schedule_inputs(from_store)
         cols = st.columns(3)
         cols[0].number_input("Teacher learning rate", step=0.0005, format="%g", key=PREFIX + "teacher_lr",
                              disabled=from_store, **KEEP)
@@ -298,20 +299,21 @@ def _form(store, teachers: list[dict]) -> list[str]:
     return errors
 
 
-def _schedule_inputs() -> None:
-    """The learning-rate schedule and SGD's momentum (what the CIFAR recipe changes)."""
+def _schedule_inputs(from_store: bool) -> None:
+    """The learning-rate schedule and SGD's momentum (what the CIFAR recipe changes); a reused teacher's are fixed."""
     cols = st.columns(3)
-    cols[0].selectbox("Learning-rate schedule", list(SCHEDULES), key=PREFIX + "schedule", **KEEP,
+    cols[0].selectbox("Learning-rate schedule", list(SCHEDULES), key=PREFIX + "schedule", disabled=from_store, **KEEP,
                       help="cosine: decays to 0 over each stage. step: × decay after each milestone epoch.")
     step_schedule = st.session_state[PREFIX + "schedule"] == "step"
-    cols[1].text_input("LR milestones (epochs)", key=PREFIX + "lr_milestones", disabled=not step_schedule, **KEEP,
-                       placeholder="e.g. 150,180,210", help="Epochs after which the step schedule decays the lr.")
-    cols[2].number_input("LR decay", step=0.05, format="%g", key=PREFIX + "lr_decay", disabled=not step_schedule,
+    cols[1].text_input("LR milestones (epochs)", key=PREFIX + "lr_milestones", disabled=from_store or not step_schedule,
+                       **KEEP, placeholder="e.g. 150,180,210", help="Epochs after which the step schedule decays the lr.")
+    cols[2].number_input("LR decay", step=0.05, format="%g", key=PREFIX + "lr_decay", disabled=from_store or not step_schedule,
                          **KEEP, help="The factor at each milestone (0.1 in the CIFAR KD papers).")
     sgd = st.session_state[PREFIX + "optimizer"] == "sgd"
     cols = st.columns(3)
-    cols[0].number_input("SGD momentum", step=0.05, format="%g", key=PREFIX + "momentum", disabled=not sgd, **KEEP)
-    cols[1].toggle("Nesterov momentum", key=PREFIX + "nesterov", disabled=not sgd, **KEEP,
+    cols[0].number_input("SGD momentum", step=0.05, format="%g", key=PREFIX + "momentum", disabled=from_store or not sgd,
+                         **KEEP)
+    cols[1].toggle("Nesterov momentum", key=PREFIX + "nesterov", disabled=from_store or not sgd, **KEEP,
                    help="The CIFAR KD papers use plain momentum.")
 
 

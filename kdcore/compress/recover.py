@@ -29,6 +29,7 @@ def recovery_config(config: RunConfig, epochs: int) -> RunConfig:
     ce, kd = (config.weights.ce, config.weights.kd) if config.weights.kd > 0 else (0.5, 0.5)
     return config.replace(**{"method": "kd", "method_params": {}, "weights.ce": ce, "weights.kd": kd,
                              "weights.feature": 0.0, "epochs": epochs, "lr": config.lr * LR_FACTOR,
+                             "schedule": "cosine",  # a step schedule's milestones belong to the run's long budget
                              "finetune_epochs": 0, "baseline": False})
 
 
