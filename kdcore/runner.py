@@ -31,7 +31,7 @@ from pathlib import Path
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
 from kdcore.owners import max_runs_per_owner, validate_owner
-from kdcore.store import ACTIVE, RunRecord, Store
+from kdcore.store import ACTIVE, HOST, RunRecord, Store
 
 HEARTBEAT_STALE_S = 90.0  # a worker refreshes its heartbeat every few seconds, even inside a long step
 STARTING_GRACE_S = 30.0  # a claimed run whose worker never announced itself is put back in the queue
@@ -64,7 +64,8 @@ def max_runs(store: Store) -> int:
 def environment_fingerprint(store: Store) -> str:
     """What a worker inherits from whoever starts it (interpreter, working folder, environment, store): a spare
     worker takes runs only from runners with the same, so a run never trains under another's settings."""
-    blob = json.dumps([sys.executable, os.getcwd(), str(store.home.resolve()), store.db_url, sorted(os.environ.items())])
+    blob = json.dumps([HOST, sys.executable, os.getcwd(), str(store.home.resolve()), store.db_url,
+                       sorted(os.environ.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -190,11 +191,12 @@ class Runner:
                     self.store.requeue(record.id, resume=record.resume, only_if=("starting",))  # its scheduler died
                 continue
             stale = record.heartbeat is not None and now - record.heartbeat > HEARTBEAT_STALE_S
-            if not pid_alive(record.pid) or stale:
+            here = record.host in (None, HOST)  # another machine's worker (a shared store) is judged by its heartbeat
+            if (here and not pid_alive(record.pid)) or stale:
                 reason = (f"worker (pid {record.pid}) stopped without reporting: killed, out of memory, or the machine "
                           f"restarted" if not stale else f"worker (pid {record.pid}) stopped responding "
                           f"(no heartbeat for {now - record.heartbeat:.0f} s)")
-                if stale and pid_alive(record.pid):
+                if stale and here and pid_alive(record.pid):
                     try:
                         os.kill(record.pid, signal.SIGKILL)
                     except OSError:

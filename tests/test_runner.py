@@ -159,3 +159,23 @@ def test_a_stale_claim_whose_scheduler_died_goes_back_to_the_queue(home, monkeyp
     monkeypatch.setattr(runner_module, "STARTING_GRACE_S", 0.0)
     Runner(store).reap()
     assert store.get_run(run_id).status == "queued"
+
+
+def test_a_worker_on_another_machine_is_judged_by_its_heartbeat_not_by_a_pid_here(tmp_path):
+    """A shared (PostgreSQL) store holds runs trained on other machines: their pids mean nothing here, so the
+    reaper neither fails them while they beat nor signals a process of that number here once they stop."""
+    store = Store(tmp_path)
+    runner = Runner(store)
+    bystander = subprocess.Popen(["sleep", "60"])  # a process here whose pid the other machine's workers share
+    try:
+        beating, silent = store.create_run({}), store.create_run({})
+        for run_id in (beating, silent):
+            store.mark_running(run_id, pid=bystander.pid)
+        store._db.execute("UPDATE runs SET host='gpu-node-7'")
+        store._db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time() - 3600, silent))
+        assert runner.reap() == [silent]
+        assert store.get_run(beating).status == "running" and store.get_run(beating).host == "gpu-node-7"
+        assert "no heartbeat for" in store.get_run(silent).error and bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

@@ -284,10 +284,10 @@ def test_concurrent_writers_lose_nothing_and_live_reads_miss_nothing(tmp_path, d
     assert len(seen) == len({r.id for r in seen}) and {(r.epoch, r.step) for r in seen} == every
 
 
-def _write_many(home: str, database: str, run_id: str, worker: int) -> None:
+def _write_many(home: str, database: str, run_id: str, worker: int, batches: int = 50, size: int = 20) -> None:
     store = Store(home, db=database)
-    for batch in range(50):
-        store.add_records(run_id, metrics=[("student", worker, batch * 20 + i, "m", 1.0, 0.0) for i in range(20)])
+    for batch in range(batches):
+        store.add_records(run_id, metrics=[("student", worker, batch * size + i, "m", 1.0, 0.0) for i in range(size)])
 
 
 # --- PostgreSQL's own: its failures, its migrations, a whole sweep through the CLI ------------------------------
@@ -333,6 +333,27 @@ def test_postgresql_stores_are_migrated_and_versioned_like_sqlite_ones(tmp_path,
         db.execute("UPDATE meta SET value=%s WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match=r"was written by a newer kdcore .* use another KDCORE_DB"):
         Store(tmp_path, db=database)
+
+
+def test_a_postgresql_restart_while_a_worker_writes_loses_and_doubles_nothing(tmp_path, postgres_server):
+    database = postgres_server.new_database()
+    store = Store(tmp_path, db=database)
+    run_id = store.create_run({})
+    # big batches: the restart most likely cuts a transaction short, which the store then writes again
+    writer = multiprocessing.get_context("spawn").Process(target=_write_many,
+                                                          args=(str(tmp_path), database, run_id, 0, 20, 1000))
+    writer.start()
+    while not store.metrics_since(run_id)[0]:
+        time.sleep(0.02)
+    postgres_server.restart()  # every connection is cut, the writer's included
+    assert writer.is_alive(), "the writer should still be writing when the server restarts"
+    store.close()
+    writer.join(timeout=120)
+    assert writer.exitcode == 0
+    store = Store(tmp_path, db=database)
+    rows = store.metrics_since(run_id)[0]
+    assert sorted(r.step for r in rows) == list(range(20 * 1000))
+    assert store.heartbeat(run_id) is False  # this process's new connection works as well
 
 
 @pytest.mark.slow

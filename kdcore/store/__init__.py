@@ -20,12 +20,14 @@ keeps working), and the few files a page shows come through methods here, never 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,9 +37,10 @@ from typing import Any, NamedTuple
 
 from kdcore.errors import RunNotFound, StoreError
 from kdcore.owners import OwnerLimitError, limit_message
+from kdcore.store.postgres import ConnectionLost
 from kdcore.store.sqlite import SQLite
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("queued", "starting", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "starting", "running")
 FINISHED = ("done", "failed", "cancelled")
@@ -47,6 +50,7 @@ _SPARE_KEY = f"setting.{_SPARE}"
 _SWEEP_ID = re.compile(r"^sweep-[0-9a-f]{8}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # no folders, no dot-files
+HOST = socket.gethostname()  # with a shared PostgreSQL store, workers of many machines: a pid is one of HOST's
 WORKER_LOG_TAIL_BYTES = 64 * 1024  # a page shows the last lines of a worker's output, never the whole file
 
 _SCHEMA = """
@@ -68,7 +72,8 @@ CREATE TABLE IF NOT EXISTS runs (
     sweep_id TEXT,
     resume INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner TEXT
+    owner TEXT,
+    host TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
 CREATE INDEX IF NOT EXISTS runs_owner ON runs(owner, status);
@@ -129,7 +134,13 @@ def _migrate_2_to_3(db: Any, columns: set[str]) -> None:
         db.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
 
-_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(db: Any, columns: set[str]) -> None:
+    """Version 3 did not say on which machine a worker runs: its pids were taken to be this machine's (NULL)."""
+    if "host" not in columns:
+        db.execute("ALTER TABLE runs ADD COLUMN host TEXT")
+
+
+_MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 _TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 # Each migration gets the columns `runs` has (they are only ever added), so it runs on either backend.
 # A table added without changing what older code reads (stage_results) is created by _SCHEMA's IF NOT
@@ -156,6 +167,21 @@ def _dialect(home: Path, url: str) -> Any:
         return PostgreSQL(url)
     raise StoreError("KDCORE_DB must be a postgresql://user@host:port/database URL (unset: SQLite under "
                      f"KDCORE_HOME), not {url.split('://')[0]!r}")
+
+
+def _retried(write: Callable) -> Callable:
+    """Run a write again when the database connection was lost before its COMMIT (the server restarted):
+    nothing of it was written, and the next try waits for the server to come back (kdcore.store.postgres).
+    SQLite never loses its connection."""
+    @functools.wraps(write)
+    def again(self: Store, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(3):
+            try:
+                return write(self, *args, **kwargs)
+            except ConnectionLost:
+                continue
+        return write(self, *args, **kwargs)
+    return again
 
 
 class MetricRow(NamedTuple):
@@ -232,6 +258,7 @@ class RunRecord:
     resume: bool
     cancel_requested: bool
     owner: str | None = None  # who submitted it (`submit --owner`, a workshop participant); None: nobody said
+    host: str | None = None  # the machine of its worker (`pid` is a process there); None: this one (older stores)
 
     @property
     def active(self) -> bool:
@@ -243,7 +270,7 @@ class RunRecord:
                "started": self.started, "ended": self.ended, "error": self.error, "sweep_id": self.sweep_id,
                "progress": self.progress, "config": self.config}
         if self.status in ("starting", "running") and self.pid:
-            out["pid"] = self.pid
+            out["pid"], out["host"] = self.pid, self.host
         if self.summary:
             out.update({k: v for k, v in self.summary.items() if k not in ("run_id", "status")})
         return out
@@ -413,6 +440,7 @@ class Store:
 
     # --- runs ------------------------------------------------------------------------------------
 
+    @_retried
     def create_run(self, config: dict[str, Any], *, name: str = "", status: str = "queued",
                    sweep_id: str | None = None, pid: int | None = None, owner: str | None = None,
                    owner_cap: int | None = None) -> str:
@@ -431,10 +459,11 @@ class Store:
                 if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
                     break
             db.execute(
-                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id, owner) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id, owner, host) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, name, json.dumps(config, sort_keys=True), status, now,
-                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id, owner),
+                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id, owner,
+                 HOST if pid is not None else None),
             )
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return run_id
@@ -474,6 +503,7 @@ class Store:
             return self._db.execute(sql + " AND owner=?", (*statuses, owner)).fetchone()[0]
         return self._db.execute(sql, statuses).fetchone()[0]
 
+    @_retried
     def claim_next(self, limit: int) -> RunRecord | None:
         """Atomically move the next queued run to `starting` if fewer than `limit` runs are active.
 
@@ -489,8 +519,7 @@ class Store:
         next_run = _NEXT_FAIR_RUN.format(greatest=self._dialect.greatest, same=self._dialect.same)
         with self._transaction(lock="queue") as db:
             # A slot is a worker process: the runs of a sweep that one worker trains together share its pid.
-            busy = db.execute("SELECT COUNT(DISTINCT COALESCE(CAST(pid AS TEXT), id)) FROM runs "
-                              "WHERE status IN ('starting','running')").fetchone()[0]
+            busy = db.execute(f"SELECT {_SLOTS} FROM runs WHERE status IN ('starting','running')").fetchone()[0]
             if busy >= limit:
                 return None
             while (row := db.execute(next_run).fetchone()) is not None:
@@ -501,19 +530,22 @@ class Store:
                 return None
         return self.get_run(row[0])
 
+    @_retried
     def set_pid(self, run_id: str, pid: int) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE runs SET pid=?, heartbeat=? WHERE id=? AND status IN ('starting','running')",
-                       (pid, time.time(), run_id))
+            db.execute("UPDATE runs SET pid=?, host=?, heartbeat=? WHERE id=? AND status IN ('starting','running')",
+                       (pid, HOST, time.time(), run_id))
 
+    @_retried
     def mark_running(self, run_id: str, pid: int) -> bool:
         """The worker takes its run; False if the run is no longer its to take (e.g. cancelled)."""
         with self._transaction() as db:
             cur = db.execute(
-                "UPDATE runs SET status='running', pid=?, heartbeat=?, started=COALESCE(started, ?) "
-                "WHERE id=? AND status IN ('starting','queued')", (pid, time.time(), time.time(), run_id))
+                "UPDATE runs SET status='running', pid=?, host=?, heartbeat=?, started=COALESCE(started, ?) "
+                "WHERE id=? AND status IN ('starting','queued')", (pid, HOST, time.time(), time.time(), run_id))
             return cur.rowcount == 1
 
+    @_retried
     def adopt(self, run_ids: list[str], pid: int) -> list[str]:
         """Move queued runs to `running` under worker `pid` (which trains them with its own run)."""
         if not run_ids:
@@ -521,14 +553,14 @@ class Store:
         now = time.time()
         with self._transaction() as db:
             adopted = [r for r in run_ids if db.execute(
-                "UPDATE runs SET status='running', pid=?, started=?, heartbeat=? WHERE id=? AND status='queued' "
-                "AND resume=0", (pid, now, now, r)).rowcount == 1]
+                "UPDATE runs SET status='running', pid=?, host=?, started=?, heartbeat=? WHERE id=? AND status='queued' "
+                "AND resume=0", (pid, HOST, now, now, r)).rowcount == 1]
         return adopted
 
     def slots_in_use(self) -> int:
-        return self._db.execute("SELECT COUNT(DISTINCT COALESCE(CAST(pid AS TEXT), id)) FROM runs "
-                                "WHERE status IN ('starting','running')").fetchone()[0]
+        return self._db.execute(f"SELECT {_SLOTS} FROM runs WHERE status IN ('starting','running')").fetchone()[0]
 
+    @_retried
     def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> bool:
         """Refresh the worker's heartbeat; returns True when a cancel was requested."""
         with self._transaction() as db:
@@ -539,6 +571,7 @@ class Store:
             row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
         return bool(row and row[0])
 
+    @_retried
     def finish(self, run_id: str, status: str, *, summary: dict[str, Any] | None = None, error: str | None = None,
                only_if: tuple[str, ...] = ACTIVE) -> bool:
         """Move a run to done/failed/cancelled, unless it already left the states in `only_if`."""
@@ -550,6 +583,7 @@ class Store:
                 (status, time.time(), json.dumps(summary) if summary is not None else None, error, run_id, *only_if))
             return cur.rowcount == 1
 
+    @_retried
     def request_cancel(self, run_id: str, reason: str | None = None) -> RunRecord:
         """Cancel a run no worker has taken yet (queued, or starting: its worker still launching) at once, so the
         worker finds it cancelled and exits; flag a running one (its runner also sends SIGTERM). A `reason` (a
@@ -568,6 +602,7 @@ class Store:
         row = self._db.execute("SELECT error, cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
         return row[0] if row and row[1] and row[0] else "cancelled by the user"
 
+    @_retried
     def requeue(self, run_id: str, *, resume: bool, only_if: tuple[str, ...] = FINISHED) -> bool:
         """Queue a run again, unless it already left the states in `only_if` (one transaction: of two resumes
         at once, one queues it and the other gets False)."""
@@ -592,6 +627,7 @@ class Store:
 
     # --- metrics, snapshots, logs ------------------------------------------------------------------
 
+    @_retried
     def add_records(self, run_id: str, *, metrics: list[tuple] = (), snapshots: list[tuple] = (),
                     logs: list[tuple] = (), stage_results: list[tuple] = (),
                     progress: dict[str, Any] | None = None) -> bool:
@@ -621,6 +657,7 @@ class Store:
             row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (run_id,)).fetchone()
         return bool(row and row[0])
 
+    @_retried
     def drop_records_after(self, run_id: str, stage: str, epoch: int) -> None:
         """Forget what a stage reported after `epoch` (resuming from that epoch's checkpoint), and what it
         reported when it ended: it has not ended any more."""
@@ -755,9 +792,11 @@ class Store:
             for key, value in db.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
                                          (len(_SPARE_KEY), _SPARE_KEY)).fetchall():
                 pid, (offered, _, taken) = int(key[len(_SPARE_KEY):]), value.partition("|")
+                if offered != fingerprint:
+                    continue  # another environment's, maybe on another machine, where `alive` cannot judge it
                 if not alive(pid):
                     db.execute("DELETE FROM meta WHERE key=?", (key,))
-                elif offered == fingerprint and not taken:
+                elif not taken:
                     db.execute("UPDATE meta SET value=? WHERE key=?", (f"{offered}|{run_id}", key))
                     return pid
         return None
@@ -788,7 +827,10 @@ class Store:
 
 
 _RUN_COLUMNS = ("id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress, "
-                "sweep_id, resume, cancel_requested, owner")
+                "sweep_id, resume, cancel_requested, owner, host")
+# Worker processes busy, each a slot: a pid on its host (the runs of a sweep that one worker trains together
+# share it), or the run itself while its worker is being started.
+_SLOTS = "COUNT(DISTINCT COALESCE(COALESCE(host, '') || ':' || CAST(pid AS TEXT), id))"
 
 # The fair queue's next run (see `Store.claim_next`). `waiting` ranks owners by how long they have
 # waited: since their oldest queued run was submitted, or since their last run started if later.
@@ -809,7 +851,7 @@ LIMIT 1
 
 def _record(row: tuple) -> RunRecord:
     (run_id, seq, name, config, status, created, started, ended, pid, heartbeat, error, summary, progress,
-     sweep_id, resume, cancel_requested, owner) = row
+     sweep_id, resume, cancel_requested, owner, host) = row
     return RunRecord(run_id, seq, name, json.loads(config), status, created, started, ended, pid, heartbeat, error,
                      json.loads(summary) if summary else None, json.loads(progress) if progress else None,
-                     sweep_id, bool(resume), bool(cancel_requested), owner)
+                     sweep_id, bool(resume), bool(cancel_requested), owner, host)

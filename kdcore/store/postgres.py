@@ -12,7 +12,10 @@ lock (released at COMMIT or ROLLBACK, even when a client dies):
 Transactions run at READ COMMITTED: each statement after the lock sees what the previous holder committed.
 
 A lost connection (the server restarted) is reopened and the statement or transaction start retried
-for up to RECONNECT_S seconds; psycopg is imported only when a PostgreSQL store is opened.
+for up to RECONNECT_S seconds. A transaction the loss cut short was rolled back by the server: it raises
+ConnectionLost, and the store runs that write again (kdcore.store's `_retried`). Only a loss during COMMIT
+is not retried, since the write may or may not have landed: it fails as any write error does, rather than
+risk a row twice. psycopg is imported only when a PostgreSQL store is opened.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ CONNECT_TIMEOUT_S = 10  # an unreachable host is reported after this, not after 
 _LOCK_SPACE = 0x6B64  # advisory locks are (space, key) pairs; this one is kdcore's ("kd")
 _PASSWORD = re.compile(r"(://[^:/@?]*):[^@/?]*@")
 _PASSWORD_PARAM = re.compile(r"([?&]password=)[^&]*")
+
+
+class ConnectionLost(StoreError):
+    """The connection dropped inside a transaction before its COMMIT: nothing of it was written."""
 
 
 def redact(url: str) -> str:
@@ -139,8 +146,14 @@ class _Connection:
             self._in_transaction = True
             try:
                 yield
+            except self._psycopg.OperationalError as exc:
+                if self._raw.broken or self._raw.closed:
+                    raise ConnectionLost(f"run store database {self._dialect.where}: connection lost ({_one_line(exc)})"
+                                         ) from exc
+                self._raw.execute("ROLLBACK")
+                raise
             except BaseException:
-                if not self._raw.broken:
+                if not (self._raw.broken or self._raw.closed):
                     self._raw.execute("ROLLBACK")
                 raise
             else:
