@@ -408,16 +408,16 @@ def _cells(records: list, swept: list[str]) -> list[dict[str, Any]]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from kdcore.config import apply_overrides, load_config_file
+    from kdcore.config import config_data
     from kdcore.tune.report import study_report
     from kdcore.tune.study import create_study, drive, extend, get_study, request_stop, start_driver
 
     runner = _runner()
     store = runner.store
     if args.study:
-        if args.space or args.overrides or args.config:
+        if args.space or args.overrides or args.config or args.preset:
             raise KDError("--study continues a recorded study, whose space and config are fixed: leave out "
-                          "--space, --set and --config")
+                          "--space, --preset, --set and --config")
         study_id = args.study
         get_study(store, study_id)
         if args.stop:
@@ -431,8 +431,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise KDError("--stop needs --study ID")
         if args.trials is None:
             raise KDError("a study needs --trials N (how many settings to try)")
-        base = load_config_file(args.config) if args.config else {}
-        apply_overrides(base, args.overrides)
+        base = config_data(args.config, args.overrides, args.preset)  # a preset, a file, --set, in that order
         study_id = create_study(store, base, args.space, trials=args.trials, seeds=args.seeds, batch=args.batch,
                                 pruner=args.pruner, sampler_seed=args.sampler_seed, name=args.name, owner=args.owner)
         print(f"study {study_id}: {args.trials} trials over {len(args.space)} setting(s)", file=sys.stderr)

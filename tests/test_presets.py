@@ -45,7 +45,8 @@ def test_list_presets_json_holds_each_preset_with_its_settings(capsys):
     assert all(name in text for name in PRESETS) and "lr_milestones=150,180,210" in text and "DKD 76.32%" in text
 
 
-@pytest.mark.parametrize("command", [["run"], ["submit"], ["sweep", "--grid", "seed=0,1"]])
+@pytest.mark.parametrize("command", [["run"], ["submit"], ["sweep", "--grid", "seed=0,1"],
+                                     ["tune", "--space", "temperature=1,4", "--trials", "1"]])
 def test_an_unknown_preset_exits_2_naming_the_valid_ones(command, capsys):
     assert main([*command, "--preset", "cifar-100"]) == 2
     err = capsys.readouterr().err.strip()
