@@ -226,9 +226,10 @@ def test_a_database_locked_by_another_process_makes_writers_wait_and_loses_nothi
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
         "db.execute('BEGIN IMMEDIATE'); db.execute(\"INSERT INTO meta VALUES ('setting.lock-test', 'held')\"); "
-        "print('locked', flush=True); time.sleep(3); db.execute('COMMIT'); print(time.time(), flush=True)"),
+        "print('locked', time.time(), flush=True); time.sleep(2); db.execute('COMMIT'); print(time.time(), flush=True)"),
         str(store.home / "kdcore.db")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
+    word, locked_at = holder.stdout.readline().split()
+    assert word == "locked"
     marker.unlink()  # the worker trains on and tries to write while the lock is held
     released = float(holder.stdout.readline())
     holder.wait(timeout=10)
@@ -236,6 +237,8 @@ def test_a_database_locked_by_another_process_makes_writers_wait_and_loses_nothi
     out, _ = proc.communicate(timeout=30)
     assert record.status == "done", (record.error, out[-2000:])
     assert record.ended > released, "the run could only finish once the lock was gone"
+    produced = [r.t for r in store.metrics_since(run_id)[0] if r.stage == "student"]
+    assert any(float(locked_at) < t < released for t in produced), "metrics came while the lock was held"
     assert "locked" not in out and "Traceback" not in out
     steps = stage_steps(store, run_id)
     assert set(steps.values()) == {1}, "no metric written twice"
