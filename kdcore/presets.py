@@ -90,7 +90,8 @@ RECIPE = Preset(
     reference=CIFAR100_R32X4_R8X4,
     notes="lr 0.05 suits ResNet students; the papers use lr 0.01 for lighter students (MobileNetV2, ShuffleNet): "
           "--set lr=0.01. Shorten it with --set epochs=N --set teacher.epochs=N --set lr_milestones=... (the milestones are "
-          "epochs of every stage).")
+          "epochs of every stage). The other published methods with their papers' loss weights: CRD "
+          "--set method=crd --set weights.ce=1 --set weights.kd=0; DKD --set method=dkd --set weights.ce=1.")
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset("teaching", "The teaching preset, RunConfig()'s defaults: cnn → mlp-small on mnist-5k, a minute on a CPU"),
