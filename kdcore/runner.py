@@ -202,8 +202,8 @@ class Runner:
                     except OSError:
                         pass
                 if record.cancel_requested:  # it was asked to stop, and stopped before it could say so
-                    status, reason = "cancelled", f"cancelled by the user (its worker, pid {record.pid}, ended before " \
-                                                  f"reporting)"
+                    status = "cancelled"  # with the reason given with the request (e.g. a pruned trial), if any
+                    reason = record.error or f"cancelled by the user (its worker, pid {record.pid}, ended before reporting)"
                 else:
                     status = "failed"
                 if self.store.finish(record.id, status, error=reason, only_if=("starting", "running")):
