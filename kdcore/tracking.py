@@ -37,8 +37,9 @@ from kdcore.config import RunConfig, flatten
 
 EXPERIMENT = "KD Lab"  # MLflow experiment unless $MLFLOW_EXPERIMENT_NAME names another
 RUN_TAG = "kdlab.run_id"
-FLUSH_SECONDS = 2.0  # live points reach the tracker at least this often (and at every epoch's end)
+FLUSH_SECONDS = 5  # live points reach the tracker within about this long (and all of a stage at its end)
 FLUSH_POINTS = 1000  # MLflow's limit of metrics per log_batch request
+TENSORBOARD_QUEUE = 100_000  # events a TensorBoard writer may hold before add_scalar waits for its thread
 MLFLOW_STATUS = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 # An unreachable server must not hold a run for minutes (MLflow's defaults: 7 retries, 120 s timeouts);
 # the user's own settings of these variables win.
@@ -183,14 +184,15 @@ class TensorBoardTracker(Tracker):
             from torch.utils.tensorboard import SummaryWriter
 
             purge_step = self.purge.pop(stage, 0 if self.replace else None)
-            writer = self.writers[stage] = SummaryWriter(str(self.folder / stage), purge_step=purge_step)
+            # The writer's thread writes the events; a deep queue never makes training wait for it, and it
+            # reaches the file every FLUSH_SECONDS (an explicit flush would wait for the thread: seconds on a busy machine).
+            writer = self.writers[stage] = SummaryWriter(str(self.folder / stage), purge_step=purge_step,
+                                                         max_queue=TENSORBOARD_QUEUE, flush_secs=FLUSH_SECONDS)
         return writer
 
     def log_points(self, points):
         for p in points:
             self._writer(p.stage).add_scalar(p.name, p.value, p.step, walltime=p.t)
-        for writer in self.writers.values():
-            writer.flush()
 
     def close(self, status, summary, files):
         from torch.utils.tensorboard import SummaryWriter
@@ -250,9 +252,6 @@ class TrackingCallback(Callback):
                            if value is not None and math.isfinite(value))
         if len(self.points) >= FLUSH_POINTS or time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
-
-    def on_epoch_end(self, stage, epoch, values):
-        self.flush()
 
     def on_stage_end(self, stage, values):
         self.flush()
