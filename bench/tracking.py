@@ -4,7 +4,8 @@
 
 1. The default preset (teacher cached, baseline off) trained in this process with the store callback
    the worker uses, and with it plus live MLflow (SQLite) and TensorBoard tracking callbacks
-   (`kdcore.tracking`), interleaved; the ratio of the median wall times is the tracking overhead.
+   (`kdcore.tracking`), interleaved; the ratios of the median wall and CPU times are the tracking overhead
+   (on a shared machine the CPU time of this process is the steadier of the two).
    Opening the trackers (importing mlflow, creating the MLflow run) happens before training and is
    reported apart, as is closing them (summary, student.pt).
 2. `export_run` of the last such run into the MLflow database (replacing its record) and a new TensorBoard
@@ -41,18 +42,22 @@ def main() -> None:
     run_pipeline(config, [], teacher_cache=store.teacher_dir())  # trains and caches the teacher
     callbacks_for(tracked, "run-00000000", log=print, checkpoint=root / "none")[0].finish("done", None)  # imports, tables
 
-    plain, logged, opened, closed = [], [], [], []
+    plain, logged, opened, closed, plain_cpu, logged_cpu = [], [], [], [], [], []
     for _ in range(args.repeats):
         run_id = store.create_run(config.to_dict(), status="running", pid=os.getpid())
+        cpu = time.process_time()
         plain.append(run_pipeline(config, [StoreCallback(store, run_id)], teacher_cache=store.teacher_dir(),
                                   artifacts=store.run_dir(run_id))["wall_s"])
+        plain_cpu.append(time.process_time() - cpu)
         store.finish(run_id, "done")
         run_id = store.create_run(tracked.to_dict(), status="running", pid=os.getpid())
         started = time.perf_counter()
         trackers = callbacks_for(tracked, run_id, log=print, checkpoint=store.student_checkpoint(run_id))
         opened.append(time.perf_counter() - started)
+        cpu = time.process_time()
         summary = run_pipeline(tracked, [StoreCallback(store, run_id), *trackers], teacher_cache=store.teacher_dir(),
                                artifacts=store.run_dir(run_id))
+        logged_cpu.append(time.process_time() - cpu)
         logged.append(summary["wall_s"])
         started = time.perf_counter()
         for tracker in trackers:
@@ -77,6 +82,9 @@ def main() -> None:
         "run_s_store_only": round(statistics.median(plain), 3),
         "run_s_with_trackers": round(statistics.median(logged), 3),
         "overhead": round(statistics.median(logged) / statistics.median(plain) - 1, 4),
+        "cpu_s_store_only": round(statistics.median(plain_cpu), 3),  # this process's CPU time: what load hides less
+        "cpu_s_with_trackers": round(statistics.median(logged_cpu), 3),
+        "cpu_overhead": round(statistics.median(logged_cpu) / statistics.median(plain_cpu) - 1, 4),
         "open_trackers_s": round(statistics.median(opened), 3),
         "close_trackers_s": round(statistics.median(closed), 3),
         "sync_s": round(statistics.median(exports), 3),
