@@ -594,19 +594,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     exported = []
     for record in records:
         entry: dict[str, Any] = {"run_id": record.id, "status": record.status}
-        for name, tracker in TRACKERS.items():
+        places = []
+        for name, tracker_class in TRACKERS.items():
             target = getattr(targets, name)
             if not target:
                 continue
+            tracker = tracker_class(target)
             try:
-                entry[name] = export_run(store, record, tracker(target))
+                export_run(store, record, tracker)
             except Exception as exc:  # the tracker's failure (unreachable, unwritable): this export fails, not the run
                 print(f"kdcore: error: sync: {name} at {target} failed for run {record.id}: {reason(exc)}",
                       file=sys.stderr)
                 return EXIT_RUN_FAILED
+            entry[name] = tracker.record()
+            places.append(tracker.where())
         exported.append(entry)
         if not args.json:
-            print(f"{record.id} → " + "; ".join(entry[name] for name in TRACKERS if name in entry))
+            print(f"{record.id} → " + "; ".join(places))
     if args.json:
         print(json.dumps({"runs": exported}))
     return 0

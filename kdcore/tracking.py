@@ -83,6 +83,10 @@ class Tracker:
         """Where the record is, for people."""
         return self.target
 
+    def record(self) -> dict[str, Any]:
+        """Where the record is, for programs (`sync --json`)."""
+        return {"target": self.target}
+
 
 class MLflowTracker(Tracker):
     option = "mlflow"
@@ -151,6 +155,9 @@ class MLflowTracker(Tracker):
     def where(self):
         return f"MLflow run {self.mlflow_run_id} in {self.target}" if self.mlflow_run_id else self.target
 
+    def record(self):
+        return {"tracking_uri": self.target, "experiment_id": self.experiment_id, "run_id": self.mlflow_run_id}
+
 
 class TensorBoardTracker(Tracker):
     option = "tensorboard"
@@ -215,6 +222,9 @@ class TensorBoardTracker(Tracker):
 
     def where(self):
         return str(self.folder or self.target)
+
+    def record(self):
+        return {"folder": self.where()}
 
 
 # The trackers by name: the config key (tracking.<name>) and the `sync` option (--<name>).
@@ -288,9 +298,9 @@ def callbacks_for(config: RunConfig, run_id: str, *, log: Callable[[str], None],
             for name, target in targets.items() if target]
 
 
-def export_run(store: Any, record: Any, tracker: Tracker) -> str:
+def export_run(store: Any, record: Any, tracker: Tracker) -> None:
     """Write a run that already ended (its record and what the store recorded of it) to `tracker`, replacing
-    an earlier export of it there; returns where it went. Failures raise (`sync` reports them)."""
+    an earlier export of it there (`tracker.where()` says where it went). Failures raise (`sync` reports them)."""
     rows, _ = store.metrics_since(record.id)
     points = [Point(r.stage, r.step, r.name, r.value, r.t) for r in rows if r.value is not None and math.isfinite(r.value)]
     checkpoint = store.student_checkpoint(record.id)
@@ -300,7 +310,6 @@ def export_run(store: Any, record: Any, tracker: Tracker) -> str:
     tracker.log_points(points)
     files = [checkpoint] if record.status == "done" and checkpoint.is_file() else []
     tracker.close(record.status, record.summary, files)
-    return tracker.where()
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

@@ -122,7 +122,10 @@ def test_sync_exports_a_finished_run_and_a_second_sync_replaces_the_first(tracke
     assert main([*args, "--json"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith(f"{run_id} → MLflow run ") and out[0].endswith(f"; {root / 'synced' / run_id}")
-    assert json.loads(out[-1])["runs"][0]["run_id"] == run_id
+    exported = json.loads(out[-1])["runs"][0]
+    assert exported["run_id"] == run_id and exported["status"] == "done"
+    assert exported["mlflow"]["tracking_uri"] == (root / "file-store").as_uri() and exported["mlflow"]["run_id"]
+    assert exported["tensorboard"] == {"folder": str(root / "synced" / run_id)}
     assert_mlflow_holds_the_run((root / "file-store").as_uri(), store, run_id, summary)  # one MLflow run, not two
     assert_tensorboard_holds_the_run(root / "synced", store, run_id, summary)  # the second export purged the first
 
