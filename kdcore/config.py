@@ -182,6 +182,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU/MPS
+    devices: int = 1  # processes that train the run together (DDP; one GPU each, or CPU processes): see README
     compile: bool = False  # torch.compile the models on CUDA (slow first epoch, faster after); ignored elsewhere
     baseline: bool = True  # also train the student on hard labels alone, same seed and budget
     labeled_fraction: float = 1.0  # share of the training split whose labels the student (and baseline) may use
@@ -225,6 +226,7 @@ class RunConfig:
         _check_choice("device", self.device, DEVICES)
         _check_bool("amp", self.amp)
         _check_bool("compile", self.compile)
+        _check_devices(self)
         _check_bool("baseline", self.baseline)
         _check_nonnegative_int("finetune_epochs", self.finetune_epochs)
         _check_number("labeled_fraction", self.labeled_fraction, low=0, low_inclusive=False, high=1)
@@ -300,6 +302,23 @@ class RunConfig:
             if getattr(self, name) != default:
                 out[name] = getattr(self, name)
         return out
+
+
+MAX_DEVICES = 64
+
+
+def _check_devices(config: RunConfig) -> None:
+    """devices=N splits every global batch into N equal shares: both batch sizes must divide by N."""
+    _check_positive_int("devices", config.devices)
+    if config.devices > MAX_DEVICES:
+        raise ConfigError(f"devices must be at most {MAX_DEVICES}, got {config.devices}")
+    if config.devices > 1:
+        if config.device == "mps":
+            raise ConfigError("devices > 1 trains on several CUDA GPUs or CPU processes, not on mps")
+        for name, size in (("batch_size", config.batch_size), ("teacher.batch_size", config.teacher.batch_size)):
+            if size % config.devices:
+                raise ConfigError(f"{name}={size} must be divisible by devices={config.devices} "
+                                  f"(each process trains an equal share of every batch)")
 
 
 _ROOTED = {"mnist", "fashion-mnist", "cifar10", "cifar100"}

@@ -35,9 +35,10 @@ def group_key(config: RunConfig) -> str | None:
 
     Everything but temperature, the CE/KD weights, the seed and the name must agree, and the method
     must say it stacks (its objective is vmap-safe and keeps no state per student); feature
-    distillation (a projector per student) and augmentation (teacher on every batch) train alone.
+    distillation (a projector per student), augmentation (teacher on every batch) and runs on several
+    devices (`kdcore.distributed`) train alone.
     """
-    if config.weights.feature > 0 or config.augment or not method_spec(config.method).stackable:
+    if config.weights.feature > 0 or config.augment or config.devices > 1 or not method_spec(config.method).stackable:
         return None
     shared = config.to_dict()
     for key in ("temperature", "seed", "name"):

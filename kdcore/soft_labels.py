@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdcore import checkpoints
+from kdcore import checkpoints, distributed
 from kdcore.config import RunConfig
 from kdcore.data import Splits, apply_views, view_count
 from kdcore.evaluation import EVAL_BATCH, predict
@@ -55,7 +55,9 @@ class SoftLabels:
         def over_training_inputs(name: str, shape: Callable[[int], tuple[int, ...]], compute: Callable[[Tensor], Tensor],
                                  dim: int = 0) -> Tensor:
             """`compute` on the training split and on the transfer inputs, each cached on its own, joined."""
-            parts = [cached(prefix + name, shape(len(x)), lambda x=x: compute(x)) for prefix, x in sources]
+            # devices=N: each process computes its share of the rows (`kdcore.distributed.sharded`)
+            parts = [cached(prefix + name, shape(len(x)), lambda x=x: distributed.sharded(compute, x, dim))
+                     for prefix, x in sources]
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
         if not config.augment:
@@ -65,8 +67,8 @@ class SoftLabels:
                 self.train_features = over_training_inputs(
                     "train_features", lambda m: (m,), lambda x: predict(teacher, x, features=True, amp=config.amp)[1])
         elif not need_features and 0 < views and views * n * classes <= MAX_VIEW_TABLE:
-            stem_exists = cache_stem is not None and all(
-                cache_stem.with_name(f"{cache_stem.name}.{prefix}views.pt").exists() for prefix, _ in sources)
+            stem_exists = distributed.main_says(cache_stem is not None and all(
+                cache_stem.with_name(f"{cache_stem.name}.{prefix}views.pt").exists() for prefix, _ in sources))
             if stem_exists or views <= 1.5 * config.epochs:  # no dearer than running the teacher every step
                 self.view_table = over_training_inputs("views", lambda m: (views, m, classes),
                                                        lambda x: self._view_table(x, data.info, views, data.black), dim=1)
@@ -109,19 +111,28 @@ def cached_logits(model: nn.Module, x: Tensor, cache_stem: Path | None, name: st
 
 def _cached_tensor(path: Path | None, shape: tuple[int, ...], compute: Callable[[], Tensor],
                    device: torch.device) -> Tensor:
-    """`compute()`, or its earlier result from `path` when one of the expected leading shape is there."""
-    if path is not None and path.exists():
-        try:
-            stored = checkpoints.load(path, "cached soft labels")
-            tensor = stored["tensor"]
-            if stored.get("version") == SOFT_LABELS_VERSION and tuple(tensor.shape[: len(shape)]) == tuple(shape):
-                return tensor.to(device)
-        except Exception:  # a damaged or foreign cache entry is recomputed, not fatal
-            pass
+    """`compute()`, or its earlier result from `path` when one of the expected leading shape is there.
+    devices=N: rank 0 reads the cache and sends what it found; otherwise every rank computes, rank 0 writes."""
+    found = _read_cached(path, shape) if distributed.is_main() else None
+    if distributed.main_says(found is not None):
+        return distributed.tensor_from_main(found, device) if distributed.active() else found.to(device)
     tensor = compute()
-    if path is not None:
+    if path is not None and distributed.is_main():
         checkpoints.save_atomic({"version": SOFT_LABELS_VERSION, "tensor": tensor.cpu()}, path)
     return tensor
+
+
+def _read_cached(path: Path | None, shape: tuple[int, ...]) -> Tensor | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        stored = checkpoints.load(path, "cached soft labels")
+        tensor = stored["tensor"]
+        if stored.get("version") == SOFT_LABELS_VERSION and tuple(tensor.shape[: len(shape)]) == tuple(shape):
+            return tensor
+    except Exception:  # a damaged or foreign cache entry is recomputed, not fatal
+        pass
+    return None
 
 
 def snapshot_indices(labels: Tensor, count: int) -> list[int]:

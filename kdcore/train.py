@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from kdcore import checkpoints
+from kdcore import checkpoints, distributed
 from kdcore.callbacks import Callback
 from kdcore.data import Splits, apply_views, augment, random_views, view_count
 from kdcore.errors import Cancelled, DivergedError
@@ -240,7 +240,7 @@ class Progress:
     def save(self, state: dict[str, Any]) -> None:
         """Replace the checkpoint atomically. The run's folder is never made again here: one removed under a
         running worker fails the run (CheckpointError) rather than leave a run whose earlier files are gone."""
-        if self.path is not None:
+        if self.path is not None and distributed.is_main():  # one writer when several processes train the run
             checkpoints.save_atomic(state, self.path, create_folder=False)
 
 
@@ -292,6 +292,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
         members.model.compile()  # in place: the state_dict keeps its keys, so checkpoints stay portable
     n = len(data.train_x)
     batch_size = min(stage.batch_size, n)
+    batch_size -= batch_size % distributed.world()  # devices=N: N equal shares of every global batch
     steps_per_epoch = n // batch_size  # drop the ragged last batch: a batch of 1 breaks BatchNorm
     if stage.epoch_steps is not None:  # e.g. a baseline on a few labels, taking as many steps as the student
         steps_per_epoch = stage.epoch_steps
@@ -300,6 +301,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
     step_parts = _single_step if isinstance(members, Single) else _stacked_step
     hyper = _hyper_tensors(stage.hyper, device) if isinstance(members, Stacked) else stage.hyper[0]
     alive = [True] * k_count
+    trained = [p for group in state.optimizer.param_groups for p in group["params"]]
     ended: list[BaseException | None] = [None] * k_count
     if state.epoch > 0:
         for cb in callbacks:
@@ -307,7 +309,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
             cb.on_log(f"{stage.name}: resumed after epoch {state.epoch}")
     for cb in callbacks:
         cb.on_stage_start(stage.name, stage.epochs, steps_per_epoch)
-    if stage.snapshot is not None and state.epoch == 0:  # the untrained model: where epoch 1 starts from
+    if stage.snapshot is not None and state.epoch == 0 and distributed.is_main():  # the untrained model: epoch 1's start
         for k, cb in enumerate(callbacks):
             cb.on_snapshot(stage.name, 0, stage.snapshot(k, members.module(k)))
     rates = []
@@ -333,20 +335,23 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
             loss = loss.sum()
             state.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(trained)  # devices=N: the global batch's gradient, as DDP makes it
             state.optimizer.step()
             correct += (logits.detach().argmax(-1) == y).sum(-1)
             pending.append({name: value.detach().float() for name, value in parts.items()})
             if len(pending) == FLUSH_EVERY or i == steps_per_epoch - 1:
                 _flush(stage.name, epoch, step - len(pending) + 1, pending, callbacks, alive, ended)
                 pending = []
-            for k, cb in enumerate(callbacks):
-                if alive[k] and cb.should_stop():
+            stops = distributed.main_flags([alive[k] and cb.should_stop() for k, cb in enumerate(callbacks)])
+            for k in range(k_count):
+                if stops[k]:
                     ended[k], alive[k] = Cancelled(f"{stage.name} stopped at epoch {epoch} step {step}"), False
             if not any(alive):
                 return list(ended)  # type: ignore[arg-type]
         elapsed = time.perf_counter() - started
         rates.append(steps_per_epoch * batch_size / max(elapsed, 1e-9) / k_count)
         state.epoch = epoch
+        correct = distributed.total(correct)  # every rank's share of the epoch's examples
         _end_epoch(stage, state, data, config, callbacks, progress, done or {}, alive, correct / (steps_per_epoch * batch_size),
                    epoch * steps_per_epoch, rates[-1],
                    learning_rate(config, stage.lr, epoch * steps_per_epoch - 1, steps_per_epoch, total_steps))
@@ -375,15 +380,22 @@ def shuffled(n: int, count: int, generator: torch.Generator) -> Tensor:
 def _single_step(stage: Stage, state: TrainState, data: Splits, idx: Tensor, epoch: int, step: int, steps_per_epoch: int,
                  hyper: dict[str, float], use_views: bool) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     idx = idx[0]
-    x, y = data.train_x[idx], data.train_y[idx]
-    labeled = data.train_labeled[idx] if data.train_labeled is not None else None
+    share = distributed.part(len(idx))  # the whole batch unless devices=N
     views = None
-    if state.aug_generator is not None:
+    if state.aug_generator is None:
+        idx = idx[share]
+        x = data.train_x[idx]
+    else:  # the whole global batch's random draws, then this rank's share: the same draws as one process
+        x = data.train_x[idx]
         if use_views:
             views = random_views(len(idx), data.info, state.aug_generator, x.device)
             x = apply_views(x, data.info, views, data.black)
+            views = views[share]
         else:
             x = augment(x, data.info, state.aug_generator, data.black)
+        idx, x = idx[share], x[share]
+    y = data.train_y[idx]
+    labeled = data.train_labeled[idx] if data.train_labeled is not None else None
     objective = stage.objective
     x = objective.prepare_batch(x)  # mixup for function_matching; x itself otherwise
     teacher_out = objective.teacher_outputs(x) if objective.needs_teacher_forward else stage.teacher(idx, x, views)
@@ -418,7 +430,8 @@ def _flush(stage: str, epoch: int, first_step: int, pending: list[dict[str, Tens
            alive: list[bool], ended: list[BaseException | None]) -> None:
     """Read a batch of step losses back to the host, stop a member on divergence, report each step."""
     names = list(pending[0])
-    rows = torch.stack([torch.stack([parts[name] for name in names], dim=-1) for parts in pending]).tolist()  # [S, K, N]
+    rows = torch.stack([torch.stack([parts[name] for name in names], dim=-1) for parts in pending])  # [S, K, N]
+    rows = distributed.average(rows).tolist()  # devices=N: the global batch's mean, as one process reports it
     for k, cb in enumerate(callbacks):
         if not alive[k]:
             continue
@@ -444,7 +457,7 @@ def _end_epoch(stage: Stage, state: TrainState, data: Splits, config: Any, callb
                   **stage.validate(k, val_logits[k])}
         cb.on_metrics(stage.name, state.epoch, step, values)
         model = state.members.module(k)
-        if stage.snapshot is not None:
+        if stage.snapshot is not None and distributed.is_main():
             cb.on_snapshot(stage.name, state.epoch, stage.snapshot(k, model))
         best = state.best[k]
         if values["val_acc"] > best.val_acc:  # strict: ties keep the earlier, cheaper epoch

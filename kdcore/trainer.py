@@ -12,6 +12,7 @@ The trainer knows nothing of Streamlit or SQLite: it reports through `kdcore.cal
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdcore import checkpoints, teachers
+from kdcore import checkpoints, distributed, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
 from kdcore.data import Splits, labeled_rows, load_dataset, load_transfer, transfer_tag
@@ -75,7 +76,7 @@ class Prepared:
 
 def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -> Prepared:
     """Stages 1 and 2: load the data, get the teacher, compute its soft labels on the training set."""
-    device = resolve_device(config.device)
+    device = distributed.device(resolve_device(config.device))
     cb.on_log(f"device {device}; dataset {config.dataset}; teacher {config.teacher.arch} → student {config.student.arch}")
     data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
     if device.type == "cuda" and data.info.kind == "image":
@@ -136,9 +137,22 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     teacher_cache: folder of teachers shared across runs, keyed by `config.teacher_key()`.
     artifacts: this run's folder for its per-epoch progress checkpoint and the final student.
     resume: continue from the progress checkpoint in `artifacts`.
+
+    With `config.devices` > 1 the run trains on that many processes (`kdcore.distributed`): this one is
+    rank 0 and alone reports to `callbacks` and writes.
     """
-    started = time.perf_counter()
     cb = callbacks if isinstance(callbacks, Callback) else CallbackList(callbacks)
+    if distributed.active():  # a peer, or a rank of a torchrun launch: rank 0's run, whatever this rank was given
+        job = distributed.from_main({"config": config.to_dict(), "teacher_cache": teacher_cache and str(teacher_cache),
+                                     "artifacts": artifacts and str(artifacts), "resume": resume})
+        config, teacher_cache, artifacts, resume = (RunConfig.from_dict(job["config"]), job["teacher_cache"],
+                                                    job["artifacts"], job["resume"])
+    elif config.devices > 1:
+        job = {"config": config.to_dict(), "teacher_cache": teacher_cache and str(teacher_cache),
+               "artifacts": artifacts and str(artifacts), "resume": resume}
+        with distributed.launched(config.devices, resolve_device(config.device).type, job, cb.on_log):
+            return run_pipeline(config, cb, teacher_cache=teacher_cache, artifacts=artifacts, resume=resume)
+    started = time.perf_counter()
     artifacts = Path(artifacts) if artifacts else None
     progress = Progress(artifacts)
     saved = progress.load() if resume else {}
@@ -236,7 +250,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
     data, teacher = prep.data, prep.teacher
     student_test_logits = predict(student, data.test_x, amp=config.amp)
     teacher_test_logits = teacher.test_logits if teacher.test_logits is not None else predict(teacher.model, data.test_x)
-    if artifacts is not None:
+    if artifacts is not None and distributed.is_main():
         checkpoints.save_atomic(checkpoints.model_checkpoint(student, arch=config.student.arch,
                                                              input_shape=data.info.input_shape,
                                                              num_classes=data.info.num_classes, config=config.to_dict()),
@@ -306,30 +320,48 @@ def _get_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Call
     cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{key}.pt"
     # One teacher per setting, even when a sweep starts several workers at once: the first one
-    # trains under the lock, the others wait and then load its file.
-    with open(cache / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # trains under the lock, the others wait and then load its file. With devices=N rank 0 alone takes
+    # the lock and decides; its peers follow (they train with it, or load what it found).
+    with _teacher_lock(cache / f"{key}.lock"):
         source = f"cache {key}"
-        if not path.exists() and bundled is not None:
+        if distributed.is_main() and not path.exists() and bundled is not None:
             teachers.install(key, cache)
             source = f"bundled {key}"
-        if path.exists():
+        if distributed.main_says(path.exists()):
+            problem: Exception | None = None
             try:
                 checkpoints.load_into(model, path, arch=t.arch, input_shape=shape, num_classes=classes,
                                       what="cached teacher")
+            except Exception as exc:  # a damaged cache entry is retrained, not fatal
+                problem = exc
+            if distributed.main_says(problem is None):
+                if problem is not None:  # rank 0 read the file this rank cannot
+                    raise problem
                 cb.on_log(f"teacher: reusing {'the bundled' if source.startswith('bundled') else 'cached'} teacher {key}")
                 return _evaluated_teacher(model.to(device), data, cached=True, source=source, cb=cb,
                                           cache_stem=cache / key)
-            except Exception as exc:  # a damaged cache entry is retrained, not fatal
-                cb.on_log(f"teacher: cached teacher {key} unusable ({exc}); retraining")
-        for stale in cache.glob(f"{key}.*.pt"):  # logits of an earlier teacher under this key are not this one's
-            stale.unlink(missing_ok=True)
+            cb.on_log(f"teacher: cached teacher {key} unusable ({problem}); retraining")
+        if distributed.is_main():
+            for stale in cache.glob(f"{key}.*.pt"):  # logits of an earlier teacher under this key are not this one's
+                stale.unlink(missing_ok=True)
         teacher = _train_teacher(config, data, device, cb, cache / key)
-        checkpoints.save_atomic(checkpoints.model_checkpoint(teacher.model, arch=t.arch, input_shape=shape,
-                                                             num_classes=classes, teacher_key=key,
-                                                             config=config.to_dict()), path)
+        if distributed.is_main():
+            checkpoints.save_atomic(checkpoints.model_checkpoint(teacher.model, arch=t.arch, input_shape=shape,
+                                                                 num_classes=classes, teacher_key=key,
+                                                                 config=config.to_dict()), path)
         teacher.source = f"trained {key}"
         return teacher
+
+
+@contextlib.contextmanager
+def _teacher_lock(path: Path):
+    """The teacher cache's lock for one key, taken by rank 0 alone (a peer waiting for it would deadlock)."""
+    if not distributed.is_main():
+        yield
+        return
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Callback,
