@@ -14,10 +14,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdcore.callbacks import Callback
-from kdcore.errors import KDError
+from kdcore.errors import ConfigError, KDError
+
+if TYPE_CHECKING:
+    from kdcore.config import RunConfig
 
 EXIT_USER_ERROR = 2
 EXIT_RUN_FAILED = 1
@@ -199,11 +202,14 @@ class TerminalProgress(Callback):
         sys.stderr.flush()
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, config: RunConfig | None = None) -> int:
     from kdcore.store import Store
     from kdcore.worker import execute
 
-    config = _build_config(args)
+    if config is None:
+        config = _build_config(args)
+        if int(os.environ.get("WORLD_SIZE") or 1) > 1:  # launched by torchrun: one process of N
+            return _run_under_torchrun(args, config)
     store = Store()
     run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
     interactive = sys.stderr.isatty() and not args.quiet
@@ -222,6 +228,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = {**summary, "seeds": _seeds(store, store.get_run(run_id))}
     _emit(args, summary, lambda: _print_summary(summary))
     return 0
+
+
+def _run_under_torchrun(args: argparse.Namespace, config: RunConfig) -> int:
+    """`torchrun --nproc-per-node N -m kdcore run ...`: the run trains on the N processes (devices=N). Rank 0 is
+    the run as `run` makes it (store, summary, exit status); the others train with it and write nothing."""
+    from kdcore import distributed
+
+    world = int(os.environ["WORLD_SIZE"])
+    if config.devices not in (1, world):
+        raise ConfigError(f"devices={config.devices} but torchrun started {world} processes; leave devices out")
+    config = config.replace(devices=world)
+    distributed.from_torchrun()
+    try:
+        if distributed.is_main():
+            return cmd_run(args, config)
+        from kdcore.errors import Cancelled
+        from kdcore.trainer import run_pipeline
+
+        try:
+            run_pipeline(config, [])  # rank 0 sends its run's config, teacher cache and folder
+        except (Cancelled, KDError):  # rank 0 ends the same way and reports it
+            pass
+        return 0
+    finally:
+        distributed.close()
 
 
 def _seeds(store, record) -> dict[str, Any] | None:
