@@ -94,6 +94,34 @@ def parameter_count(arch: str, input_shape: tuple[int, ...], num_classes: int) -
     return count(arch, tuple(input_shape), num_classes)
 
 
+@st.cache_data(show_spinner="Reading the dataset's labels…", max_entries=32)
+def training_class_sizes(dataset: str, data_root: str | None, val_fraction: float) -> tuple[list[str], list[int]] | None:
+    """(class names, training examples per class) of the training split a run would use, or None when the
+    dataset cannot be read here (the engine then says why when the run is submitted)."""
+    from kdcore.data import load_dataset
+    from kdcore.errors import KDError
+
+    try:
+        splits = load_dataset(dataset, root=data_root, val_fraction=val_fraction)
+    except (KDError, OSError, ValueError):
+        return None
+    sizes = splits.train_y.bincount(minlength=len(splits.class_names)).tolist()
+    return list(map(str, splits.class_names)), sizes
+
+
+def label_coverage_problem(config) -> str | None:
+    """The engine's refusal of a `labeled_fraction` that leaves a class without a label, checked before the
+    run is queued (None when every class keeps one, or when the dataset cannot be read here)."""
+    from kdcore.dataset_names import unlabelled_classes_message
+
+    if config is None or config.labeled_fraction >= 1:
+        return None
+    classes = training_class_sizes(config.dataset, config.data_root, config.val_fraction)
+    if classes is None:
+        return None
+    return unlabelled_classes_message(config.dataset, config.labeled_fraction, *classes)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def checkpoint_header(path: str, mtime: float):
     """What an uploaded checkpoint says about itself (a `kdcore.checkpoints.CheckpointHeader`: arch,

@@ -1,11 +1,14 @@
 """The compression table: the teaching preset's student pruned, recovered by KD, quantised to int8, measured.
 
-    python bench/compress.py [--recover-epochs 5] [--prune 0.5] [--repeats 200] [--set key=value ...] [--run RUN_ID] [--json]
+    python bench/compress.py [--recover-epochs 20] [--recover-from unpruned] [--prune 0.5] [--prune-steps 1]
+                             [--qat-epochs 5] [--kinds structured,unstructured] [--repeats 200] [--set key=value ...]
+                             [--run RUN_ID] [--json]
 
 Trains the preset run (mnist-5k, cnn → mlp-small, 30 epochs) in this process, recorded in the run store
 ($KDCORE_HOME, default ./kd-runs) so the app's Deploy page shows the same reports, then computes two
-deployment reports of it (`kdcore.compress.report`): 50% structured pruning + KD recovery + int8, and
-50% unstructured (global magnitude) pruning + KD recovery + int8. Each lists the teacher, the student and
+deployment reports of it (`kdcore.compress.report`): 50% structured pruning + KD recovery + int8 (after
+training, and after quantisation-aware fine-tuning), and the same with unstructured (global magnitude)
+pruning. Each lists the teacher, the student and
 every variant with test accuracy, parameters, ONNX bytes, latency at batch 1 (p50/p95) and throughput
 at batch 64 in PyTorch and ONNX Runtime, on this machine's CPU. Checks the issue's targets: int8 within
 0.5 points of the fp32 student with a file at least 3× smaller; the 50% structured-pruned student after
@@ -46,7 +49,8 @@ def table(report: dict) -> None:
 def targets(report: dict) -> dict:
     rows = {v["name"]: v for v in report["variants"]}
     student, int8 = rows["student"], rows["student-int8"]
-    recovered = next(v for v in report["variants"] if v["name"].endswith(f"-r{report['options']['recover_epochs']}"))
+    options = CompressOptions(**report["options"])
+    recovered = rows[f"student-{options.prune_key}-{options.recovery_key}"]
     out = {
         "int8_delta_points": 100 * (int8["test_acc"] - student["test_acc"]),
         "int8_shrink": student["bytes"] / int8["bytes"],
@@ -56,6 +60,10 @@ def targets(report: dict) -> dict:
         "recovered_delta_points": 100 * (recovered["test_acc"] - student["test_acc"]),
         "recovered_params": recovered["nonzero_params"], "student_params": student["nonzero_params"],
     }
+    for entry in report.get("quantization") or []:  # QAT against PTQ, in points against the fp32 model
+        out.setdefault("qat", []).append({"source": entry["source"],
+                                          "ptq_delta_points": 100 * (entry["ptq_test_acc"] - entry["fp32_test_acc"]),
+                                          "qat_delta_points": 100 * (entry["qat_test_acc"] - entry["fp32_test_acc"])})
     out["int8_met"] = out["int8_delta_points"] >= -TARGET_POINTS and out["int8_shrink"] >= TARGET_SHRINK
     out["recovered_met"] = out["recovered_delta_points"] >= -TARGET_POINTS
     return out
@@ -64,7 +72,11 @@ def targets(report: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prune", type=float, default=0.5)
-    parser.add_argument("--recover-epochs", type=int, default=5)
+    parser.add_argument("--recover-epochs", type=int, default=20)
+    parser.add_argument("--recover-from", default="unpruned", choices=["teacher", "unpruned", "both"])
+    parser.add_argument("--prune-steps", type=int, default=1)
+    parser.add_argument("--qat-epochs", type=int, default=5)
+    parser.add_argument("--kinds", default="structured,unstructured", help="which pruning reports to compute")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--run", default=None, help="a finished run to compress instead of training the preset")
@@ -85,13 +97,14 @@ def main() -> None:
           f"{100 * summary['teacher_test_acc']:.2f}%, student {100 * summary['student_test_acc']:.2f}% "
           f"({summary['wall_s']:.0f} s)", flush=True)
     reports = {}
-    for kind, structured in (("structured", True), ("unstructured", False)):
-        options = CompressOptions(prune=args.prune, structured=structured, recover_epochs=args.recover_epochs,
-                                  quantize="int8", repeats=args.repeats)
+    for kind in args.kinds.split(","):
+        options = CompressOptions(prune=args.prune, structured=kind == "structured", recover_epochs=args.recover_epochs,
+                                  recover_from=args.recover_from, prune_steps=args.prune_steps, quantize="int8",
+                                  qat_epochs=args.qat_epochs, repeats=args.repeats)
         report = compress_run(store, run_id, options)
         reports[kind] = {"report": report, "targets": targets(report)}
-        print(f"\n{100 * args.prune:g}% {kind} pruning, {args.recover_epochs} epochs of KD recovery, int8 "
-              f"({report['wall_s']:.0f} s):")
+        print(f"\n{100 * args.prune:g}% {kind} pruning, {args.recover_epochs} epochs of KD recovery from the "
+              f"{args.recover_from} model, int8 PTQ and after {args.qat_epochs} QAT epochs ({report['wall_s']:.0f} s):")
         table(report)
         t = reports[kind]["targets"]
         print(f"int8: {t['int8_delta_points']:+.2f} points, {t['int8_shrink']:.2f}× smaller, "
@@ -99,6 +112,8 @@ def main() -> None:
               f"{'met' if t['int8_met'] else 'MISSED'}; pruned {t['pruned_delta_points_before_recovery']:+.2f} points "
               f"before recovery, {t['recovered_delta_points']:+.2f} after → target "
               f"{'met' if t['recovered_met'] else 'MISSED'}")
+        for q in t.get("qat", []):
+            print(f"int8 of {q['source']}: PTQ {q['ptq_delta_points']:+.2f} points, QAT {q['qat_delta_points']:+.2f}")
     if args.json:
         print(json.dumps({"run_id": run_id, "summary": {k: summary[k] for k in ("teacher_test_acc", "student_test_acc",
                                                                                   "teacher_params", "student_params")},

@@ -581,8 +581,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from kdcore.store import Store
 
     options = CompressOptions(prune=args.prune, structured=args.structured, recover_epochs=args.recover_epochs,
-                              quantize=args.quantize, repeats=args.repeats)  # refused here, before torch loads
-    finished_run(Store(), args.run_id, verb="compressed")
+                              quantize=args.quantize, repeats=args.repeats, prune_model=args.prune_model,
+                              recover_from=args.recover_from, prune_steps=args.prune_steps,
+                              qat_epochs=args.qat_epochs)  # refused here, before torch loads
+    record = finished_run(Store(), args.run_id, verb="compressed")
+    from kdcore.compress.checks import prunable_teacher
+    from kdcore.config import RunConfig
+
+    prunable_teacher(RunConfig.from_dict(record.config), options)
     from kdcore.compress.report import compress_run
 
     def progress(step: int, total: int, message: str) -> None:
@@ -745,9 +751,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--prune", type=float, default=None, metavar="F", help="prune a fraction F in (0, 1) of the student")
     p.add_argument("--structured", action="store_true", help="remove channels/neurons instead of single weights")
-    p.add_argument("--recover-epochs", type=int, default=0, metavar="N", help="distil the pruned student from the "
-                   "teacher for N epochs")
-    p.add_argument("--quantize", choices=["int8"], default=None, help="post-training int8 of each student variant")
+    p.add_argument("--prune-model", default="student", metavar="student|teacher|both",
+                   help="which of the run's models to prune (default: student)")
+    p.add_argument("--prune-steps", type=int, default=1, metavar="K", help="prune in K steps, each followed by its "
+                   "recovery (iterative pruning; default 1)")
+    p.add_argument("--recover-epochs", type=int, default=0, metavar="N", help="distil the pruned model for N epochs "
+                   "(after each pruning step)")
+    p.add_argument("--recover-from", default="teacher", metavar="teacher|unpruned|both",
+                   help="what the recovery distils from: the run's teacher, the unpruned model, or both as an "
+                   "ensemble (default: teacher)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="post-training int8 of the student and of each pruned model")
+    p.add_argument("--qat-epochs", type=int, default=0, metavar="N", help="with --quantize: also N epochs of "
+                   "quantisation-aware fine-tuning distilled from the teacher, then int8 (PTQ and QAT compared)")
     p.add_argument("--repeats", type=int, default=200, help="timed calls per latency measurement")
     p = command("sync", cmd_sync, "export runs that have ended to MLflow and/or TensorBoard: params (the config), "
                 "every recorded series at its step, the summary and the student checkpoint (a run exported again "

@@ -88,3 +88,28 @@ def validate_dataset_name(name: str) -> None:
         f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}, "
         f"or {IMAGEFOLDER_PREFIX}<path> for your own images"
     )
+
+
+# --- labelled fractions: every class must keep a label ------------------------------------------------------------
+
+
+def labels_kept(class_size: int, fraction: float) -> int:
+    """How many examples of a class of `class_size` training examples keep their label under a stratified
+    `labeled_fraction` (`kdcore.data.labeled_rows` keeps exactly this many)."""
+    return class_size if fraction >= 1 else int(round(fraction * class_size))
+
+
+def unlabelled_classes_message(dataset: str, fraction: float, class_names, class_sizes) -> str | None:
+    """None when every class keeps at least one label; else the one-line refusal, naming the fraction, every
+    class left without a label, and the smallest fraction that labels them all. Torch-free: the New run form
+    asks it with class sizes it looked up once."""
+    missing = [(str(name), size) for name, size in zip(class_names, class_sizes)
+               if size > 0 and labels_kept(size, fraction) == 0]
+    if not missing:
+        return None
+    smallest = min(size for size in class_sizes if size > 0)
+    listed = ", ".join(f"{name!r} ({size} training examples)" for name, size in missing[:12])
+    more = f" and {len(missing) - 12} more" if len(missing) > 12 else ""
+    noun = f"{len(missing)} class" + ("es" if len(missing) > 1 else "")
+    return (f"labeled_fraction {fraction:g} leaves {noun} of {dataset} without a labelled example: {listed}{more}; "
+            f"every class needs at least one: raise labeled_fraction above {0.5 / smallest:.3g}")

@@ -11,6 +11,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from PIL import Image
 
 from app import form
 from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished
@@ -97,6 +98,23 @@ def test_an_architecture_that_does_not_fit_the_data_is_refused(in_lab) -> None:
     assert at.button(key="nr_start").disabled
     at.selectbox(key="nr_teacher_arch").set_value("mlp").run()
     assert not at.error and not at.button(key="nr_start").disabled
+
+
+def test_a_labelled_fraction_that_leaves_a_class_without_labels_is_refused_before_queueing(in_lab, tmp_path) -> None:
+    for label, count in {"cat": 40, "dog": 3}.items():  # the training split keeps 30 cats and 2 dogs
+        (tmp_path / label).mkdir()
+        for i in range(count):
+            Image.new("L", (32, 32), 7 * i).save(tmp_path / label / f"{i}.png")
+    dataset = f"imagefolder:{tmp_path}"
+    at = AppTest.from_file(str(ENTRY), default_timeout=TIMEOUT)  # New run, with the form's values already set
+    at.session_state["nr_dataset"], at.session_state["nr_labeled_fraction"] = dataset, 0.3
+    at.run()
+    assert not at.error and not at.button(key="nr_start").disabled  # 0.3 · 2 dogs rounds to one label
+    at.number_input(key="nr_labeled_fraction").set_value(0.1).run()
+    assert [e.value for e in at.error] == [
+        f"labeled_fraction 0.1 leaves 1 class of {dataset} without a labelled example: 'dog' (2 training examples); "
+        "every class needs at least one: raise labeled_fraction above 0.25 (Labelled fraction, under Advanced settings.)"]
+    assert at.button(key="nr_start").disabled
 
 
 def test_advanced_weights_and_the_formula(in_lab) -> None:

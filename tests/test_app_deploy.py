@@ -62,11 +62,14 @@ def test_pareto_front_against_brute_force():
 def test_table_rows_in_the_tables_units():
     rows = variant_rows(REPORT)
     assert [list(row) for row in rows] == [list(TABLE_COLUMNS)] * 4
-    assert rows[2]["Agrees with student (%)"] == pytest.approx(99.5)
+    assert rows[2]["Agrees with fp32 (%)"] == pytest.approx(99.5)
     teacher, student, int8, pruned = rows
-    assert student["Test acc (%)"] == pytest.approx(95.0) and student["Δ vs student (pts)"] == 0
-    assert int8["Δ vs student (pts)"] == pytest.approx(-0.2) and int8["× smaller"] == pytest.approx(200_000 / 52_000)
-    assert teacher["Δ vs student (pts)"] is None  # the teacher is no variant of the student
+    assert student["Test acc (%)"] == pytest.approx(95.0) and student["Δ vs fp32 (pts)"] == 0
+    assert int8["Δ vs fp32 (pts)"] == pytest.approx(-0.2) and int8["× smaller"] == pytest.approx(200_000 / 52_000)
+    assert teacher["Δ vs fp32 (pts)"] == 0 and teacher["× smaller"] == 1  # the teacher is compared with itself
+    pruned_teacher = variant("teacher-p50s", "teacher pruned 50% structured", 0.97, 100_000, 0.05, role="teacher")
+    (row,) = variant_rows({**REPORT, "variants": [REPORT["variants"][0], pruned_teacher]})[1:]
+    assert row["Δ vs fp32 (pts)"] == pytest.approx(-1.0) and row["× smaller"] == 4  # against the unpruned teacher
     assert int8["PyTorch p50 (ms)"] is None and int8["ONNX size (KB)"] == pytest.approx(52_000 / 1024)
 
 
@@ -78,6 +81,13 @@ def test_tradeoff_points_mark_both_frontiers():
     assert on_latency == {"teacher", "pruned 50% structured + KD recovery"}
     lines = headline(REPORT)
     assert len(lines) == 2 and lines[0].startswith("**student int8**: 3.8× smaller file, -0.20 points")
+    qat = variant("student-int8-qat2", "student int8 QAT", 0.951, 52_000, 0.025, precision="int8")
+    with_qat = {**REPORT, "variants": [*REPORT["variants"], qat], "quantization": [
+        {"source": "student", "ptq_name": "student-int8", "qat_name": "student-int8-qat2", "qat_epochs": 2,
+         "fp32_test_acc": 0.95, "ptq_test_acc": 0.948, "qat_test_acc": 0.951}]}
+    assert headline(with_qat)[-1] == ("**QAT against PTQ** for the student: int8 after 2 epochs of quantisation-aware "
+                                      "fine-tuning 95.10%, post-training int8 94.80% (+0.30 points; fp32 95.00%), both "
+                                      "measured running in ONNX Runtime.")
 
 
 def test_the_tradeoff_figure_has_two_panels_and_their_frontiers():
@@ -166,6 +176,16 @@ def test_without_a_report_the_page_offers_to_compute_it(lab, monkeypatch):
     assert not at.dataframe
     at.button(key="dp_compute").click().run()
     assert started == [(run_id, CompressOptions(prune=0.3, structured=False, recover_epochs=1, quantize="int8"))]
+    at.radio(key="dp_model").set_value("both")
+    at.radio(key="dp_recover_from").set_value("unpruned")
+    at.number_input(key="dp_steps").set_value(2)
+    at.number_input(key="dp_qat").set_value(3).run()
+    at.button(key="dp_compute").click().run()
+    assert started[-1] == (run_id, CompressOptions(prune=0.3, structured=False, recover_epochs=1, quantize="int8",
+                                                   prune_model="both", recover_from="unpruned", prune_steps=2,
+                                                   qat_epochs=3))
+    at.toggle(key="dp_int8").set_value(False).run()
+    assert at.number_input(key="dp_qat").disabled
 
 
 def test_a_computation_in_progress_shows_its_step(lab):

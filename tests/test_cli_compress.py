@@ -70,19 +70,21 @@ def test_export_int8_and_pt(home, run_id, tmp_path):
 
 def test_compress_prints_every_variant(home, run_id):
     result = kdcore(home, "compress", run_id, "--prune", "0.5", "--structured", "--recover-epochs", "1",
-                    "--quantize", "int8", "--repeats", "5", "--json")
+                    "--recover-from", "unpruned", "--quantize", "int8", "--repeats", "5", "--json")
     report = last_json(result)
     assert "compress: [1/" in result.stderr and "done" in result.stderr.strip().splitlines()[-1]
     assert [v["variant"] for v in report["variants"]] == [
         "teacher", "student", "student int8", "pruned 50% structured", "pruned 50% structured + KD recovery",
         "pruned 50% structured + KD recovery int8"]
+    assert report["pruning"]["recover_from"] == "unpruned" and report["teacher_pruning"] is None
+
     for variant in report["variants"]:
         for key in ("test_acc", "params", "bytes", "ort_p50_ms", "ort_p95_ms", "ort_throughput"):
             assert variant[key] is not None, (variant["variant"], key)
     student, pruned = report["variants"][1], report["variants"][3]
     assert pruned["params"] < student["params"] * 0.6 and pruned["bytes"] < student["bytes"]
     assert report["pruning"]["kind"] == "structured" and "test_acc_after_recovery" in report["pruning"]
-    model, _ = load_model(Store(home).artifact_path(run_id, "student-p50s-r1.pt"))  # narrower, rebuilt from the file
+    model, _ = load_model(Store(home).artifact_path(run_id, "student-p50s-r1u.pt"))  # narrower, rebuilt from the file
     assert model.hidden[0].out_features == 32
 
 
@@ -149,6 +151,9 @@ def test_an_unknown_format_is_refused(in_home, run_id, capsys, argv, words):
 
 def test_compress_option_mistakes_are_refused(in_home, run_id, capsys):
     assert "add --prune" in refused(capsys, "compress", run_id, "--recover-epochs", "2")
+    assert "--recover-from: unknown source 'pruned'" in refused(capsys, "compress", run_id, "--prune", "0.5",
+                                                                "--recover-epochs", "1", "--recover-from", "pruned")
+    assert "add --quantize int8" in refused(capsys, "compress", run_id, "--qat-epochs", "2")
     assert "invalid float value: 'half'" in refused(capsys, "compress", run_id, "--prune", "half")
 
 

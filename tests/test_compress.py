@@ -14,10 +14,12 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from kdcore.compress import measure
 from kdcore.compress.export import export_checkpoint, export_onnx, load_model, onnx_metadata, written_atomically
 from kdcore.compress.options import CompressOptions, report_name
+from kdcore.compress.qat import ActivationFakeQuant, WeightFakeQuant, fake_quantized
 from kdcore.compress.prune import (apply_masks, channel_prune, hold_at_zero, magnitude_prune, prunable_weights,
                                    weight_sparsity)
 from kdcore.compress.quantize import calibration_inputs, classifier_nodes, quantize_int8
@@ -223,6 +225,13 @@ def test_a_sparsity_outside_0_1_is_refused(prune):
     ({"recover_epochs": 2}, "add --prune"),
     ({"prune": 0.5, "recover_epochs": -1}, "from 0 to"),
     ({"repeats": 0}, "--repeats"),
+    ({"prune": 0.5, "prune_model": "teachers"}, "--prune-model: unknown model 'teachers'; valid: student, teacher, both"),
+    ({"prune_model": "teacher"}, "add --prune"),
+    ({"prune": 0.5, "prune_steps": 0}, "--prune-steps must be an integer from 1 to 20"),
+    ({"prune": 0.5, "recover_from": "unpruned"}, "add --recover-epochs"),
+    ({"prune": 0.5, "recover_epochs": 1, "recover_from": "student"}, "--recover-from: unknown source 'student'"),
+    ({"qat_epochs": 2}, "--qat-epochs fine-tunes for a quantisation: add --quantize int8"),
+    ({"quantize": "int8", "qat_epochs": -1}, "--qat-epochs must be an integer"),
 ])
 def test_other_bad_options_are_refused_by_name(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -235,3 +244,61 @@ def test_options_name_their_artefacts_and_flags():
     assert options.cli_args() == ["--prune", "0.5", "--structured", "--recover-epochs", "2", "--quantize", "int8"]
     assert CompressOptions().key == "plain"
     assert CompressOptions(prune=0.125, repeats=5).key == "p12.5u-n5"
+
+    every = CompressOptions(prune=0.5, structured=True, prune_model="both", prune_steps=3, recover_epochs=2,
+                            recover_from="unpruned", quantize="int8", qat_epochs=4, repeats=7)
+    assert every.key == "ts-p50sx3-r2u-int8-q4-n7"
+    assert CompressOptions(prune=0.5, prune_model="teacher", recover_epochs=1, recover_from="both").key == "t-p50u-r1b"
+    from kdcore.cli import build_parser
+
+    args = build_parser().parse_args(["compress", "run-x", *every.cli_args()])  # the flags ask for these options
+    assert CompressOptions(prune=args.prune, structured=args.structured, recover_epochs=args.recover_epochs,
+                           quantize=args.quantize, repeats=args.repeats, prune_model=args.prune_model,
+                           recover_from=args.recover_from, prune_steps=args.prune_steps,
+                           qat_epochs=args.qat_epochs) == every
+
+
+# --- quantisation-aware fine-tuning ----------------------------------------------------------------------------------
+
+
+def test_weight_fake_quantisation_rounds_each_output_channel_to_its_int8_grid():
+    weight = torch.randn(5, 7, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    for reduce_range, levels in ((False, 127), (True, 64)):
+        rounded = WeightFakeQuant(reduce_range)(weight)
+        w = weight.detach().double()
+        scale = w.abs().amax(dim=1, keepdim=True) / levels  # symmetric: max|w| maps to the last level
+        expected = torch.clamp(torch.round(w / scale), -levels, levels) * scale
+        assert torch.allclose(rounded.double(), expected, atol=1e-6)
+        assert len(torch.unique(torch.round(rounded.detach().double() / scale)[0])) <= 2 * levels + 1
+    (grad,) = torch.autograd.grad(WeightFakeQuant(False)(weight).sum(), weight)
+    assert torch.equal(grad, torch.ones_like(weight))  # straight through: inside the grid the identity
+
+
+def test_activation_fake_quantisation_uses_onnxruntimes_uint8_parameters():
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    observer = ActivationFakeQuant()
+    observer.observe(torch.tensor([0.3, 2.5, 1.0]), None)  # min–max calibration widens to hold 0
+    observer.observe(torch.tensor([-0.7, 1.0]), None)
+    assert (observer.low, observer.high) == pytest.approx((-0.7, 2.5))
+    scale, zero_point = observer.params()
+    ort_zero, ort_scale = compute_scale_zp(np.float32(-0.7), np.float32(2.5), np.uint8(0), np.uint8(255))
+    assert scale == pytest.approx(float(ort_scale), rel=1e-6) and zero_point == int(ort_zero)
+    observer.observe(torch.tensor([-1.7, 3.5]), 0.01)  # training: a moving average of batch ranges
+    assert (observer.low, observer.high) == pytest.approx((-0.71, 2.51))
+
+
+def test_fake_quantised_training_leaves_a_plain_model_with_its_trained_weights(digits):
+    model = trained("mlp-small", digits, steps=30)
+    plain = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = digits.test_x[:64]
+    with fake_quantized(model, digits.train_x[:128], reduce_range=True) as observers:
+        assert parametrize.is_parametrized(model.hidden[0], "weight") and not parametrize.is_parametrized(model.head)
+        with torch.no_grad():
+            rounded = model(x)
+            model.hidden[0].parametrizations.weight.original.add_(0.01)  # what a training step would do
+        assert not torch.allclose(rounded, model(x))
+        assert all(o.low is not None for o in observers) and observers[0].low < 0  # normalised pixels
+    assert set(model.state_dict()) == set(plain) and not parametrize.is_parametrized(model.hidden[0])
+    assert torch.allclose(model.hidden[0].weight, plain["hidden.0.weight"] + 0.01)  # float, not rounded
+    assert torch.equal(model.head.weight, plain["head.weight"])

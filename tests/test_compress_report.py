@@ -8,6 +8,7 @@ import os
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -39,7 +40,7 @@ def lab(tmp_path_factory):
 def report(lab):
     store, run_id = lab
     steps = []
-    options = CompressOptions(prune=0.6, recover_epochs=1, quantize="int8", repeats=QUICK)
+    options = CompressOptions(prune=0.6, recover_epochs=1, quantize="int8", qat_epochs=1, repeats=QUICK)
     result = compress_run(store, run_id, options, progress=lambda step, total, message: steps.append((step, total)))
     return result, options, steps
 
@@ -48,7 +49,8 @@ def test_report_lists_every_variant_measured(lab, report):
     store, run_id = lab
     result, options, steps = report
     names = [row["name"] for row in result["variants"]]
-    assert names == ["teacher", "student", "student-int8", "student-p60u", "student-p60u-r1", "student-p60u-r1-int8"]
+    assert names == ["teacher", "student", "student-int8", "student-int8-qat1", "student-p60u", "student-p60u-r1",
+                     "student-p60u-r1-int8", "student-p60u-r1-int8-qat1"]
     summary = store.get_run(run_id).summary
     by_name = {row["name"]: row for row in result["variants"]}
     assert by_name["student"]["test_acc"] == pytest.approx(summary["student_test_acc"], abs=1e-6)
@@ -67,6 +69,81 @@ def test_report_lists_every_variant_measured(lab, report):
     total = steps[0][1]
     assert steps[-1] == (total, total) and [s for s, _ in steps] == sorted(s for s, _ in steps)
     assert sorted({s for s, _ in steps}) == list(range(1, total + 1))  # every step reported, recovery epochs within one
+
+
+def test_qat_is_compared_with_ptq_as_both_run_in_onnxruntime(lab, report):
+    store, run_id = lab
+    result, _, _ = report
+    by_name = {row["name"]: row for row in result["variants"]}
+    assert [(q["source"], q["ptq_name"], q["qat_name"]) for q in result["quantization"]] == [
+        ("student", "student-int8", "student-int8-qat1"),
+        ("student-p60u-r1", "student-p60u-r1-int8", "student-p60u-r1-int8-qat1")]
+    _, test_y = _test_split(store, run_id)
+    for entry in result["quantization"]:
+        qat = by_name[entry["qat_name"]]
+        assert qat["precision"] == "int8" and qat["torch_test_acc"] is None and entry["qat_epochs"] == 1
+        assert entry["qat_test_acc"] == qat["test_acc"] == qat["ort_test_acc"]
+        assert entry["ptq_test_acc"] == by_name[entry["ptq_name"]]["test_acc"]
+        session = ort.InferenceSession(str(store.artifact_path(run_id, f"{entry['qat_name']}.onnx")),
+                                       providers=["CPUExecutionProvider"])
+        x, _ = _test_split(store, run_id)
+        ops = {node.op_type for node in onnx.load(str(store.artifact_path(run_id, f"{entry['qat_name']}.onnx"))).graph.node}
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops  # a real int8 graph, measured by running it
+        accuracy = float((session.run(None, {"input": x})[0].argmax(1) == test_y).mean())
+        assert accuracy == pytest.approx(entry["qat_test_acc"], abs=1e-9)
+    pruned_qat = by_name["student-p60u-r1-int8-qat1"]
+    assert pruned_qat["weight_sparsity"] == pytest.approx(0.6, abs=1e-4)  # fine-tuning kept the pruned zeros
+
+
+def _test_split(store, run_id):
+    from kdcore.data import load_dataset
+
+    data = load_dataset("digits", val_fraction=store.get_run(run_id).config["val_fraction"])
+    return np.ascontiguousarray(data.test_x.numpy()), data.test_y.numpy()
+
+
+def test_the_teacher_and_the_student_are_pruned_and_recover_from_what_was_asked(lab):
+    store, run_id = lab
+    options = CompressOptions(prune=0.5, structured=True, prune_model="both", prune_steps=2, recover_epochs=1,
+                              recover_from="both", repeats=QUICK)
+    result = compress_run(store, run_id, options)
+    assert [row["name"] for row in result["variants"]] == [
+        "teacher", "teacher-p50sx2", "teacher-p50sx2-r1b", "student", "student-p50sx2", "student-p50sx2-r1b"]
+    by_name = {row["name"]: row for row in result["variants"]}
+    teacher, student = result["teacher_pruning"], result["pruning"]
+    assert (teacher["model"], student["model"], teacher["steps"], student["recover_from"]) == ("teacher", "student", 2,
+                                                                                                 "both")
+    assert teacher["params_after"] == by_name["teacher-p50sx2-r1b"]["params"] < by_name["teacher"]["params"] * 0.6
+    assert by_name["teacher-p50sx2-r1b"]["pruning"] == "50% structured in 2 steps, 1 epochs of KD from the unpruned " \
+                                                      "teacher after each step"
+    assert by_name["student-p50sx2-r1b"]["pruning"].endswith("from the teacher and the unpruned student after each step")
+    assert by_name["teacher"]["agreement"] == 1.0  # each row agrees with the unpruned model of its role
+    model, checkpoint = load_model(store.artifact_path(run_id, "teacher-p50sx2-r1b.pt"))
+    assert checkpoint["arch"] == "cnn-small" and checkpoint["pruning"]["recover_from"] == "both"
+    assert sum(p.numel() for p in model.parameters()) == teacher["params_after"]
+
+
+def test_recovery_from_both_learns_the_average_of_the_softened_probabilities(lab):
+    from kdcore.callbacks import Callback
+    from kdcore.compress.recover import learning_from, recovery_config, target_model
+    from kdcore.config import RunConfig
+    from kdcore.trainer import prepare
+
+    store, run_id = lab
+    config = RunConfig.from_dict(store.get_run(run_id).config)
+    prep = prepare(config, Callback(), store.teacher_dir())  # the run's teacher, from the cache
+    unpruned = load_model(store.artifact_path(run_id, "student.pt"))[0]
+    soft = learning_from(prep, target_model(prep, unpruned, "both", "student", config.temperature),
+                         recovery_config(config, 1)).soft
+    T = config.temperature
+    with torch.no_grad():
+        p_teacher = torch.softmax(prep.teacher.model(prep.data.train_x).double() / T, dim=1)
+        p_student = torch.softmax(unpruned(prep.data.train_x).double() / T, dim=1)
+    assert torch.allclose(torch.softmax(soft.train_logits.double() / T, dim=1), (p_teacher + p_student) / 2, atol=1e-5)
+    alone = learning_from(prep, target_model(prep, unpruned, "unpruned", "student", T), recovery_config(config, 1)).soft
+    assert alone.teacher is not prep.teacher.model and torch.equal(alone.train_logits.argmax(1),
+                                                                    p_student.argmax(1).to(alone.train_logits.device))
+    assert learning_from(prep, prep.teacher.model, config) is prep
 
 
 def test_unstructured_pruning_is_exact_and_recovery_keeps_the_zeros(lab, report):

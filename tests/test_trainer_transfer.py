@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from kdcore import losses
 from kdcore.callbacks import Callback
@@ -173,6 +174,25 @@ def test_a_fraction_that_leaves_a_class_without_labels_is_refused_at_validation(
     result = kdcore(kd_home, "submit", "--set", "labeled_fraction=0.001")
     assert result.returncode == 2 and result.stderr == ("kdcore: error: labeled_fraction 0.001 leaves about 5 labels "
                                                         "for 10 classes in mnist-5k: some class would have none\n")
+    assert Store(kd_home).list_runs() == []
+
+
+def image_folder(root, sizes: dict[str, int]) -> str:
+    """An image-folder dataset with these many 32×32 grey images per class."""
+    for label, count in sizes.items():
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (32, 32), 7 * i).save(root / label / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
+def test_a_fraction_that_leaves_named_classes_without_labels_is_refused_before_queueing(kd_home, tmp_path):
+    dataset = image_folder(tmp_path / "pets", {"cat": 40, "dog": 3, "eel": 3})  # training split: 30, 2 and 3
+    result = kdcore(kd_home, "submit", "--set", f"dataset={dataset}", "--set", "labeled_fraction=0.15")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"kdcore: error: labeled_fraction 0.15 leaves 2 classes of {dataset} without a labelled "
+                             "example: 'dog' (2 training examples), 'eel' (3 training examples); every class needs at "
+                             "least one: raise labeled_fraction above 0.25\n")
     assert Store(kd_home).list_runs() == []
 
 

@@ -1,32 +1,35 @@
 """The Deploy page's table and trade-off points, shaped from a deployment report (`kdcore.compress.report`).
 
 A report is plain JSON: one row per variant (teacher, student, student int8, pruned, pruned + KD
-recovery, ...) with accuracy, parameters, bytes, latency and throughput in PyTorch and ONNX Runtime.
+recovery, int8 after quantisation-aware fine-tuning, the pruned teacher, ...) with accuracy, parameters,
+bytes, latency and throughput in PyTorch and ONNX Runtime. Each variant is compared with the fp32 model
+it was made from: the student's variants with the student, the teacher's with the teacher.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-TABLE_COLUMNS = ("Variant", "Precision", "Test acc (%)", "Δ vs student (pts)", "Agrees with student (%)", "Parameters",
+TABLE_COLUMNS = ("Variant", "Precision", "Test acc (%)", "Δ vs fp32 (pts)", "Agrees with fp32 (%)", "Parameters",
                  "ONNX size (KB)",
                  "× smaller", "PyTorch p50 (ms)", "PyTorch p95 (ms)", "ORT p50 (ms)", "ORT p95 (ms)",
                  "PyTorch samples/s @64", "ORT samples/s @64")
 
 
-def _student(report: dict[str, Any]) -> dict[str, Any] | None:
-    return next((v for v in report["variants"] if v["name"] == "student"), None)
+def _fp32(report: dict[str, Any], role: str) -> dict[str, Any] | None:
+    """The unpruned fp32 model of a role (the run's teacher or student), which its variants are compared with."""
+    return next((v for v in report["variants"] if v["name"] == role), None)
 
 
 def variant_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant, in the table's units: accuracy in %, its difference to the fp32 student in
-    percentage points, the share of test inputs on which it predicts what the fp32 student predicts, the
-    ONNX file in KB and how many times smaller than the student's, times in ms."""
-    student = _student(report)
+    """One row per variant, in the table's units: accuracy in %, its difference to the fp32 model it was made
+    from (the student or the teacher) in percentage points, the share of test inputs on which it predicts what
+    that model predicts, the ONNX file in KB and how many times smaller than that model's, times in ms."""
     rows = []
     for v in report["variants"]:
-        ratio = student["bytes"] / v["bytes"] if student and v["bytes"] else None
-        delta = 100 * (v["test_acc"] - student["test_acc"]) if student and v["role"] == "student" else None
+        base = _fp32(report, v["role"])
+        ratio = base["bytes"] / v["bytes"] if base and v["bytes"] else None
+        delta = 100 * (v["test_acc"] - base["test_acc"]) if base else None
         rows.append(dict(zip(TABLE_COLUMNS, (
             v["variant"], v["precision"], 100 * v["test_acc"], delta,
             100 * v["agreement"] if v.get("agreement") is not None else None, v["nonzero_params"], v["bytes"] / 1024,
@@ -63,19 +66,26 @@ def tradeoff_points(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def headline(report: dict[str, Any]) -> list[str]:
-    """A sentence per compressed variant: what it saves and what it costs, against the fp32 student."""
-    student = _student(report)
-    if student is None:
-        return []
+    """A sentence per compressed variant: what it saves and what it costs against the fp32 model it was made
+    from; then, with quantisation-aware fine-tuning, what QAT changed against post-training int8."""
     lines = []
     for v in report["variants"]:
-        if v["role"] != "student" or v["name"] == "student":
+        base = _fp32(report, v["role"])
+        if base is None or v["name"] == v["role"]:
             continue
-        delta = 100 * (v["test_acc"] - student["test_acc"])
-        speed = student["ort_p50_ms"] / v["ort_p50_ms"] if v["ort_p50_ms"] else None
-        lines.append(f"**{v['variant']}**: {student['bytes'] / v['bytes']:.1f}× smaller file, "
+        delta = 100 * (v["test_acc"] - base["test_acc"])
+        speed = base["ort_p50_ms"] / v["ort_p50_ms"] if v["ort_p50_ms"] else None
+        lines.append(f"**{v['variant']}**: {base['bytes'] / v['bytes']:.1f}× smaller file, "
                      f"{delta:+.2f} points of accuracy"
-                     + (f", {speed:.2f}× the student's ONNX Runtime speed at batch 1" if speed else "") + ".")
+                     + (f", {speed:.2f}× the {v['role']}'s ONNX Runtime speed at batch 1" if speed else "") + ".")
+    names = {v["name"]: v for v in report["variants"]}
+    for entry in report.get("quantization") or []:
+        source = names.get(entry["source"])
+        gain = 100 * (entry["qat_test_acc"] - entry["ptq_test_acc"])
+        lines.append(f"**QAT against PTQ** for the {source['variant'] if source else entry['source']}: int8 after "
+                     f"{entry['qat_epochs']} epochs of quantisation-aware fine-tuning {100 * entry['qat_test_acc']:.2f}%, "
+                     f"post-training int8 {100 * entry['ptq_test_acc']:.2f}% ({gain:+.2f} points; fp32 "
+                     f"{100 * entry['fp32_test_acc']:.2f}%), both measured running in ONNX Runtime.")
     return lines
 
 

@@ -1,8 +1,9 @@
 """Deploy: how small and fast can a finished run's student get, and what does it cost in accuracy?
 
-Pick a finished run and the compression (pruning, KD recovery, int8); the deployment report
-(`kdcore.compress.report`) measures the teacher, the student and each compressed variant on this
-machine. It takes tens of seconds, so it runs as a background `python -m kdcore compress` process
+Pick a finished run and the compression (pruning the student and/or the teacher, KD recovery from the
+teacher and/or the unpruned model, int8 after training or after quantisation-aware fine-tuning); the
+deployment report (`kdcore.compress.report`) measures the teacher, the student and each compressed
+variant on this machine. It takes tens of seconds, so it runs as a background `python -m kdcore compress` process
 (`kdcore.compress.jobs`) while a fragment polls its progress; the report is kept in the run's
 artefacts, so a revisit with the same options shows it at once. The table and the trade-off chart
 are shaped by `app.read_model.deploy` and `app.charts`; every artefact can be downloaded.
@@ -82,24 +83,45 @@ def _run_label(record: RunRecord) -> str:
             + (f" · student {100 * acc:.2f}%" if acc is not None else ""))
 
 
+RECOVERY_SOURCES = {"teacher": "the run's teacher", "unpruned": "the unpruned model", "both": "both"}
+
+
 def _options() -> CompressOptions:
     left, middle, right = st.columns([1.2, 1, 1])
     with left:
-        prune = st.toggle("Prune the student", value=True, key="dp_prune")
+        prune = st.toggle("Prune", value=True, key="dp_prune")
+        model = st.radio("Model to prune", ["student", "teacher", "both"], key="dp_model", disabled=not prune,
+                         horizontal=True, help="The run's student, its teacher (a smaller teacher to deploy or to "
+                                               "distil from), or each of them.")
         fraction = st.slider("Fraction pruned", 0.1, 0.9, 0.5, 0.05, key="dp_fraction", disabled=not prune,
                              help="Structured: the share of channels/neurons removed from every layer. Unstructured: "
                                   "the share of all weights set to zero (smallest magnitudes first).")
+        steps = st.number_input("Pruning steps", 1, 20, 1, key="dp_steps", disabled=not prune,
+                                help="Iterative pruning: the fraction is removed in this many equal steps, each "
+                                     "followed by its own recovery.")
     with middle:
         structured = st.radio("Pruning", ["structured", "unstructured"], key="dp_kind", disabled=not prune,
                               horizontal=True, help="Structured pruning makes layers narrower (smaller and faster "
                               "everywhere); unstructured zeroes single weights (the dense file only shrinks zipped).")
         recover = st.number_input("KD recovery epochs", 0, 100, 2, key="dp_recover", disabled=not prune,
-                                  help="Epochs of distillation from the run's teacher after pruning.")
+                                  help="Epochs of distillation after pruning (after each step).")
+        source = st.radio("Recover from", list(RECOVERY_SOURCES), key="dp_recover_from",
+                          format_func=RECOVERY_SOURCES.get, disabled=not prune or not recover, horizontal=True,
+                          help="What the pruned model learns from: the run's teacher, the model before pruning, or "
+                               "both as one ensemble (their softened probabilities averaged). For the teacher the "
+                               "unpruned teacher is used in every case.")
     with right:
         quantize = st.toggle("Quantise to int8", value=True, key="dp_int8",
                              help="Post-training static int8 in ONNX Runtime, calibrated on 512 training inputs.")
+        qat = st.number_input("QAT epochs", 0, 100, 0, key="dp_qat", disabled=not quantize,
+                              help="Quantisation-aware fine-tuning, distilled from the run's teacher, before int8: "
+                                   "each int8 variant then also comes as QAT, measured in ONNX Runtime beside the "
+                                   "post-training one. 0: post-training int8 only.")
     return CompressOptions(prune=fraction if prune else None, structured=structured == "structured",
-                           recover_epochs=int(recover) if prune else 0, quantize="int8" if quantize else None)
+                           recover_epochs=int(recover) if prune else 0, quantize="int8" if quantize else None,
+                           prune_model=model if prune else "student", prune_steps=int(steps) if prune else 1,
+                           recover_from=source if prune and recover else "teacher",
+                           qat_epochs=int(qat) if quantize else 0)
 
 
 # --- computing -------------------------------------------------------------------------------------------------
@@ -129,13 +151,16 @@ def _report(store: Store, record: RunRecord, options: CompressOptions, report: d
     frame = pd.DataFrame(variant_rows(report), columns=list(TABLE_COLUMNS))
     st.dataframe(frame, hide_index=True, width="stretch", column_config={
         "Test acc (%)": st.column_config.NumberColumn(format="%.2f"),
-        "Δ vs student (pts)": st.column_config.NumberColumn(format="%+.2f"),
-        "Agrees with student (%)": st.column_config.NumberColumn(
-            format="%.1f", help="Test inputs on which it predicts the class the fp32 student predicts"),
+        "Δ vs fp32 (pts)": st.column_config.NumberColumn(
+            format="%+.2f", help="Against the fp32 model it was made from: the student, or for the teacher's "
+                                 "variants the teacher"),
+        "Agrees with fp32 (%)": st.column_config.NumberColumn(
+            format="%.1f", help="Test inputs on which it predicts the class its fp32 model (student or teacher) "
+                                "predicts"),
         "Parameters": st.column_config.NumberColumn(format="localized",
                                                     help="Non-zero parameters (pruned weights do not count)"),
         "ONNX size (KB)": st.column_config.NumberColumn(format="%.1f"),
-        "× smaller": st.column_config.NumberColumn(format="%.2f×", help="The fp32 student's ONNX file over this one"),
+        "× smaller": st.column_config.NumberColumn(format="%.2f×", help="Its fp32 model's ONNX file over this one"),
         **{name: st.column_config.NumberColumn(format="%.3f") for name in TABLE_COLUMNS if name.endswith("(ms)")},
         **{name: st.column_config.NumberColumn(format="%.0f") for name in TABLE_COLUMNS if "samples/s" in name},
     })

@@ -46,7 +46,7 @@ def render() -> None:
     devices = session.available_devices()
     base = st.session_state.get("_kdlab_form_base")
     config, errors = form.validate(values, base=base, store_teacher=store_teacher, devices=devices)
-    errors = header_errors + errors + _workshop_problems(config)
+    errors = header_errors + errors + _workshop_problems(config) + _label_problems(config)
     with right:
         _summary(values, store_teacher, config, errors)
         _budget_note(config)
@@ -493,6 +493,12 @@ def _workshop_problems(config) -> list[str]:
     except KDError as exc:
         return [str(exc)]
     return []
+
+
+def _label_problems(config) -> list[str]:
+    """A labelled fraction that leaves a class without a labelled example, refused here as `submit` refuses it."""
+    problem = session.label_coverage_problem(config)
+    return [problem + " (Labelled fraction, under Advanced settings.)"] if problem else []
 
 
 def _budget_note(config) -> None:

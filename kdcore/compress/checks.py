@@ -52,3 +52,15 @@ def export_format(fmt: str, quantize: str | None) -> None:
         raise KDError(f"--quantize: unknown quantisation {quantize!r}; valid: {', '.join(QUANTIZATIONS)}")
     if quantize and fmt != "onnx":
         raise KDError("--quantize int8 writes an ONNX model (it runs in ONNX Runtime): use --format onnx")
+
+
+def prunable_teacher(config, options) -> bool:
+    """Whether the run has one teacher (an architecture with a checkpoint); refuses pruning a teacher that is
+    an ensemble of several (a method such as multi_teacher averages them: there is no one network to prune)."""
+    from kdcore.methods import get_method
+
+    count = len(get_method(config.method).teacher_seeds(config))
+    if count > 1 and options.prune is not None and options.prune_model != "student":
+        raise KDError(f"--prune-model {options.prune_model}: the run's teacher is an ensemble of {count} teachers "
+                      f"(method {config.method}); prune its student instead")
+    return count == 1

@@ -13,7 +13,10 @@ from kdcore.errors import ConfigError
 
 QUANTIZATIONS = ("int8",)
 EXPORT_FORMATS = ("onnx", "pt")
+PRUNED_MODELS = ("student", "teacher", "both")
+RECOVERY_SOURCES = ("teacher", "unpruned", "both")
 MAX_RECOVER_EPOCHS = 1000
+MAX_PRUNE_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,15 @@ class CompressOptions:
     """prune: the fraction removed (None: no pruning). Unstructured: the fraction of Linear/Conv weights set
     to zero, over the whole network (global magnitude). Structured: the fraction of channels (conv) and
     neurons (hidden Linear) removed from every prunable layer; the classifier keeps its classes.
-    recover_epochs: distillation epochs from the run's teacher after pruning (0: none).
-    quantize: "int8" for post-training static int8 of every fp32 student variant (None: none).
+    prune_model: which of the run's models is pruned: the student, the teacher, or each of them.
+    prune_steps: pruning in this many steps, each removing an equal share of what is left and followed by
+    its own recovery (iterative pruning); the fraction removed in the end is `prune` either way.
+    recover_epochs: distillation epochs after pruning (after each step) (0: none).
+    recover_from: what the recovery distils from: the run's teacher, the unpruned model, or both as one
+    ensemble (for the teacher itself the first two are the same model).
+    quantize: "int8" for post-training static int8 of every fp32 variant (None: none).
+    qat_epochs: epochs of quantisation-aware fine-tuning, distilled from the run's teacher, before the int8
+    quantisation (0: none); each int8 variant then comes twice, PTQ and QAT.
     repeats: timed calls per latency measurement (batch 1); throughput takes a fifth as many batches of 64."""
 
     prune: float | None = None
@@ -30,6 +40,10 @@ class CompressOptions:
     recover_epochs: int = 0
     quantize: str | None = None
     repeats: int = 200
+    prune_model: str = "student"
+    recover_from: str = "teacher"
+    prune_steps: int = 1
+    qat_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.prune is not None:
@@ -44,27 +58,54 @@ class CompressOptions:
                               f"got {self.recover_epochs!r}")
         if self.recover_epochs and self.prune is None:
             raise ConfigError("--recover-epochs recovers a pruned model: add --prune F")
+        if self.prune_model not in PRUNED_MODELS:
+            raise ConfigError(f"--prune-model: unknown model {self.prune_model!r}; valid: {', '.join(PRUNED_MODELS)}")
+        if self.recover_from not in RECOVERY_SOURCES:
+            raise ConfigError(f"--recover-from: unknown source {self.recover_from!r}; valid: "
+                              f"{', '.join(RECOVERY_SOURCES)}")
+        if isinstance(self.prune_steps, bool) or not isinstance(self.prune_steps, int) \
+                or not 1 <= self.prune_steps <= MAX_PRUNE_STEPS:
+            raise ConfigError(f"--prune-steps must be an integer from 1 to {MAX_PRUNE_STEPS}, got {self.prune_steps!r}")
+        if self.prune is None and (self.prune_model != "student" or self.prune_steps != 1):
+            raise ConfigError("--prune-model and --prune-steps say how to prune: add --prune F")
+        if self.recover_from != "teacher" and not self.recover_epochs:
+            raise ConfigError("--recover-from says what the recovery learns from: add --recover-epochs N")
+        if isinstance(self.qat_epochs, bool) or not isinstance(self.qat_epochs, int) \
+                or not 0 <= self.qat_epochs <= MAX_RECOVER_EPOCHS:
+            raise ConfigError(f"--qat-epochs must be an integer from 0 to {MAX_RECOVER_EPOCHS}, got {self.qat_epochs!r}")
+        if self.qat_epochs and not self.quantize:
+            raise ConfigError("--qat-epochs fine-tunes for a quantisation: add --quantize int8")
         if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or not 1 <= self.repeats <= 100_000:
             raise ConfigError(f"--repeats must be an integer from 1 to 100000, got {self.repeats!r}")
 
     @property
     def prune_key(self) -> str:
-        """The pruning part of `key`: `p50s` (structured 50%), `p90u` (unstructured 90%), "" without pruning."""
-        return "" if self.prune is None else f"p{_percent(self.prune)}{'s' if self.structured else 'u'}"
+        """The pruning part of `key`: `p50s` (structured 50%), `p90u` (unstructured 90%), `p50sx4` (in 4 steps),
+        "" without pruning."""
+        if self.prune is None:
+            return ""
+        steps = f"x{self.prune_steps}" if self.prune_steps > 1 else ""
+        return f"p{_percent(self.prune)}{'s' if self.structured else 'u'}{steps}"
+
+    @property
+    def recovery_key(self) -> str:
+        """`r5` (5 epochs from the teacher), `r5u` (from the unpruned model), `r5b` (from both); "" for none."""
+        if not self.recover_epochs:
+            return ""
+        return f"r{self.recover_epochs}" + {"teacher": "", "unpruned": "u", "both": "b"}[self.recover_from]
 
     @property
     def key(self) -> str:
-        """A short name for these options, used in artefact names: `p50s-r2-int8` (structured 50%, 2 epochs)."""
-        parts = []
+        """A short name for these options, used in artefact names: `p50s-r2-int8` (structured 50%, 2 epochs),
+        `t-p50s-r2-int8-q3` (the teacher pruned, 3 epochs of quantisation-aware fine-tuning)."""
+        parts = [{"student": "", "teacher": "t", "both": "ts"}[self.prune_model]] if self.prune is not None else []
         if self.prune is not None:
-            parts.append(self.prune_key)
-            if self.recover_epochs:
-                parts.append(f"r{self.recover_epochs}")
+            parts += [self.prune_key, self.recovery_key]
         if self.quantize:
-            parts.append(self.quantize)
+            parts += [self.quantize, f"q{self.qat_epochs}" if self.qat_epochs else ""]
         if self.repeats != CompressOptions.repeats:
             parts.append(f"n{self.repeats}")
-        return "-".join(parts) or "plain"
+        return "-".join(part for part in parts if part) or "plain"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,10 +117,18 @@ class CompressOptions:
             args += ["--prune", repr(float(self.prune))]
             if self.structured:
                 args.append("--structured")
+            if self.prune_model != "student":
+                args += ["--prune-model", self.prune_model]
+            if self.prune_steps != 1:
+                args += ["--prune-steps", str(self.prune_steps)]
             if self.recover_epochs:
                 args += ["--recover-epochs", str(self.recover_epochs)]
+            if self.recover_from != "teacher":
+                args += ["--recover-from", self.recover_from]
         if self.quantize:
             args += ["--quantize", self.quantize]
+            if self.qat_epochs:
+                args += ["--qat-epochs", str(self.qat_epochs)]
         if self.repeats != CompressOptions.repeats:
             args += ["--repeats", str(self.repeats)]
         return args

@@ -83,7 +83,7 @@ def hold_at_zero(model: nn.Module, masks: dict[str, Tensor]) -> Callable[[], Non
     """Keep pruned weights at zero while the model trains: their gradients are masked, so Adam's and
     SGD's moments for them stay zero and so do their updates (weight decay of a zero is zero).
     Returns a function that removes the hooks."""
-    params = dict(model.named_parameters())
+    params = {name: weight_parameter(model, name) for name in masks}
     handles = [params[name].register_hook(_masking(mask.to(params[name].device))) for name, mask in masks.items()]
 
     def release() -> None:
@@ -93,16 +93,33 @@ def hold_at_zero(model: nn.Module, masks: dict[str, Tensor]) -> Callable[[], Non
     return release
 
 
+def weight_parameter(model: nn.Module, name: str) -> nn.Parameter:
+    """The trained tensor behind the weight `name` ("layer.weight"): the parameter itself, or, while the weight
+    is parametrised (fake quantisation, `kdcore.compress.qat`), the original it is computed from."""
+    from torch.nn.utils import parametrize
+
+    module_name, _, tensor_name = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if parametrize.is_parametrized(module, tensor_name):
+        return getattr(module.parametrizations, tensor_name).original
+    return getattr(module, tensor_name)
+
+
 def _masking(mask: Tensor) -> Callable[[Tensor], Tensor]:
     return lambda grad: grad * mask
 
 
+def zero_masks(model: nn.Module) -> dict[str, Tensor]:
+    """Keep-masks of the Linear/Conv2d weights that are not zero: a pruned model's masks, read back from it."""
+    return {name: weight.detach() != 0 for name, weight in prunable_weights(model)}
+
+
 def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
     """Multiply each masked weight by its mask again (a no-op when `hold_at_zero` held them)."""
-    params = dict(model.named_parameters())
     with torch.no_grad():
         for name, mask in masks.items():
-            params[name].mul_(mask.to(params[name].device))
+            weight = weight_parameter(model, name)
+            weight.mul_(mask.to(weight.device))
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:

@@ -40,9 +40,9 @@ from kdcore.compress.checks import export_format, finished_run, output_path
 from kdcore.compress.export import export_checkpoint, export_onnx
 from kdcore.compress.options import CompressOptions, progress_name, report_name
 from kdcore.compress.prune import (Pruned, channel_prune, magnitude_prune, nonzero_parameters, total_parameters,
-                                   weight_sparsity)
+                                   weight_sparsity, zero_masks)
 from kdcore.compress.quantize import calibration_inputs, quantize_int8
-from kdcore.compress.recover import recover
+from kdcore.compress.recover import recover, target_model
 from kdcore.config import RunConfig
 from kdcore.models import build_model
 from kdcore.store import RunRecord, Store
@@ -114,16 +114,18 @@ class _Variant:
     pruning: str = ""  # how it was pruned, in words ("" when it was not)
     pruning_meta: dict[str, Any] | None = None  # what its checkpoint records (load_model rebuilds from it)
     write_pt: bool = True
+    measured: bool = True  # False for a QAT-trained float model: only its int8 file is a variant
 
 
 def compress_run(store: Store, run_id: str, options: CompressOptions, progress: Progress | None = None) -> dict[str, Any]:
-    """Measure the run's teacher, student and compressed students; write artefacts and the report."""
-    from kdcore.methods import get_method
+    """Measure the run's teacher, student and compressed variants; write artefacts and the report."""
+    from kdcore.compress.checks import prunable_teacher
     from kdcore.trainer import prepare
 
     started = time.perf_counter()
     record = finished_run(store, run_id, verb="compressed")
     config = RunConfig.from_dict(record.config)
+    one_teacher = prunable_teacher(config, options)  # refused here when the teacher to prune is an ensemble
     steps = _plan(options)
     report_progress = _progress_writer(store, run_id, options, progress, len(steps))
     report_progress("loading the data, the teacher and its soft labels")
@@ -135,37 +137,44 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
     test_y = data.test_y.cpu().numpy()
     calibration = calibration_inputs(data.train_x.cpu().numpy()) if options.quantize else None
 
-    one_teacher = len(get_method(config.method).teacher_seeds(config)) == 1  # an ensemble has no single arch
     teacher = _Variant("teacher", "teacher", "teacher", copy.deepcopy(prep.teacher.model).cpu().eval(),
                        write_pt=one_teacher)
     fp32 = _Variant("student", "student", "student", student)
-    variants = [teacher, fp32]
+    groups: dict[str, list[_Variant]] = {"teacher": [teacher], "student": [fp32]}  # each model, then its variants
+    prunings: dict[str, dict[str, Any]] = {}
+    quantization: list[dict[str, Any]] = []
     if options.quantize:
-        variants.append(_Variant(f"student {options.quantize}", f"student-{options.quantize}", "student", None, fp32))
-    pruning: dict[str, Any] | None = None
-    if options.prune is not None:
-        pruned_variants, pruning = _prune_and_recover(student, prep, config, options, report_progress)
-        variants += pruned_variants
+        groups["student"] += _int8_variants(fp32, prep, config, options, calibration, quantization, report_progress)
+    for role in PRUNED_ROLES[options.prune_model] if options.prune is not None else ():
+        pruned_variants, prunings[role] = _prune_and_recover(groups[role][0], prep, config, options, report_progress)
+        groups[role] += pruned_variants
+        if options.quantize:
+            groups[role] += _int8_variants(pruned_variants[-1], prep, config, options, calibration, quantization,
+                                           report_progress)
+    variants = groups["teacher"] + groups["student"]
 
-    rows, predictions = [], []
+    rows, predictions = [], {}
     for variant in variants:
         report_progress(f"exporting and measuring: {variant.label}")
-        row, predicted = _measure(store, record, data, variant, test_x, test_y, calibration, options)
+        row, predictions[variant.name] = _measure(store, record, data, variant, test_x, test_y, calibration, options)
         rows.append(row)
-        predictions.append(predicted)
-    for row, predicted in zip(rows, predictions):  # as deployed (ONNX Runtime), against the fp32 student's
-        row["agreement"] = float((predicted == predictions[1]).mean())
-    if pruning is not None:
-        by_name = {row["name"]: row for row in rows}
+    for row in rows:  # as deployed (ONNX Runtime), against the fp32 model of its role, unpruned
+        row["agreement"] = float((predictions[row["name"]] == predictions[row["role"]]).mean())
+    by_name = {row["name"]: row for row in rows}
+    for pruning in prunings.values():
         pruning["test_acc_before_recovery"] = by_name[pruning.pop("pruned_name")]["test_acc"]
         recovered = pruning.pop("recovered_name", None)
         if recovered:
             pruning["test_acc_after_recovery"] = by_name[recovered]["test_acc"]
+    for entry in quantization:  # PTQ against QAT, both measured running in ONNX Runtime
+        entry.update(fp32_test_acc=by_name[entry["source"]]["test_acc"], ptq_test_acc=by_name[entry["ptq_name"]]["test_acc"],
+                     qat_test_acc=by_name[entry["qat_name"]]["test_acc"])
 
     report = {
         "run_id": run_id, "options": options.to_dict(), "key": options.key, "dataset": config.dataset,
         "teacher_arch": config.teacher.arch, "student_arch": config.student.arch, "test_size": int(len(test_y)),
-        "variants": rows, "pruning": pruning,
+        "variants": rows, "pruning": prunings.get("student"), "teacher_pruning": prunings.get("teacher"),
+        "quantization": quantization,
         "artifacts": [name for row in rows for name in row["artifacts"]],
         "machine": {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -177,50 +186,115 @@ def compress_run(store: Store, run_id: str, options: CompressOptions, progress: 
     return report
 
 
-def _prune_and_recover(student: nn.Module, prep, config: RunConfig, options: CompressOptions,
+PRUNED_ROLES = {"student": ("student",), "teacher": ("teacher",), "both": ("teacher", "student")}
+
+
+def _prune_and_recover(unpruned: _Variant, prep, config: RunConfig, options: CompressOptions,
                        report_progress: Callable[..., None]) -> tuple[list[_Variant], dict[str, Any]]:
-    """The pruned student, the same after KD recovery, and that one in int8 (as asked), with what was done."""
-    key, kind = options.prune_key, "structured" if options.structured else "unstructured"
-    model = copy.deepcopy(student).to(prep.device)
-    report_progress(f"pruning {100 * options.prune:g}% ({kind})")
-    if options.structured:
-        masks, done = None, channel_prune(model, options.prune, prep.data.info.input_shape)
-    else:
-        masks, done = magnitude_prune(model, options.prune)
-    description = f"{100 * options.prune:g}% {kind}"
-    meta = {"structured": options.structured, "fraction": options.prune}
-    final = _Variant(f"pruned {description}", f"student-{key}", "student", copy.deepcopy(model).cpu(),
-                     pruning=description, pruning_meta=meta)
-    variants = [final]
-    pruning = {**_pruning_summary(done, kind), "pruned_name": final.name}
+    """The pruned model (the student or the teacher) and the same after KD recovery, with what was done.
+
+    In `prune_steps` steps, each removes an equal share of what is left (so that `prune` is removed in all)
+    and is followed by its own recovery; the "pruned" variant is the model after the last pruning step,
+    before its recovery."""
+    role, key, kind = unpruned.role, options.prune_key, "structured" if options.structured else "unstructured"
+    model = copy.deepcopy(unpruned.model).to(prep.device)
+    target = target_model(prep, copy.deepcopy(unpruned.model), options.recover_from, role, config.temperature) \
+        if options.recover_epochs else None
+    steps = options.prune_steps
+    description = f"{100 * options.prune:g}% {kind}" + (f" in {steps} steps" if steps > 1 else "")
+    meta = {"structured": options.structured, "fraction": options.prune, "steps": steps}
+    masks, result, first = None, None, None
+    for step in range(1, steps + 1):
+        step_fraction = 1 - (1 - options.prune) ** (1 / steps) if options.structured else \
+            1 - (1 - options.prune) ** (step / steps)  # structured: of what is left; unstructured: of all weights
+        report_progress(f"pruning the {role}: {description}" + (f", step {step}/{steps}" if steps > 1 else ""),
+                        substep=step > 1)
+        if options.structured:
+            done = channel_prune(model, step_fraction, prep.data.info.input_shape)
+        else:
+            masks, done = magnitude_prune(model, step_fraction)
+        first = first or done
+        if step == steps:
+            pruned = _Variant(f"{role} pruned {description}" if role == "teacher" else f"pruned {description}",
+                              f"{role}-{key}", role, copy.deepcopy(model).cpu().eval(), pruning=description,
+                              pruning_meta=meta)
+        if options.recover_epochs:
+            report_progress(f"KD recovery of the {role}: {options.recover_epochs} epochs from the "
+                            f"{_source_words(options, role)}", substep=step > 1)
+            result = recover(model, prep, config, options.recover_epochs, target=target, role=role, masks=masks,
+                             callback=_EpochProgress(report_progress, options.recover_epochs))
+    variants = [pruned]
+    summary = {**_pruning_summary(first, done, kind, options.prune), "model": role, "steps": steps,
+               "pruned_name": pruned.name}
     if options.recover_epochs:
-        report_progress(f"KD recovery: {options.recover_epochs} epochs from the teacher")
-        result = recover(model, prep, config, options.recover_epochs, masks=masks,
-                         callback=_EpochProgress(report_progress, options.recover_epochs))
-        final = _Variant(f"pruned {description} + KD recovery", f"student-{key}-r{options.recover_epochs}", "student",
-                         model.cpu().eval(), pruning=f"{description}, {options.recover_epochs} epochs of KD",
-                         pruning_meta={**meta, "recover_epochs": options.recover_epochs})
+        recovery = f"{options.recover_epochs} epochs of KD from the {_source_words(options, role)}" + \
+            (" after each step" if steps > 1 else "")
+        final = _Variant(f"{pruned.label} + KD recovery", f"{pruned.name}-{options.recovery_key}", role,
+                         model.cpu().eval(), pruning=f"{description}, {recovery}",
+                         pruning_meta={**meta, "recover_epochs": options.recover_epochs,
+                                       "recover_from": options.recover_from})
         variants.append(final)
-        pruning.update(recover_epochs=options.recover_epochs, recovery_best_epoch=result.best_epoch,
-                       recovery_val_acc=result.best_val_acc, sparsity_after_recovery=weight_sparsity(final.model),
-                       recovered_name=final.name)
-    if options.quantize:
-        variants.append(_Variant(f"{final.label} {options.quantize}", f"{final.name}-{options.quantize}", "student",
-                                 None, final, pruning=final.pruning))
-    return variants, pruning
+        summary.update(recover_epochs=options.recover_epochs, recover_from=options.recover_from,
+                       recovery_best_epoch=result.best_epoch, recovery_val_acc=result.best_val_acc,
+                       sparsity_after_recovery=weight_sparsity(final.model), recovered_name=final.name)
+    return variants, summary
+
+
+def _source_words(options: CompressOptions, role: str) -> str:
+    if role == "teacher":
+        return "unpruned teacher"
+    return {"teacher": "teacher", "unpruned": "unpruned student", "both": "teacher and the unpruned student"}[
+        options.recover_from]
+
+
+def _int8_variants(source: _Variant, prep, config: RunConfig, options: CompressOptions, calibration: np.ndarray,
+                   quantization: list[dict[str, Any]], report_progress: Callable[..., None]) -> list[_Variant]:
+    """`source` quantised after training (PTQ) and, with `qat_epochs`, after quantisation-aware fine-tuning (QAT);
+    the pair is noted in `quantization` so the report can compare them."""
+    ptq = _Variant(f"{source.label} {options.quantize}", f"{source.name}-{options.quantize}", source.role, None, source,
+                   pruning=source.pruning)
+    if not options.qat_epochs:
+        return [ptq]
+    qat, done = _quantization_aware(source, prep, config, options, calibration, report_progress)
+    quantization.append({"source": source.name, "ptq_name": ptq.name, "qat_name": qat.name,
+                         "qat_epochs": options.qat_epochs, "qat_best_epoch": done.best_epoch,
+                         "qat_val_acc": done.best_val_acc})
+    return [ptq, qat]
+
+
+def _quantization_aware(source: _Variant, prep, config: RunConfig, options: CompressOptions, calibration: np.ndarray,
+                        report_progress: Callable[..., None]) -> tuple[_Variant, Any]:
+    """`source` fine-tuned with fake int8 quantisation, distilled from the run's teacher, then quantised in ONNX
+    Runtime as PTQ is (`kdcore.compress.qat`); pruned weights stay zero."""
+    from kdcore.compress.qat import fake_quantized
+    from kdcore.compress.quantize import cpu_has_vnni
+
+    report_progress(f"quantisation-aware fine-tuning of the {source.label}: {options.qat_epochs} epochs")
+    model = copy.deepcopy(source.model).to(prep.device)
+    masks = zero_masks(model) if source.pruning and not options.structured else None
+    target = prep.teacher.model if source.role == "student" else copy.deepcopy(source.model)
+    with fake_quantized(model, torch.from_numpy(calibration).to(prep.device), reduce_range=not cpu_has_vnni()):
+        done = recover(model, prep, config, options.qat_epochs, target=target, role=source.role, masks=masks,
+                       callback=_EpochProgress(report_progress, options.qat_epochs, "QAT"), name="qat")
+    trained = _Variant(f"{source.label} + QAT", f"{source.name}-qat{options.qat_epochs}", source.role,
+                       model.cpu().eval(), pruning=source.pruning, write_pt=False, measured=False)
+    label = f"{source.label} {options.quantize} QAT"
+    return _Variant(label, f"{source.name}-{options.quantize}-qat{options.qat_epochs}", source.role, None, trained,
+                    pruning=source.pruning), done
 
 
 def _plan(options: CompressOptions) -> list[str]:
-    """The steps progress counts: loading, [pruning, recovery], one per measured variant, done."""
-    variants = 2 + bool(options.quantize)
-    if options.prune is not None:
-        variants += 1 + bool(options.recover_epochs) + bool(options.quantize)
-    return ["load"] + ["prune"] * (options.prune is not None) + ["recover"] * bool(options.recover_epochs) \
-        + ["measure"] * variants + ["done"]
+    """The steps progress counts: loading, [pruning, recovery] per pruned model, [QAT] per quantised model,
+    one per measured variant, done. Pruning steps and recovery epochs are sub-steps."""
+    pruned = len(PRUNED_ROLES[options.prune_model]) if options.prune is not None else 0
+    quantized = (1 + pruned) if options.quantize else 0
+    variants = 2 + pruned * (1 + bool(options.recover_epochs)) + quantized * (1 + bool(options.qat_epochs))
+    return ["load"] + ["prune", *["recover"] * bool(options.recover_epochs)] * pruned \
+        + ["qat"] * (quantized if options.qat_epochs else 0) + ["measure"] * variants + ["done"]
 
 
 def _progress_writer(store: Store, run_id: str, options: CompressOptions, progress: Progress | None,
-                     total: int) -> Callable[[str], None]:
+                     total: int) -> Callable[..., None]:
     """Report each step to `progress` and to the store (where the Deploy page reads it); sub-steps repeat a step."""
     state = {"step": 0}
 
@@ -237,19 +311,19 @@ def _progress_writer(store: Store, run_id: str, options: CompressOptions, progre
 
 
 class _EpochProgress(Callback):
-    """Recovery epochs as sub-steps of the recovery step."""
+    """Training epochs as sub-steps of the step that trains."""
 
-    def __init__(self, report: Callable[..., None], epochs: int) -> None:
-        self.report, self.epochs = report, epochs
+    def __init__(self, report: Callable[..., None], epochs: int, what: str = "KD recovery") -> None:
+        self.report, self.epochs, self.what = report, epochs, what
 
     def on_epoch_end(self, stage, epoch, values):
-        self.report(f"KD recovery: epoch {epoch}/{self.epochs}, val acc {100 * values.get('val_acc', 0):.2f}%",
+        self.report(f"{self.what}: epoch {epoch}/{self.epochs}, val acc {100 * values.get('val_acc', 0):.2f}%",
                     substep=True)
 
 
-def _pruning_summary(done: Pruned, kind: str) -> dict[str, Any]:
-    return {"fraction": done.fraction, "kind": kind, "params_before": done.params_before,
-            "params_after": done.params_after, "weight_sparsity": done.sparsity}
+def _pruning_summary(first: Pruned, last: Pruned, kind: str, fraction: float) -> dict[str, Any]:
+    return {"fraction": fraction, "kind": kind, "params_before": first.params_before,
+            "params_after": last.params_after, "weight_sparsity": last.sparsity}
 
 
 def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: np.ndarray, test_y: np.ndarray,
@@ -280,7 +354,12 @@ def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: n
         params, nonzero, sparsity = total_parameters(model), nonzero_parameters(model), weight_sparsity(model)
     else:
         source = variant.source
-        quantize_int8(store.artifact_path(record.id, f"{source.name}.onnx"), onnx_path, calibration)
+        with tempfile.TemporaryDirectory(prefix="kdcore-qat-") as scratch:
+            if source.measured:
+                fp32_path = store.artifact_path(record.id, f"{source.name}.onnx")
+            else:  # the float weights quantisation-aware training left: exported only to be quantised
+                fp32_path = export_onnx(source.model.cpu().eval(), data.test_x[:2], Path(scratch) / "fp32.onnx")
+            quantize_int8(fp32_path, onnx_path, calibration)
         pt_bytes, torch_acc, torch_speed = None, None, None
         params, nonzero, sparsity = (total_parameters(source.model), nonzero_parameters(source.model),
                                      weight_sparsity(source.model))

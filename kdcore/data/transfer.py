@@ -20,7 +20,7 @@ from torch import Tensor
 from kdcore.data import files
 from kdcore.data.imagefolder import EXTENSIONS, folder_of
 from kdcore.data.splits import BUILTIN, Splits, default_root
-from kdcore.dataset_names import CATALOGUE, is_imagefolder
+from kdcore.dataset_names import CATALOGUE, is_imagefolder, labels_kept, unlabelled_classes_message
 from kdcore.errors import DatasetError
 
 LABEL_SEED = 0  # fixed, not the run's seed: every run (and its baseline) of one fraction sees the same labels
@@ -36,15 +36,15 @@ def labeled_rows(train_y: Tensor, fraction: float, class_names: list[str] | tupl
     if fraction >= 1:
         return torch.arange(len(train_y))
     labels = train_y.cpu().numpy()
+    sizes = np.bincount(labels, minlength=len(class_names)).tolist()
+    problem = unlabelled_classes_message(dataset, fraction, class_names, sizes)
+    if problem:
+        raise DatasetError(problem)
     rank = np.random.default_rng(LABEL_SEED).permutation(len(labels))
     kept = []
     for label in range(len(class_names)):
         members = rank[labels[rank] == label]  # this class's rows, in the fixed random order
-        count = int(round(fraction * len(members)))
-        if count == 0 and len(members) > 0:
-            raise DatasetError(f"labeled_fraction {fraction:g} leaves class {class_names[label]!r} of {dataset} "
-                               f"without a label ({len(members)} training examples); raise labeled_fraction")
-        kept.append(members[:count])
+        kept.append(members[:labels_kept(len(members), fraction)])
     return torch.from_numpy(np.sort(np.concatenate(kept))).long()
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from kdcore.config import RunConfig
 from kdcore.data import builtin, check_labels, labeled_rows, load_dataset, load_transfer, transfer_tag
+from kdcore.dataset_names import labels_kept, unlabelled_classes_message
 from kdcore.errors import DatasetError
 
 
@@ -37,9 +38,22 @@ def test_labeled_rows_are_fixed_and_nested(digits):
 
 def test_a_class_left_without_a_label_is_refused():
     labels = torch.tensor([0] * 40 + [1] * 3)  # 10% of 3 rounds to none
-    with pytest.raises(DatasetError, match=r"^labeled_fraction 0\.1 leaves class 'b' of toy without a label \(3 "
-                                           r"training examples\); raise labeled_fraction$"):
+    with pytest.raises(DatasetError, match=r"^labeled_fraction 0\.1 leaves 1 class of toy without a labelled "
+                                           r"example: 'b' \(3 training examples\); every class needs at least one: "
+                                           r"raise labeled_fraction above 0\.167$"):
         labeled_rows(labels, 0.1, ("a", "b"), "toy")
+
+
+def test_the_refusal_names_every_unlabelled_class_and_the_smallest_fraction_that_labels_them():
+    sizes = [40, 3, 2, 5]  # round(0.1·n): 4, 0, 0, 0 (0.5 rounds to even); above 0.5/2 every class keeps one
+    message = unlabelled_classes_message("toy", 0.1, ("a", "b", "c", "d"), sizes)
+    assert message == ("labeled_fraction 0.1 leaves 3 classes of toy without a labelled example: 'b' (3 training "
+                       "examples), 'c' (2 training examples), 'd' (5 training examples); every class needs at least "
+                       "one: raise labeled_fraction above 0.25")
+    assert unlabelled_classes_message("toy", 0.25, "abcd", sizes) is not None  # 0.25·2 = 0.5 rounds to 0
+    assert unlabelled_classes_message("toy", 0.2501, "abcd", sizes) is None
+    assert [labels_kept(n, 0.2501) for n in sizes] == [10, 1, 1, 1]
+    assert unlabelled_classes_message("toy", 0.1, "ab", [40, 0]) is None  # an empty class needs no label
 
 
 def test_a_catalogue_transfer_set_gives_its_inputs_normalised_like_the_dataset():
