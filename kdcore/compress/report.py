@@ -272,7 +272,8 @@ def _quantization_aware(source: _Variant, prep, config: RunConfig, options: Comp
     report_progress(f"quantisation-aware fine-tuning of the {source.label}: {options.qat_epochs} epochs")
     model = copy.deepcopy(source.model).to(prep.device)
     masks = zero_masks(model) if source.pruning and not options.structured else None
-    target = prep.teacher.model if source.role == "student" else copy.deepcopy(source.model)
+    target = prep.teacher.model if source.role == "student" else \
+        copy.deepcopy(source.model).to(prep.device).eval().requires_grad_(False)  # the teacher's own fp32 self
     with fake_quantized(model, torch.from_numpy(calibration).to(prep.device), reduce_range=not cpu_has_vnni()):
         done = recover(model, prep, config, options.qat_epochs, target=target, role=source.role, masks=masks,
                        callback=_EpochProgress(report_progress, options.qat_epochs, "QAT"), name="qat")
