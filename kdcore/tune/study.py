@@ -27,7 +27,7 @@ import warnings
 from typing import Any
 
 from kdcore.config import RunConfig
-from kdcore.errors import ConfigError, KDError
+from kdcore.errors import ConfigError, KDError, RunNotFound
 from kdcore.store import ACTIVE, Store
 from kdcore.tune.space import Dimension, check_space, config_for, parse_space, sample
 
@@ -136,7 +136,11 @@ def create_study(store: Store, base: dict[str, Any], space: list[str], *, trials
 
 
 def get_study(store: Store, study_id: str) -> dict[str, Any]:
-    spec = store.get_sweep(study_id)
+    try:
+        spec = store.get_sweep(study_id)
+    except RunNotFound as exc:  # a study is a sweep to the store; to the user it is a study
+        text = str(exc).replace("no sweep", "no study").replace("sweep id", "study id")
+        raise RunNotFound(text) from None
     if spec.get("kind") != KIND:
         raise StudyError(f"{study_id} is a sweep, not a tuning study")
     return spec
