@@ -498,13 +498,16 @@ def deploy_tradeoff_figure(points: list[dict[str, Any]]) -> go.Figure:
 
 # --- tuning studies (app.read_model.tune) -------------------------------------------------------------------------
 
-TRIAL_COLORS = {"complete": COLORS["student"], "pruned": "#94a3b8", "failed": "#dc2626", "cancelled": "#64748b"}
-TRIAL_SYMBOLS = {"complete": "circle", "pruned": "x", "failed": "triangle-down", "cancelled": "square"}
+# a running trial is drawn at its best validation accuracy so far, hollow: it moves as it trains
+TRIAL_COLORS = {"complete": COLORS["student"], "running": COLORS["student"], "pruned": "#94a3b8", "failed": "#dc2626",
+                "cancelled": "#64748b"}
+TRIAL_SYMBOLS = {"complete": "circle", "running": "circle-open", "pruned": "x", "failed": "triangle-down",
+                 "cancelled": "square"}
 
 
 def tune_progress_figure(points: list[dict[str, Any]], best: list[tuple[int, float]]) -> go.Figure:
-    """Each trial's validation accuracy by trial number (pruned ones: their best before the stop), and the best
-    complete trial so far as a step line."""
+    """Each trial's validation accuracy by trial number (pruned ones: their best before the stop; running ones:
+    their best so far), and the best complete trial so far as a step line."""
     fig = go.Figure()
     for state in TRIAL_COLORS:
         mine = [p for p in points if p["state"] == state]

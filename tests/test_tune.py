@@ -12,7 +12,7 @@ from kdcore.errors import ConfigError
 from kdcore.store import Store
 from kdcore.tune.pruning import PruningCallback
 from kdcore.tune.space import check_space, parse_dimension, parse_space, sample
-from kdcore.tune.study import create_study, drive, get_study, load_optuna
+from kdcore.tune.study import create_study, default_pruner, drive, get_study, load_optuna, rung_epochs
 from kdcore.tune.verdict import confirm_verdict
 from run_helpers import kdcore, last_json
 
@@ -69,6 +69,12 @@ def test_a_methods_parameters_are_sampled_only_for_that_method():
         "method": "kd", "temperature": 2.0}
     assert sample(optuna.trial.FixedTrial({"method": "dkd", "method.beta": 3.0, "temperature": 2.0}), dims, DIGITS) \
         == {"method": "dkd", "method.beta": 3.0, "temperature": 2.0}
+
+
+def test_trials_report_to_the_pruner_at_the_rung_epochs_before_their_last():
+    assert rung_epochs(default_pruner("sha", 30), 30) == [3, 9, 27]  # a tenth of the budget, then ×3
+    assert rung_epochs(default_pruner("hyperband", 2), 2) == [1]
+    assert rung_epochs(default_pruner("none", 30), 30) == []
 
 
 # --- the verdict --------------------------------------------------------------------------------------------------
