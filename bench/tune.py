@@ -1,7 +1,7 @@
 """Auto-tuning against a grid: how many student training steps a study needs to match a 5×5 grid's best cell,
 and how much tuning RKD, PKT and DKD's own parameters changes what they give on the preset pair.
 
-    python bench/tune.py [--trials 16] [--study-seeds 0 1 2] [--epochs 30] [--methods rkd pkt dkd]
+    python bench/tune.py [--trials 16] [--study-seeds 0 1 2] [--pruner sha] [--epochs 30] [--methods rkd pkt dkd]
                          [--method-trials 10] [--seeds 3] [--skip-grid] [--set key=value ...] [--json]
 
 Part 1 (the target): the preset pair (mnist-5k, cnn → mlp-small) over T ∈ [1, 32] (log) × weights.kd ∈
@@ -71,23 +71,50 @@ def grid_part(runner: Runner, base: dict, epochs: int) -> dict:
             "steps_per_epoch": per_epoch, "wall_s": time.perf_counter() - started}
 
 
-def study_part(runner: Runner, base: dict, trials: int, seed: int, target: float, grid_steps: int) -> dict:
+def study_part(runner: Runner, base: dict, trials: int, seed: int, target: float, grid_steps: int,
+               pruner: str) -> dict:
     started = time.perf_counter()
-    study_id = create_study(runner.store, base, SPACE, trials=trials, seeds=0, sampler_seed=seed,
+    study_id = create_study(runner.store, base, SPACE, trials=trials, seeds=0, sampler_seed=seed, pruner=pruner,
                             name=f"bench tune: T x kd, study seed {seed}")
     drive(runner, study_id)
-    report = study_report(runner.store, study_id)
+    return {**reach(study_report(runner.store, study_id), seed, target, grid_steps),
+            "wall_s": time.perf_counter() - started}
+
+
+def reach(report: dict, seed: int, target: float, grid_steps: int) -> dict:
+    """When a study first reached `target` validation accuracy, and the student steps it had paid by then."""
     batch = report["batch"]
     reached = next((t for t in report["trials"] if t["state"] == "complete" and t["val_acc"] >= target), None)
     used = None
     if reached is not None:  # every trial of its batch and the batches before it was paid for
         last = (reached["number"] // batch + 1) * batch
         used = sum(t["steps"] for t in report["trials"] if t["number"] < last)
-    return {"study_id": study_id, "study_seed": seed, "best_val_acc": report["best"]["val_acc"],
+    return {"study_seed": seed, "best_val_acc": report["best"]["val_acc"],
             "best_params": report["best"]["params"], "reached_at_trial": reached["number"] if reached else None,
             "steps_to_reach": used, "fraction_of_grid": used / grid_steps if used is not None else None,
             "total_steps": report["student_steps"], "total_fraction": report["student_steps"] / grid_steps,
-            "pruned": sum(t["state"] == "pruned" for t in report["trials"]), "wall_s": time.perf_counter() - started}
+            "pruned": sum(t["state"] == "pruned" for t in report["trials"]), "study_id": report["study_id"]}
+
+
+def reanalyse(store: Store, within: float) -> None:
+    """Read the grid and the studies a previous run recorded in this store; print how each study did against
+    the grid's best minus `within` (e.g. one validation example instead of 0.2 points)."""
+    from kdcore.tune.report import list_studies
+
+    sweep = next(s for s in store.list_sweeps() if s.get("name") == "bench tune: 5x5 grid")
+    records = store.list_runs(sweep_id=sweep["sweep_id"])
+    best = max((r.summary or {}).get("student_val_acc", -1) for r in records)
+    epochs = records[0].config["epochs"]
+    grid_steps = len(records) * epochs * steps_per_epoch(store, records[0].id)
+    rows = [reach(study_report(store, s["study_id"]), int(s["name"].rsplit(" ", 1)[1]), best - within, grid_steps)
+            for s in list_studies(store) if s["name"].startswith("bench tune: T x kd")]
+    for row in sorted(rows, key=lambda r: r["study_seed"]):
+        used = "-" if row["fraction_of_grid"] is None else f"{100 * row['fraction_of_grid']:.0f}%"
+        print(f"study seed {row['study_seed']}: best {100 * row['best_val_acc']:.2f}% (grid {100 * best:.2f}%); "
+              f"within {100 * within:.2f} points at trial #{row['reached_at_trial']}: {used} of the grid's steps; "
+              f"all trials {100 * row['total_fraction']:.0f}%")
+    fractions = [r["fraction_of_grid"] if r["fraction_of_grid"] is not None else math.inf for r in rows]
+    print(f"median: {100 * statistics.median(fractions):.0f}% of the grid's steps")
 
 
 def method_part(runner: Runner, base: dict, method: str, trials: int, seeds: int) -> dict:
@@ -107,18 +134,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--study-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pruner", choices=["sha", "hyperband", "none"], default="sha")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--methods", nargs="*", default=list(METHOD_SPACES))
     parser.add_argument("--method-trials", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3, help="confirmation seeds of the method studies")
     parser.add_argument("--skip-grid", action="store_true", help="only the method studies")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--within", type=float, default=WITHIN, help="with --reanalyse: the distance to the grid's "
+                        "best that counts as reaching it (default 0.002, 0.2 points)")
+    parser.add_argument("--reanalyse", action="store_true", help="only read the grid and studies already in the "
+                        "store and print how they did against --within")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.reanalyse:
+        reanalyse(Store(), args.within)
+        return
     base = apply_overrides({"epochs": args.epochs}, args.overrides)
     runner = Runner(Store())
     out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "load_before": load(), "epochs": args.epochs, "trials": args.trials}
+                 "load_before": load(), "epochs": args.epochs, "trials": args.trials, "pruner": args.pruner}
     if not args.skip_grid:
         grid = grid_part(runner, base, args.epochs)
         out["grid"] = grid
@@ -128,7 +163,7 @@ def main() -> None:
               flush=True)
         studies = []
         for seed in args.study_seeds:
-            row = study_part(runner, base, args.trials, seed, target, grid["steps"])
+            row = study_part(runner, base, args.trials, seed, target, grid["steps"], args.pruner)
             studies.append(row)
             reached = (f"reached {100 * target:.2f}% at trial #{row['reached_at_trial']} with "
                        f"{100 * row['fraction_of_grid']:.0f}% of the grid's steps" if row["steps_to_reach"] is not None
