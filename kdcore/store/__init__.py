@@ -637,18 +637,18 @@ class Store:
         Returns the cancel flag. The run's lock keeps its row ids in commit order (incremental reads)."""
         with self._transaction(lock=run_id) as db:
             if metrics:
-                db.executemany("INSERT INTO metrics (run_id, stage, epoch, step, name, value, t) VALUES (?,?,?,?,?,?,?)",
-                               [(run_id, *m) for m in metrics])
+                self._dialect.insert_rows(db, "metrics", ("run_id", "stage", "epoch", "step", "name", "value", "t"),
+                                          [(run_id, *m) for m in metrics])
             if stage_results:
                 db.executemany("INSERT INTO stage_results (run_id, stage, name, value, t) VALUES (?,?,?,?,?) "
                                "ON CONFLICT (run_id, stage, name) DO UPDATE SET value=excluded.value, t=excluded.t",
                                [(run_id, stage, name, self._dialect.encode_any(value), t)
                                 for stage, name, value, t in stage_results])
             if snapshots:
-                db.executemany("INSERT INTO snapshots (run_id, stage, epoch, payload, t) VALUES (?,?,?,?,?)",
-                               [(run_id, s, e, json.dumps(p), t) for s, e, p, t in snapshots])
+                self._dialect.insert_rows(db, "snapshots", ("run_id", "stage", "epoch", "payload", "t"),
+                                          [(run_id, s, e, json.dumps(p), t) for s, e, p, t in snapshots])
             if logs:
-                db.executemany("INSERT INTO logs (run_id, t, message) VALUES (?,?,?)", [(run_id, t, m) for t, m in logs])
+                self._dialect.insert_rows(db, "logs", ("run_id", "t", "message"), [(run_id, t, m) for t, m in logs])
             now = time.time()
             if progress is not None:
                 db.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?", (now, json.dumps(progress), run_id))

@@ -74,6 +74,10 @@ class SQLite:
             db.execute("COMMIT")
 
     @staticmethod
+    def insert_rows(db: sqlite3.Connection, table: str, columns: tuple[str, ...], rows: list[tuple]) -> None:
+        db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({','.join('?' * len(columns))})", rows)
+
+    @staticmethod
     def encode_any(value: Any) -> Any:
         return value
 
