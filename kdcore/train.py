@@ -342,6 +342,8 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
             if len(pending) == FLUSH_EVERY or i == steps_per_epoch - 1:
                 _flush(stage.name, epoch, step - len(pending) + 1, pending, callbacks, alive, ended)
                 pending = []
+            if pending and distributed.active():
+                continue  # devices=N: rank 0's stop flags go to every rank after each flush (≤ FLUSH_EVERY steps)
             stops = distributed.main_flags([alive[k] and cb.should_stop() for k, cb in enumerate(callbacks)])
             for k in range(k_count):
                 if stops[k]:

@@ -150,8 +150,10 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     elif config.devices > 1:
         job = {"config": config.to_dict(), "teacher_cache": teacher_cache and str(teacher_cache),
                "artifacts": artifacts and str(artifacts), "resume": resume}
+        launching = time.perf_counter()
         with distributed.launched(config.devices, resolve_device(config.device).type, job, cb.on_log):
-            return run_pipeline(config, cb, teacher_cache=teacher_cache, artifacts=artifacts, resume=resume)
+            summary = run_pipeline(config, cb, teacher_cache=teacher_cache, artifacts=artifacts, resume=resume)
+            return {**summary, "wall_s": time.perf_counter() - launching}  # the peers' start included
     started = time.perf_counter()
     artifacts = Path(artifacts) if artifacts else None
     progress = Progress(artifacts)
