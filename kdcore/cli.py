@@ -749,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compress", cmd_compress, "the deployment report of a finished run: teacher, student and compressed "
                 "students with accuracy, parameters, bytes, latency and throughput")
     p.add_argument("run_id")
-    p.add_argument("--prune", type=float, default=None, metavar="F", help="prune a fraction F in (0, 1) of the student")
+    p.add_argument("--prune", type=float, default=None, metavar="F",
+                   help="prune a fraction F in (0, 1) of the model --prune-model names (the student by default)")
     p.add_argument("--structured", action="store_true", help="remove channels/neurons instead of single weights")
     p.add_argument("--prune-model", default="student", metavar="student|teacher|both",
                    help="which of the run's models to prune (default: student)")
