@@ -340,4 +340,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     from kdcore import distributed  # this file runs as __main__: the trainer must see the group in kdcore.distributed
 
-    sys.exit(distributed.peer_main(args.folder, args.rank))
+    code = distributed.peer_main(args.folder, args.rank)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # a peer writes nothing: skip the interpreter's teardown (seconds, which rank 0 would wait for)
