@@ -70,7 +70,10 @@ def _build_config(args: argparse.Namespace):
 def _check_teacher_checkpoint(config) -> None:
     """The checks of a runnable config that read files (and torch), beyond those of the config itself: a
     `teacher.checkpoint` that does not fit the teacher or the data, a `labeled_fraction` that leaves a class
-    without a label, a `transfer` set of another shape, timm models and pretrained weights that cannot be had."""
+    without a label, a `transfer` set of another shape, timm models and pretrained weights that cannot be had,
+    a CSV that cannot be read or split, an `hf:` model that cannot be had."""
+    from kdcore.dataset_names import is_csv
+
     if config.teacher.checkpoint:
         from kdcore.checkpoints import check_teacher_checkpoint
 
@@ -79,6 +82,10 @@ def _check_teacher_checkpoint(config) -> None:
         from kdcore.data import check_labels
 
         check_labels(config)
+    if is_csv(config.dataset) or config.teacher.arch.startswith("hf:"):
+        from kdcore.data.splits import check_text
+
+        check_text(config)
     if config.teacher.pretrained or "timm:" in config.teacher.arch + config.student.arch:
         from kdcore.pretrained import check_available
 
@@ -103,14 +110,17 @@ def _pct(value: Any) -> str:
 
 def cmd_list_datasets(args: argparse.Namespace) -> int:
     from kdcore.data import list_datasets
+    from kdcore.dataset_names import user_datasets
 
     infos = list_datasets(args.data_root)
+    # the user's own data (csv:<path>, imagefolder:<path>) is listed with the built-in sets, so it is found
+    own = [{**row, "input_shape": None, "num_classes": None, "offline": True, "size": None} for row in user_datasets()]
     data = {"datasets": [{"name": i.name, "description": i.description, "input_shape": list(i.input_shape),
                           "num_classes": i.num_classes, "kind": i.kind, "offline": i.offline, "size": i.size}
-                         for i in infos]}
+                         for i in infos] + own}
     _emit(args, data, lambda: _table(
         [[i.name, "x".join(map(str, i.input_shape)), i.num_classes, i.size or "?", "yes" if i.offline else "no",
-          i.description] for i in infos],
+          i.description] for i in infos] + [[row["name"], "-", "-", "-", "yes", row["description"]] for row in own],
         ["name", "shape", "classes", "size", "offline", "description"]))
     return 0
 
@@ -125,9 +135,15 @@ def cmd_list_models(args: argparse.Namespace) -> int:
             "models": models}
     _emit(args, data, lambda: (
         print(f"parameter counts for {info.name} ({'x'.join(map(str, info.input_shape))}, {info.num_classes} classes)"),
-        _table([[m["name"], f"{m['params']:,}" if m["params"] is not None else "n/a (needs images)", m["description"]]
-                for m in models], ["name", "params", "description"])))
+        _table([[m["name"], f"{m['params']:,}" if m["params"] is not None else f"n/a ({_misfit(m['name'])})",
+                 m["description"]] for m in models], ["name", "params", "description"])))
     return 0
+
+
+def _misfit(arch: str) -> str:
+    from kdcore.model_names import needs_image, needs_text
+
+    return "reads text" if needs_text(arch) else "needs images" if needs_image(arch) else "takes images or points"
 
 
 def cmd_list_methods(args: argparse.Namespace) -> int:

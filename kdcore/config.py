@@ -88,11 +88,15 @@ class TeacherConfig:
 @dataclass
 class StudentConfig:
     arch: str = "mlp-small"
+    # a Transformer student starts from the teacher's embeddings and every other layer (DistilBERT's initialisation);
+    # needs the teacher's width, e.g. tiny-transformer:3,384 under minilm-l6
+    from_teacher: bool = False
 
     def __post_init__(self) -> None:
         from kdcore.model_names import validate_arch
 
         _check_arch("student.arch", self.arch, validate_arch)
+        _check_bool("student.from_teacher", self.from_teacher)
 
 
 @dataclass
@@ -164,6 +168,8 @@ class RunConfig:
     dataset: str = "mnist-5k"
     data_root: str | None = None  # where torchvision datasets live; None: $KDCORE_DATA or ./data
     val_fraction: float = 0.1  # of the non-test data; model selection uses it, never the test split
+    text_column: str = "text"  # csv:<path> datasets: the column holding the text ...
+    label_column: str = "label"  # ... and the one holding its class (any strings)
     augment: bool = False  # random shifts; forces the teacher to run on every augmented batch
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -186,7 +192,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the models on CUDA (slow first epoch, faster after); ignored elsewhere
     baseline: bool = True  # also train the student on hard labels alone, same seed and budget
     labeled_fraction: float = 1.0  # share of the training split whose labels the student (and baseline) may use
-    transfer: str | None = None  # extra unlabelled inputs the teacher labels: a dataset name or imagefolder:<path>
+    transfer: str | None = None  # extra unlabelled inputs the teacher labels: a dataset, imagefolder:<path>, augment:N
     finetune_epochs: int = 0  # hard-label epochs after distillation
     name: str = ""
     method: str = "kd"  # a name in kdcore.methods.METHODS; kd is Hinton's, the teaching preset
@@ -207,6 +213,9 @@ class RunConfig:
         if self.data_root is not None and not isinstance(self.data_root, str):
             raise ConfigError(f"data_root must be a folder path or null, got {self.data_root!r}")
         _check_number("val_fraction", self.val_fraction, low=0, low_inclusive=False, high=0.5)
+        for key in ("text_column", "label_column"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key} must be a column name, got {getattr(self, key)!r}")
         _check_bool("augment", self.augment)
         _check_number("temperature", self.temperature, low=0, low_inclusive=False, high=1000)
         _check_positive_int("epochs", self.epochs)
@@ -235,6 +244,7 @@ class RunConfig:
         if not isinstance(self.name, str) or len(self.name) > 200:
             raise ConfigError("name must be a string of at most 200 characters")
         _check_archs_fit_dataset(self)
+        _check_student_init(self)
         from kdcore.methods import validate_method
 
         self.method_params = validate_method(self)
@@ -267,6 +277,8 @@ class RunConfig:
 
     def teacher_key(self) -> str:
         """Hash of everything that determines the trained teacher; equal keys share one teacher."""
+        from kdcore.dataset_names import is_csv
+
         t = self.teacher
         identity = {
             "dataset": self.dataset,
@@ -284,6 +296,7 @@ class RunConfig:
             **({"pretrained": True} if t.pretrained else {}),  # absent when false: older keys stay valid
             **self.optimization_settings(),
             **({"crop_padding": CROP_PADDING[self.dataset]} if t.augment and self.dataset in CROP_PADDING else {}),
+            **({"columns": [self.text_column, self.label_column]} if is_csv(self.dataset) else {}),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -359,14 +372,41 @@ def _check_archs_fit_dataset(config: RunConfig) -> None:
     from kdcore.dataset_names import CATALOGUE
     from kdcore.model_names import check_fits
 
-    info = CATALOGUE.get(config.dataset)
+    from kdcore.dataset_names import is_csv
+
+    info = CATALOGUE.get(config.dataset) or (CATALOGUE["rotten-tomatoes"] if is_csv(config.dataset) else None)
     if info is None:
         return
+    if info.kind == "text" and config.augment:
+        raise ConfigError(f"augment: the shifts and flips of images do not apply to text ({config.dataset}); for "
+                          "more text use transfer=augment:N (the teacher labels N masked or cut copies)")
     for name, arch in (("teacher.arch", config.teacher.arch), ("student.arch", config.student.arch)):
         try:
             check_fits(arch, info.input_shape, dataset=config.dataset)
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+
+
+def _check_student_init(config: RunConfig) -> None:
+    """student.from_teacher needs two Transformers of one width (known here for the built-in ones)."""
+    from kdcore.model_names import MINILM_WIDTH, hf_name, transformer_size
+
+    if not config.student.from_teacher:
+        return
+    student = transformer_size(config.student.arch)
+    if student is None:
+        raise ConfigError(f"student.from_teacher: {config.student.arch} is not a Transformer; it needs "
+                          "tiny-transformer:LAYERS,WIDTH at the teacher's width, e.g. tiny-transformer:3,384")
+    teacher = config.teacher.arch
+    width = MINILM_WIDTH if teacher == "minilm-l6" else (transformer_size(teacher) or (None, None))[1]
+    if width is None and hf_name(teacher) is None:
+        raise ConfigError(f"student.from_teacher: teacher.arch {teacher} is not a Transformer")
+    if hf_name(teacher) is not None:
+        raise ConfigError(f"student.from_teacher: layers are copied from minilm-l6 or tiny-transformer teachers, "
+                          f"not from {teacher}")
+    if student[1] != width:
+        raise ConfigError(f"student.from_teacher: the student is {student[1]} wide, the teacher {width}; use "
+                          f"tiny-transformer:{student[0]},{width}")
 
 
 def _check_pretrained(teacher: TeacherConfig) -> None:
@@ -391,7 +431,18 @@ def _check_transfer(config: RunConfig) -> None:
     if transfer is None:
         return
     if not isinstance(transfer, str) or not transfer.strip():
-        raise ConfigError(f"transfer must be a dataset name or imagefolder:<path>, got {transfer!r}")
+        raise ConfigError(f"transfer must be a dataset name, imagefolder:<path> or augment:N, got {transfer!r}")
+    from kdcore.data.text_augment import copies_of
+    from kdcore.dataset_names import is_text
+
+    try:
+        copies = copies_of(transfer)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if copies is not None:  # Tang et al.'s masked and cut copies of the training sentences
+        if not is_text(config.dataset):
+            raise ConfigError(f"transfer: {transfer} makes copies of text; dataset {config.dataset} is not text")
+        return
     try:
         validate_dataset_name(transfer)
     except Exception as exc:  # DatasetError

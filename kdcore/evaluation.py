@@ -78,6 +78,15 @@ def _linear_macs(model: nn.Module) -> int | None:
 @torch.inference_mode()
 def predict(model: nn.Module, x: Tensor, *, features: bool = False, amp: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Logits (and penultimate features) of `model` on all of `x`, in eval mode, in large batches."""
+    if x.dim() == 2 and not x.is_floating_point():  # token ids: by length, so each batch is trimmed to little padding
+        order = torch.argsort((x >= 0).sum(dim=1), stable=True)
+        inverse = torch.argsort(order)
+        out = _predict_batches(model, x[order], features, amp)
+        return tuple(part[inverse] for part in out) if features else out[inverse]
+    return _predict_batches(model, x, features, amp)
+
+
+def _predict_batches(model: nn.Module, x: Tensor, features: bool, amp: bool) -> Tensor | tuple[Tensor, Tensor]:
     was_training = model.training
     model.eval()
     logits, feats = [], []

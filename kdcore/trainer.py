@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from kdcore import checkpoints, distributed, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
-from kdcore.data import Splits, labeled_rows, load_dataset, load_transfer, transfer_tag
+from kdcore.data import Splits, labeled_rows, load_for, load_transfer, transfer_tag
 from kdcore.errors import CheckpointError
 from kdcore.evaluation import accuracy, cpu_threads_for, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
@@ -78,7 +78,7 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     """Stages 1 and 2: load the data, get the teacher, compute its soft labels on the training set."""
     device = distributed.device(resolve_device(config.device))
     cb.on_log(f"device {device}; dataset {config.dataset}; teacher {config.teacher.arch} → student {config.student.arch}")
-    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction).to(device)
+    data = load_for(config).to(device)
     if device.type == "cuda" and data.info.kind == "image":
         data = data.to_memory_format(torch.channels_last)
     labeled = labeled_rows(data.train_y, config.labeled_fraction, data.class_names, config.dataset)  # refuse early
@@ -101,7 +101,8 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
                   if teacher_cache and not config.teacher.checkpoint and len(seeds) == 1 else None)
     need_features = config.weights.feature > 0 or method.spec.needs_teacher_features
     soft = SoftLabels(teacher.model, data, config, need_features=need_features, cache_stem=cache_stem, transfer=transfer,
-                      transfer_tag=transfer_tag(config.transfer, transfer) if transfer is not None else "")
+                      transfer_tag=transfer_tag(config.transfer, transfer) if transfer is not None else "",
+                      token_layers=method.spec.teacher_token_states)
     return Prepared(device, data, teacher, soft, *_student_splits(data, labeled, transfer, soft))
 
 
@@ -162,9 +163,7 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
     prep = prepare(config, cb, teacher_cache)
     report_soft_labels(config, prep, cb)
     device = prep.device
-    shape, classes = prep.data.info.input_shape, prep.data.info.num_classes
-
-    student = new_model(config.student.arch, shape, classes, config.seed, device)
+    student = student_model(config, prep)
     with cpu_threads_for(student, config.batch_size, device):
         student_result = done.get("student")
         if student_result is None:
@@ -227,7 +226,7 @@ def train_baseline(config: RunConfig, prep: Prepared, cb: Callback, progress: Pr
     if done.get("baseline") is not None:
         return done["baseline"]
     data = prep.data
-    baseline = new_model(config.student.arch, data.info.input_shape, data.info.num_classes, config.seed, prep.device)
+    baseline = student_model(config, prep)  # the student's initial weights, DistilBERT's init included
     stage = hard_label_stage("baseline", config, baseline, prep, config.epochs + config.finetune_epochs, config.lr)
     result = fit_one(stage, _state(stage, Single(baseline), config, prep.device, saved), prep.labeled_data, config,
                      prep.device, cb, progress, done)
@@ -287,6 +286,17 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
     cb.on_log(f"done: teacher {teacher.test_acc:.4f}, student {student_test_acc:.4f}"
               + (f", baseline {baseline_test_acc:.4f}" if baseline_test_acc is not None else ""))
     return summary
+
+
+def student_model(config: RunConfig, prep: Prepared) -> nn.Module:
+    """The run's untrained student: seeded, and started from the teacher's layers when `student.from_teacher`."""
+    info = prep.data.info
+    model = new_model(config.student.arch, info.input_shape, info.num_classes, config.seed, prep.device)
+    if config.student.from_teacher:
+        from kdcore.text_models import init_from_teacher
+
+        init_from_teacher(model, prep.teacher.model)
+    return model
 
 
 def new_model(arch: str, shape, classes: int, seed: int, device: torch.device) -> nn.Module:
@@ -376,7 +386,8 @@ def _train_teacher(config: RunConfig, data: Splits, device: torch.device, cb: Ca
         cb.on_log(f"teacher: {load_pretrained(model, t.arch)} tensors from {t.arch}'s ImageNet weights; fine-tuning")
     build = BuildContext(config, model, model, data.info, len(data.train_x), device)
     stage = Stage("teacher", t.epochs, t.batch_size, t.lr, [t.seed], hard_label_objective(build), [_HARD],
-                  teacher=_no_teacher, validate=lambda k, logits: _val_hard(logits, data), augment=t.augment)
+                  teacher=_no_teacher, validate=lambda k, logits: _val_hard(logits, data),
+                  augment=t.augment and data.info.kind != "text")  # text has no per-batch augmentation
     result = fit_one(stage, TrainState.start(stage, Single(model), config, device), data, config, device, cb,
                      Progress(None))
     model.load_state_dict(result.best_state)
@@ -429,7 +440,7 @@ def distill_stage(configs: list[RunConfig], members: Any, prep: Prepared) -> Sta
                          resolve_params(config.method, config.method_params))
     objective = get_method(config.method).objective(build)
     return Stage("student", config.epochs, config.batch_size, config.lr, [c.seed for c in configs], objective,
-                 [hyper_of(c) for c in configs], teacher=lambda idx, x, views: (*soft.batch(idx, x, views), None),
+                 [hyper_of(c) for c in configs], teacher=lambda idx, x, views: (*soft.batch(idx, x, views), soft.stages(idx)),
                  validate=lambda k, logits: val_metrics(logits, data, soft, configs[k].temperature),
                  snapshot=lambda k, model: student_snapshot(model, data, soft, configs[k].temperature),
                  augment=config.augment)

@@ -250,3 +250,37 @@ def crd_nce(anchors: Any, positives: Any, negatives: Any, valid: Any, temperatur
                 h_neg = np.exp(anchors[b] @ negatives[k] / temperature) / normalizer
                 total += np.log(noise / (h_neg + noise))
     return -total / len(anchors)
+
+
+# --- text Transformers ------------------------------------------------------------------------------------
+
+
+def hidden_cosine(student_states: Any, teacher_states: Any, mask: Any) -> float:
+    """DistilBERT's cosine loss: the mean over real tokens (b, i) of 1 − ⟨s, t⟩ / (‖s‖ ‖t‖), token by token."""
+    s, t, m = f64(student_states), f64(teacher_states), np.asarray(mask, dtype=bool)
+    terms = [1.0 - s[b, i] @ t[b, i] / (np.linalg.norm(s[b, i]) * np.linalg.norm(t[b, i]))
+             for b in range(s.shape[0]) for i in range(s.shape[1]) if m[b, i]]
+    return float(np.mean(terms))
+
+
+def relation_kl(student_a: Any, student_b: Any, teacher_a: Any, teacher_b: Any, mask: Any, heads: int) -> float:
+    """MiniLM's KL between relation distributions, one head, one token, one sentence at a time:
+    R_r,i(j) = exp(a_r,i·b_r,j/√d) / Σ_j' exp(a_r,i·b_r,j'/√d) over real tokens j; the mean over heads and real
+    tokens i of Σ_j R^t log(R^t / R^s)."""
+    m = np.asarray(mask, dtype=bool)
+
+    def relations(a: np.ndarray, b: np.ndarray, batch: int, head: int, i: int) -> np.ndarray:
+        size = a.shape[-1] // heads
+        part = slice(head * size, (head + 1) * size)
+        real = np.flatnonzero(m[batch])
+        scores = np.array([a[batch, i, part] @ b[batch, j, part] for j in real]) / np.sqrt(size)
+        return np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+
+    sa, sb, ta, tb = (f64(x) for x in (student_a, student_b, teacher_a, teacher_b))
+    terms = []
+    for batch in range(m.shape[0]):
+        for head in range(heads):
+            for i in np.flatnonzero(m[batch]):
+                p, q = relations(ta, tb, batch, head, i), relations(sa, sb, batch, head, i)
+                terms.append(float(np.sum(p * np.log(p / q))))
+    return float(np.mean(terms))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdcore.dataset_names import DATASET_NAMES
-from kdcore.model_names import ARCH_NAMES
+from kdcore.model_names import ARCH_NAMES, needs_text
 from kdcore.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,9 @@ def test_no_command_prints_help_and_fails(kd_home):
 def test_list_datasets_json(kd_home, tmp_path):
     data = last_json(kdcore("list-datasets", "--json", "--data-root", str(tmp_path), home=kd_home))
     rows = {row["name"]: row for row in data["datasets"]}
-    assert set(rows) == set(DATASET_NAMES)
+    assert set(rows) == set(DATASET_NAMES) | {"csv:<path>", "imagefolder:<path>"}  # a user's own data is listed too
+    assert rows["rotten-tomatoes"]["offline"] is True and rows["rotten-tomatoes"]["kind"] == "text"
+    assert rows["csv:<path>"]["kind"] == "text" and rows["imagefolder:<path>"]["kind"] == "image"
     for row in rows.values():
         assert set(row) >= {"name", "description", "input_shape", "num_classes", "kind", "offline", "size"}
     assert rows["digits"] | {"description": ""} == {"name": "digits", "description": "", "input_shape": [1, 8, 8],
@@ -85,9 +87,16 @@ def test_list_models_json_for_digits(kd_home):
     assert models["mlp-tiny"]["params"] == 64 * 16 + 16 + 16 * 10 + 10
     assert models["mlp-small"]["params"] == 64 * 64 + 64 + 64 * 10 + 10
     assert models["mlp"]["params"] == 64 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
-    for row in models.values():
-        assert isinstance(row["params"], int) and row["params"] > 0, row
+    for name, row in models.items():
+        assert (row["params"] is None) if needs_text(name) else (isinstance(row["params"], int) and row["params"] > 0), row
         assert row["description"]
+
+
+def test_list_models_for_text_counts_the_text_models(kd_home):
+    data = last_json(kdcore("list-models", "--json", "--dataset", "rotten-tomatoes", home=kd_home))
+    counted = {row["name"]: row["params"] for row in data["models"] if row["params"] is not None}
+    assert counted == {"minilm-l6": 22_566_146, "tiny-transformer": 2_375_426, "bilstm": 2_185_218,
+                       "bag-of-embeddings": 1_953_538}
 
 
 def test_list_models_for_points_has_no_conv_params(kd_home):

@@ -170,7 +170,10 @@ def step(config, objective, student, x, y, epoch=1, indices=None):
 PAIRS = [("cnn-small", "cnn"), ("mlp-tiny", "mlp-small")]  # MLPs only where the method allows them
 
 
-@pytest.mark.parametrize("method,pair", [(m, pair) for m in METHODS for pair in PAIRS
+IMAGE_METHODS = [name for name, method in METHODS.items() if not method.spec.text_only]  # text: test_method_text.py
+
+
+@pytest.mark.parametrize("method,pair", [(m, pair) for m in IMAGE_METHODS for pair in PAIRS
                                          if not (METHODS[m].spec.needs_feature_maps and pair[0].startswith("mlp"))])
 def test_objective_trains_the_student_and_never_the_teacher(method, pair):
     extra = ["weights.feature=1"] if method == "fitnets" else []
@@ -197,8 +200,10 @@ def test_objective_flags():
     assert {n for n, s in specs.items() if not s.uses_labels} == {"dml", "function_matching"}
     assert {n for n, s in specs.items() if s.stackable} == {"kd", "kd_ls"}
     built = {name: build(name, "cnn-small", "cnn", ["weights.feature=1"] if name == "fitnets" else [])[3]
-             for name in METHODS}
+             for name in IMAGE_METHODS}
     assert {n for n, o in built.items() if o.modules is not None} == {"dml", "crd", "ctkd", "fitnets"}
+    assert {n for n, s in specs.items() if s.text_only} == {"distilbert", "minilm"}
+    assert {n for n, s in specs.items() if s.not_for_text} == {"at", "sp", "function_matching"}
 
 
 def test_loss_is_the_weighted_sum_of_its_parts():

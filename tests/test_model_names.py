@@ -46,7 +46,9 @@ def test_malformed_mlp_widths_are_refused_with_the_syntax(arch):
                                   lambda arch: check_fits(arch, (1, 28, 28))])
 def test_an_unknown_name_lists_the_valid_ones(call):
     with pytest.raises(ModelError, match=r"^unknown architecture 'resnet1000'; valid: mlp, mlp-small, .*resnet20.*, "
-                                         r"mlp:W1,W2,\.\.\. \(e\.g\. mlp:128,64\), or timm:<name> \(a timm model\)$"):
+                                         r"mlp:W1,W2,\.\.\. \(e\.g\. mlp:128,64\), tiny-transformer:LAYERS,WIDTH, "
+                                         r"hf:<model id or folder> \(a Hugging Face text encoder\), "
+                                         r"or timm:<name> \(a timm model\)$"):
         call("resnet1000")
 
 
@@ -63,10 +65,12 @@ def test_conv_nets_need_images_of_at_least_8_pixels(arch):
 
 @pytest.mark.parametrize("arch", [*MLP_PRESETS, "mlp:8,4"])
 def test_mlps_take_any_shape(arch):
-    assert all(fits(arch, shape) for shape in [(2,), (1, 4, 4), (3, 32, 32), (1, 1)])
+    assert all(fits(arch, shape) for shape in [(2,), (1, 4, 4), (3, 32, 32), (1, 1, 1)])
+    assert not fits(arch, (128, 30522))  # (tokens, vocabulary): text, which an MLP does not read
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (1, 0, 8), (2.5,), (-1, 8, 8)])
 def test_a_malformed_input_shape_is_refused(shape):
-    with pytest.raises(ModelError, match=r"^input shape must be \(C, H, W\) or \(D,\) with positive sizes"):
+    with pytest.raises(ModelError, match=r"^input shape must be \(C, H, W\), \(D,\) or \(tokens, vocabulary\) "
+                                         r"with positive sizes"):
         check_fits("mlp", shape)

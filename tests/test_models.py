@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kdcore.errors import ModelError
-from kdcore.model_names import ARCH_NAMES, MLP_PRESETS
+from kdcore.model_names import ARCH_NAMES, MLP_PRESETS, needs_text
 from kdcore.models import (
     MODELS,
     KDModel,
@@ -18,9 +18,10 @@ from kdcore.models import (
 IMAGE_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 POINT_SHAPE = (2,)
 NUM_CLASSES = 5
+TEXT_NAMES = [name for name in ARCH_NAMES if needs_text(name)]  # token ids: tests/test_text.py
 CONV_NAMES = [name for name in ARCH_NAMES if MODELS[name].needs_image]
-MLP_NAMES = [name for name in ARCH_NAMES if not MODELS[name].needs_image]
-CASES = [(name, shape) for name in ARCH_NAMES for shape in IMAGE_SHAPES] + [
+MLP_NAMES = [name for name in ARCH_NAMES if not MODELS[name].needs_image and name not in TEXT_NAMES]
+CASES = [(name, shape) for name in CONV_NAMES + MLP_NAMES for shape in IMAGE_SHAPES] + [
     (name, POINT_SHAPE) for name in MLP_NAMES
 ]
 
@@ -60,7 +61,7 @@ def test_parameter_count_matches_the_built_model(name, shape):
     assert parameter_count(name, shape, NUM_CLASSES) == count_parameters(build_model(name, shape, NUM_CLASSES))
 
 
-@pytest.mark.parametrize("name", ARCH_NAMES)
+@pytest.mark.parametrize("name", CONV_NAMES + MLP_NAMES)
 def test_batch_of_one_in_eval_mode(name):
     shape = IMAGE_SHAPES[0] if MODELS[name].needs_image else POINT_SHAPE
     model = build_model(name, shape, NUM_CLASSES).eval()
@@ -140,4 +141,8 @@ def test_list_models_counts_only_models_that_fit():
     assert all(rows[name]["params"] is None for name in CONV_NAMES)
     assert rows["mlp-tiny"]["params"] == (2 * 16 + 16) + (16 * NUM_CLASSES + NUM_CLASSES)
     image_rows = list_models([1, 28, 28], NUM_CLASSES)  # a list shape is accepted too
-    assert all(row["params"] == parameter_count(row["name"], (1, 28, 28), NUM_CLASSES) for row in image_rows)
+    assert all(row["params"] == parameter_count(row["name"], (1, 28, 28), NUM_CLASSES) for row in image_rows
+               if row["name"] not in TEXT_NAMES)
+    assert all(rows[name]["params"] is None and image_rows[0]["params"] for name in TEXT_NAMES)
+    text_rows = {row["name"]: row["params"] for row in list_models((128, 30522), 2)}
+    assert [name for name, params in text_rows.items() if params] == TEXT_NAMES  # the text models, and only they

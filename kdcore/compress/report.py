@@ -75,13 +75,13 @@ def deployment_metadata(record: RunRecord, data, role: str, **extra: Any) -> dic
 def export_run(store: Store, run_id: str, fmt: str, *, quantize: str | None = None,
                out: str | Path | None = None) -> dict[str, Any]:
     """Write a finished run's student as ONNX (fp32 or int8) or as a kdcore checkpoint; returns what was written."""
-    from kdcore.data import load_dataset
+    from kdcore.data import load_for
 
     export_format(fmt, quantize)
     path = output_path(out) if out is not None else None
     record = finished_run(store, run_id)
     config = RunConfig.from_dict(record.config)
-    data = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction)
+    data = load_for(config)
     shape, classes = data.info.input_shape, data.info.num_classes
     student = load_student(store, record, shape, classes)
     default_name = {"pt": "student.pt", "onnx": "student-int8.onnx" if quantize else "student.onnx"}[fmt]

@@ -10,7 +10,7 @@ may not use, and extra unlabelled inputs).
 """
 
 from kdcore.data.augment import apply_views, augment, random_views, view_count
-from kdcore.data.splits import Splits, dataset_info, default_root, list_datasets, load_dataset
+from kdcore.data.splits import Splits, dataset_info, default_root, list_datasets, load_dataset, load_for, tokenizer_for
 from kdcore.data.transfer import check_labels, labeled_rows, load_transfer, transfer_tag
 from kdcore.dataset_names import DATASET_NAMES, DatasetInfo, validate_dataset_name
 
@@ -30,5 +30,7 @@ __all__ = [
     "default_root",
     "list_datasets",
     "load_dataset",
+    "load_for",
+    "tokenizer_for",
     "validate_dataset_name",
 ]

@@ -23,6 +23,8 @@ def augment(x: Tensor, info: DatasetInfo, generator: torch.Generator | None = No
     Points (N, F): Gaussian jitter of std POINT_JITTER.
     The same seeded `generator` gives the same result; the work stays on x's device.
     """
+    if info.kind == "text":
+        raise ValueError("text is not augmented per batch; use transfer=augment:N")
     if info.kind == "points":
         noise = torch.randn(x.shape, generator=generator, device=_draw_device(x, generator))
         return x + POINT_JITTER * noise.to(device=x.device, dtype=x.dtype)
@@ -35,7 +37,7 @@ def view_count(info: DatasetInfo) -> int:
     Image augmentation is a choice among finitely many views (a shift, maybe a mirror), so a frozen
     teacher's outputs on every view of the training set can be computed once and looked up.
     """
-    if info.kind == "points":
+    if info.kind != "image":  # points jitter continuously; text is not augmented here (`transfer=augment:N`)
         return 0
     side = 2 * _max_shift(info) + 1
     return side * side * (2 if _flips(info) else 1)

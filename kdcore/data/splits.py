@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdcore.data import builtin, files, imagefolder
+from kdcore.data import builtin, files, imagefolder, text
 from kdcore.data.raw import RawData
-from kdcore.dataset_names import (CATALOGUE, DATASET_NAMES, DatasetInfo, is_imagefolder,
+from kdcore.dataset_names import (CATALOGUE, DATASET_NAMES, MAX_TOKENS, DatasetInfo, is_csv, is_imagefolder,
                                   validate_dataset_name)
 from kdcore.errors import DatasetError
 
@@ -50,6 +50,8 @@ class Splits:
     # which training examples carry their own label (bool [N]); the others carry the teacher's prediction
     # (`kdcore.data.transfer`). None: every one is labelled, as loaded.
     train_labeled: Tensor | None = None
+    val_texts: list[str] | None = None  # text datasets: the validation sentences as written, for display
+    tokenizer: str | None = None  # text datasets: the tokenizer that made the ids (`kdcore.data.text`)
 
     @property
     def black(self) -> tuple[float, ...]:
@@ -83,14 +85,19 @@ def list_datasets(root: str | None = None) -> list[DatasetInfo]:
     return [dataset_info(name, root) for name in DATASET_NAMES]
 
 
-def dataset_info(name: str, root: str | None = None) -> DatasetInfo:
+def dataset_info(name: str, root: str | None = None, *, text_column: str = "text",
+                 label_column: str = "label") -> DatasetInfo:
     """Shape, classes and availability of dataset `name` without loading it.
 
-    For "imagefolder:<path>" this lists the folder and reads image headers.
+    For "imagefolder:<path>" this lists the folder and reads image headers; "csv:<path>" reads the file.
     """
     validate_dataset_name(name)
     if is_imagefolder(name):
         return imagefolder.info(name)
+    if is_csv(name):
+        texts, _, class_names = text.read_csv(name, text_column, label_column)
+        return DatasetInfo(name, f"your text in {text.csv_path(name)}", CATALOGUE["rotten-tomatoes"].input_shape,
+                           len(class_names), "text", True, len(texts))
     info = CATALOGUE[name]
     if name in files.LAYOUTS:
         present = files.find_folder(name, root or default_root()) is not None
@@ -98,16 +105,36 @@ def dataset_info(name: str, root: str | None = None) -> DatasetInfo:
     return info
 
 
-def load_dataset(name: str, *, root: str | None = None, val_fraction: float = 0.1) -> Splits:
+def load_for(config) -> Splits:
+    """The dataset of a RunConfig, with its text options (columns, and the teacher's tokenizer)."""
+    return load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction,
+                        text_column=config.text_column, label_column=config.label_column,
+                        tokenizer=tokenizer_for(config.teacher.arch))
+
+
+def tokenizer_for(teacher_arch: str) -> str:
+    """The tokenizer a run's text is cut with: the teacher's (`hf:<id>`), else the bundled MiniLM's, which
+    every built-in text model (teacher and students) reads."""
+    from kdcore.model_names import hf_name
+
+    return teacher_arch if hf_name(teacher_arch) is not None else text.DEFAULT_TOKENIZER
+
+
+def load_dataset(name: str, *, root: str | None = None, val_fraction: float = 0.1, text_column: str = "text",
+                 label_column: str = "label", tokenizer: str = text.DEFAULT_TOKENIZER) -> Splits:
     """Load dataset `name` as normalised, stratified train / validation / test tensors.
 
     Datasets with an official test split keep it and carve validation from their training
     part; the others hold out TEST_FRACTION as test, then `val_fraction` of the rest as
     validation. Splits depend only on the data, never on the run seed.
+    Text (rotten-tomatoes, csv:<path>) comes as token ids int64 [N, MAX_TOKENS] (`kdcore.data.text`), cut by
+    `tokenizer`; `text_column` and `label_column` name a CSV's columns.
     """
     validate_dataset_name(name)
     if not 0.0 < val_fraction <= 0.5:
         raise DatasetError(f"val_fraction must be in (0, 0.5], got {val_fraction}")
+    if is_csv(name) or (name in CATALOGUE and CATALOGUE[name].kind == "text"):
+        return _load_text(name, val_fraction, text_column, label_column, tokenizer)
     if is_imagefolder(name):
         info, raw = imagefolder.load(name)
     elif name in BUILTIN:
@@ -125,6 +152,35 @@ def load_dataset(name: str, *, root: str | None = None, val_fraction: float = 0.
         test_x=test_x, test_y=torch.from_numpy(test[1]),
         class_names=list(raw.class_names), mean=mean, std=std,
     )
+
+
+def check_text(config) -> None:
+    """Refuse, before a run is recorded, a `csv:` dataset that cannot be read or split three ways, and an `hf:`
+    teacher whose tokenizer cannot be had (offline and not downloaded). Reads the file; tokenizes nothing."""
+    if is_csv(config.dataset):
+        texts, labels, class_names = text.read_csv(config.dataset, config.text_column, config.label_column)
+        rows = np.arange(len(labels))[:, None]
+        _split(RawData(rows, labels, class_names), config.val_fraction, config.dataset)
+    if config.teacher.arch.startswith("hf:"):
+        text.vocab_size(config.teacher.arch)
+
+
+def _load_text(name: str, val_fraction: float, text_column: str, label_column: str, tokenizer: str) -> Splits:
+    if is_csv(name):
+        texts, labels, class_names = text.read_csv(name, text_column, label_column)
+        info = DatasetInfo(name, f"your text in {text.csv_path(name)}", (MAX_TOKENS, 1), len(class_names), "text",
+                           True, len(texts))
+    else:
+        (texts, labels, class_names), info = text.rotten_tomatoes(), CATALOGUE[name]
+    ids = text.tokenize(texts, tokenizer)
+    rows = np.arange(len(ids), dtype=np.int64)[:, None]  # a last column of row numbers finds the texts after the split
+    train, val, test = _split(RawData(np.hstack([ids, rows]), labels, class_names), val_fraction, name)
+    info = dataclasses.replace(info, input_shape=(MAX_TOKENS, text.vocab_size(tokenizer)), offline=True,
+                               size=len(labels))
+    tensors = {f"{part}_{axis}": torch.from_numpy(np.ascontiguousarray(array[:, :-1] if axis == "x" else array))
+               for part, xy in (("train", train), ("val", val), ("test", test)) for axis, array in zip("xy", xy)}
+    return Splits(info=info, class_names=list(class_names), val_texts=[texts[row] for row in val[0][:, -1]],
+                  tokenizer=tokenizer, **tensors)
 
 
 Part = tuple[np.ndarray, np.ndarray]  # (x, y), freshly indexed copies

@@ -20,6 +20,7 @@ from torch import Tensor
 from kdcore.data import files
 from kdcore.data.imagefolder import EXTENSIONS, folder_of
 from kdcore.data.splits import BUILTIN, Splits, default_root
+from kdcore.data.text_augment import augmented_copies, copies_of
 from kdcore.dataset_names import CATALOGUE, is_imagefolder, labels_kept, unlabelled_classes_message
 from kdcore.errors import DatasetError
 
@@ -51,11 +52,11 @@ def labeled_rows(train_y: Tensor, fraction: float, class_names: list[str] | tupl
 def check_labels(config) -> None:
     """Refuse a run whose `labeled_fraction` leaves a class without a label, or whose transfer set does
     not fit the dataset, before it is queued (reads the data; the config's own checks read names only)."""
-    from kdcore.data.splits import load_dataset
+    from kdcore.data.splits import load_for
 
     if config.labeled_fraction >= 1 and config.transfer is None:
         return
-    splits = load_dataset(config.dataset, root=config.data_root, val_fraction=config.val_fraction)
+    splits = load_for(config)
     labeled_rows(splits.train_y, config.labeled_fraction, splits.class_names, config.dataset)
     if config.transfer is not None:
         transfer_shape(config.transfer, splits, root=config.data_root)
@@ -64,6 +65,10 @@ def check_labels(config) -> None:
 def transfer_shape(spec: str, splits: Splits, root: str | None = None) -> tuple[int, ...]:
     """The input shape the transfer set `spec` gives, refused (DatasetError) unless it is the dataset's."""
     expected = tuple(splits.info.input_shape)
+    if copies_of(spec) is not None:
+        if splits.info.kind != "text":
+            raise DatasetError(f"transfer: {spec} makes copies of text; dataset {splits.info.name} is not text")
+        return expected
     if is_imagefolder(spec):
         if splits.info.kind != "image":
             raise DatasetError(f"transfer: {spec} gives images; dataset {splits.info.name} takes "
@@ -77,13 +82,22 @@ def transfer_shape(spec: str, splits: Splits, root: str | None = None) -> tuple[
 
 
 def load_transfer(spec: str, splits: Splits, root: str | None = None) -> Tensor:
-    """The transfer set's inputs as float32 [N, *input_shape] on the CPU, normalised with `splits`' statistics.
+    """The transfer set's inputs as float32 [N, *input_shape] on the CPU, normalised with `splits`' statistics
+    (for text: token ids int64 [N, MAX_TOKENS]).
+
+    `augment:N` gives N masked or cut copies of every training sentence (`kdcore.data.text_augment`).
 
     A catalogue dataset gives its training inputs (its official test split, where it has one, is left
     out; labels are dropped). `imagefolder:<path>` gives every image under the folder (subfolders
     included, their names ignored), converted to the dataset's channels and resized to its side.
     """
     transfer_shape(spec, splits, root)
+    copies = copies_of(spec)
+    if copies is not None:
+        from kdcore.data.text import special_tokens
+
+        mask_id, specials = special_tokens(splits.tokenizer)
+        return torch.from_numpy(augmented_copies(splits.train_x.cpu().numpy(), copies, mask_id, specials))
     if is_imagefolder(spec):
         pixels, scale = _folder_pixels(spec, splits.info.input_shape), 255.0
     else:

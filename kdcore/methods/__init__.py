@@ -14,7 +14,8 @@ from dataclasses import asdict
 from typing import Any
 
 from kdcore.errors import ConfigError
-from kdcore.methods import at, crd, ctkd, dist, dkd, dml, fitnets, function_matching, kd, kd_ls, multi_teacher, pkt, rkd, sp
+from kdcore.methods import (at, crd, ctkd, dist, distilbert, dkd, dml, fitnets, function_matching, kd, kd_ls, minilm,
+                            multi_teacher, pkt, rkd, sp)
 from kdcore.methods.base import COMMON_TERMS, Method, MethodSpec, ParamSpec, Term, check_params, default_value, with_defaults
 
 __all__ = ["METHODS", "COMMON_TERMS", "Method", "MethodSpec", "ParamSpec", "Term", "get_method", "method_spec",
@@ -24,6 +25,7 @@ __all__ = ["METHODS", "COMMON_TERMS", "Method", "MethodSpec", "ParamSpec", "Term
 _ALL: tuple[Method, ...] = (
     kd.METHOD, fitnets.METHOD, at.METHOD, sp.METHOD, rkd.METHOD, pkt.METHOD, dkd.METHOD, dist.METHOD,
     multi_teacher.METHOD, dml.METHOD, function_matching.METHOD, crd.METHOD, kd_ls.METHOD, ctkd.METHOD,
+    distilbert.METHOD, minilm.METHOD,
 )
 METHODS: dict[str, Method] = {method.spec.name: method for method in _ALL}
 
@@ -56,8 +58,17 @@ def validate_method(config: Any) -> dict[str, float]:
     Returns the normalised method_params (only those given; defaults are not filled in, so a stored
     config says what the user chose). Raises ConfigError with a one-line message.
     """
+    from kdcore.dataset_names import is_text
+
     method = get_method(config.method)
     params = check_params(method.spec, config.method_params)
+    text = is_text(config.dataset)
+    if text and method.spec.not_for_text:
+        raise ConfigError(f"method {method.spec.name} does not apply to text ({config.dataset}): "
+                          f"{method.spec.not_for_text}")
+    if method.spec.text_only and not text:
+        raise ConfigError(f"method {method.spec.name} distils text Transformers; dataset {config.dataset} is not "
+                          "text (try rotten-tomatoes or csv:<path>)")
     method.check(config)
     return params
 

@@ -19,6 +19,7 @@ SPEC = MethodSpec(
      "stages": param(3, 1, 4, STAGES_HELP, integer=True)},
     terms=(Term("at", "AT (unweighted)"),),
     needs_feature_maps=True, uses_logit_kd=False, needs_teacher_forward=True,
+    not_for_text="it matches convolutional feature maps, which text models do not have",
 )
 
 

@@ -77,6 +77,9 @@ class MethodSpec:
     ensemble_teacher: bool = False  # the teacher it learns from (and reports) is an ensemble of teachers
     stackable: bool = False  # runs differing only in temperature, weights and seed can train as one stacked model
     suggested: dict[str, float] = field(default_factory=dict)  # settings it needs to mean anything (dotted keys)
+    not_for_text: str = ""  # why it cannot run on text (token ids); empty: it can
+    text_only: bool = False  # it matches what only text Transformers have (hidden states per token, attention)
+    teacher_token_states: tuple[int, ...] = ()  # text: the teacher's hidden states per token it matches (stage indices)
 
 
 class Method:

@@ -26,6 +26,9 @@ class MutualLearning(Method):
         if config.labeled_fraction < 1 or config.transfer is not None:
             raise ConfigError("method dml learns from labels alone, not from the teacher's outputs: labeled_fraction "
                               "and transfer need a method that learns from a teacher (e.g. kd)")
+        if config.teacher.arch == "minilm-l6" or config.teacher.arch.startswith("hf:"):
+            raise ConfigError(f"method dml trains a peer of the teacher's architecture from scratch; {config.teacher.arch} "
+                              "is a pretrained encoder — use teacher.arch=tiny-transformer (or bilstm) for dml on text")
 
     def objective(self, build):
         """The peer (teacher's architecture, fresh weights) is the objective's module: trained alongside."""

@@ -15,6 +15,7 @@ SPEC = MethodSpec(
     "Only the KD term is used (mixed images have no single label). Benefits from long training.",
     {"mixup_alpha": param(1.0, 0.0, 10.0, "mixup strength: the blend weight λ ~ Beta(α, α); 0 turns mixup off")},
     uses_labels=False, needs_teacher_forward=True,
+    not_for_text="it mixes inputs (mixup), and token ids cannot be mixed; for more text use transfer=augment:N",
 )
 
 

@@ -16,6 +16,8 @@ SPEC = MethodSpec(
      "stages": param(1, 1, 4, STAGES_HELP, integer=True)},
     terms=(Term("sp", "SP (unweighted)"),),
     uses_logit_kd=False, needs_teacher_forward=True,
+    not_for_text="it matches stage outputs of both networks, which text models do not expose; for text try rkd "
+                 "or pkt",
 )
 
 

