@@ -59,6 +59,9 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
+TEXT_LATENCY_TOKENS = 32  # a text model's latency is timed on sentences this long (a review snippet: ~27 tokens)
+
+
 def measure_latency(arch: str, input_shape: tuple[int, ...], num_classes: int, batch: int, *,
                     repeats: int = 20, device: str = "cpu") -> float:
     """Median seconds of one forward pass at `batch`, in eval mode under inference_mode, after warm-up."""
@@ -67,7 +70,10 @@ def measure_latency(arch: str, input_shape: tuple[int, ...], num_classes: int, b
     from kdcore.models import build_model
 
     model = build_model(arch, tuple(input_shape), num_classes).to(device).eval()
-    x = torch.randn(batch, *input_shape, device=device)
+    if len(input_shape) == 2:  # text (tokens, vocabulary): sentences of TEXT_LATENCY_TOKENS random token ids
+        x = torch.randint(0, input_shape[1], (batch, min(TEXT_LATENCY_TOKENS, input_shape[0])), device=device)
+    else:
+        x = torch.randn(batch, *input_shape, device=device)
     times = []
     with torch.inference_mode():
         for _ in range(3):
