@@ -29,6 +29,10 @@ class StoreError(KDError):
     """The run store cannot be opened or used (unwritable folder, corrupt or newer database)."""
 
 
+class ExecutorError(KDError):
+    """The executor cannot start runs (an unreachable Ray cluster, a local Ray head that fails to start)."""
+
+
 class RunNotFound(KDError, LookupError):
     """An unknown or malformed run id."""
 

@@ -30,11 +30,13 @@ from pathlib import Path
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
+from kdcore.executors import RAY_PLACED, executor_from_env
 from kdcore.owners import max_runs_per_owner, validate_owner
 from kdcore.store import ACTIVE, HOST, RunRecord, Store
 
 HEARTBEAT_STALE_S = 90.0  # a worker refreshes its heartbeat every few seconds, even inside a long step
 STARTING_GRACE_S = 30.0  # a claimed run whose worker never announced itself is put back in the queue
+RAY_PLACEMENT_GRACE_S = 600.0  # ... and one Ray holds, waiting for a node with its resources (kdcore.executors)
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,8 +49,9 @@ def _probe_gpu_count() -> int:
         return 0
 
 
-def max_runs(store: Store) -> int:
-    """KDCORE_MAX_RUNS, else the app's setting, else 1 per GPU (1 on a CPU-only machine)."""
+def max_runs(store: Store, default: int | None = None) -> int:
+    """KDCORE_MAX_RUNS, else the app's setting, else `default` (the executor's: a Ray cluster's CPUs), else 1
+    per GPU (1 on a CPU-only machine)."""
     raw = os.environ.get("KDCORE_MAX_RUNS") or store.get_setting("max_runs")
     if raw:
         try:
@@ -58,7 +61,7 @@ def max_runs(store: Store) -> int:
         if value <= 0:
             raise ConfigError(f"KDCORE_MAX_RUNS must be a positive integer, got {raw!r}")
         return value
-    return max(1, _probe_gpu_count())
+    return default if default is not None else max(1, _probe_gpu_count())
 
 
 def environment_fingerprint(store: Store) -> str:
@@ -106,7 +109,8 @@ class Runner:
 
     def __init__(self, store: Store | None = None, *, owner_cap: int | None = None) -> None:
         """owner_cap: the per-owner cap when KDCORE_MAX_RUNS_PER_OWNER is unset (None: no cap; the
-        app passes 3 in workshop mode)."""
+        app passes 3 in workshop mode). Workers start where KDCORE_EXECUTOR says (`kdcore.executors`)."""
+        self.executor = executor_from_env()
         self.store = store or Store()
         self.default_owner_cap = owner_cap
 
@@ -121,6 +125,7 @@ class Runner:
         """Record a queued run and return its id at once; a worker starts when a slot is free.
 
         With an `owner`, the per-owner cap applies (`OwnerLimitError` when it is reached)."""
+        self.executor.check(self.store)  # an unreachable cluster is refused before anything is queued
         cap = None
         if owner is not None:
             validate_owner(owner)
@@ -138,6 +143,8 @@ class Runner:
         before = self.store.get_run(run_id)
         record = self.store.request_cancel(run_id)
         pid = record.pid if record.status == "running" else before.pid if before.status == "starting" else None
+        if (record.host if record.status == "running" else before.host) not in (None, HOST):
+            pid = None  # a worker of another machine (a Ray node): the store's flag reaches it within a second
         shares_worker = pid and any(r.pid == pid and r.id != run_id
                                     for r in self.store.list_runs(status=["starting", "running"]))
         # A worker training several runs of a sweep stops just this one when it sees the flag (within a second).
@@ -175,8 +182,10 @@ class Runner:
     def tick(self) -> list[str]:
         """Mark dead workers failed, then start queued runs while slots are free. Returns started ids."""
         self.reap()
-        limit = max_runs(self.store)
-        started = []
+        started: list[str] = []
+        if not self.store.count_runs(("queued",)):
+            return started  # nothing to start: no need to ask the executor how many may run
+        limit = max_runs(self.store, self.executor.default_max_runs(self.store))
         while (record := self.store.claim_next(limit)) is not None:
             self._spawn(record)
             started.append(record.id)
@@ -187,7 +196,8 @@ class Runner:
         now, reaped = time.time(), []
         for record in self.store.list_runs(status=["starting", "running"]):
             if record.status == "starting" and record.pid is None:
-                if now - (record.started or now) > STARTING_GRACE_S:
+                grace = RAY_PLACEMENT_GRACE_S if record.host == RAY_PLACED else STARTING_GRACE_S
+                if now - (record.started or now) > grace:
                     self.store.requeue(record.id, resume=record.resume, only_if=("starting",))  # its scheduler died
                 continue
             stale = record.heartbeat is not None and now - record.heartbeat > HEARTBEAT_STALE_S
@@ -211,42 +221,26 @@ class Runner:
         return reaped
 
     def _spawn(self, record: RunRecord) -> None:
-        """Hand the run to a spare worker of this environment, or start `python -m kdcore worker RUN_ID` in a
-        new session, so it outlives this process."""
-        spare = self.store.claim_spare(record.id, environment_fingerprint(self.store), pid_alive)
-        if spare is not None:
-            self.store.set_pid(record.id, spare)
-            return
-        try:
-            log = open(self.store.worker_log_path(record.id), "ab")
-        except OSError as exc:  # its folder was removed (or made unwritable) while it waited in the queue
-            self.store.finish(record.id, "failed", error=f"could not start a worker: its run folder cannot be "
-                                                         f"written ({exc.strerror or exc}: {exc.filename})")
-            return
-        try:
-            proc = subprocess.Popen([sys.executable, "-m", "kdcore", "worker", record.id], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, env=self._worker_env(), start_new_session=True,
-                                    cwd=os.getcwd())
-        except OSError as exc:
-            self.store.finish(record.id, "failed", error=f"could not start a worker: {exc}")
-            return
-        finally:
-            log.close()
-        self.store.set_pid(record.id, proc.pid)
-        # Reap the child when it exits so it never lingers as a zombie of a long-lived app process.
-        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{record.id}").start()
+        """Hand the run to a spare worker of this environment (local executor), or have the executor start
+        `python -m kdcore worker RUN_ID` for it (`kdcore.executors`)."""
+        if self.executor.uses_spares:
+            spare = self.store.claim_spare(record.id, environment_fingerprint(self.store), pid_alive)
+            if spare is not None:
+                self.store.set_pid(record.id, spare)
+                return
+        self.executor.start(self.store, record, self._worker_env())
 
     def _worker_env(self) -> dict[str, str]:
         # the worker opens the same store: this folder, and this database (KDCORE_DB; empty means SQLite there)
         return {**os.environ, "KDCORE_HOME": str(self.store.home.resolve()), "KDCORE_DB": self.store.db_url,
-                "PYTHONUNBUFFERED": "1"}
+                "KDCORE_ARTIFACTS": str(self.store.artifacts_root.resolve()), "PYTHONUNBUFFERED": "1"}
 
     def warm_spare(self) -> bool:
         """Start a spare worker unless one of this environment is waiting (or KDCORE_SPARE_WORKER=0); True when
         one was started. A spare imports the training stack (torch and what torch.optim pulls in: seconds) and
         waits for a run, so that a run submitted meanwhile starts training at once. The app warms one while
         the New run form is open; unused, it exits after `kdcore.worker.SPARE_IDLE_S`."""
-        if os.environ.get("KDCORE_SPARE_WORKER", "1") == "0":
+        if os.environ.get("KDCORE_SPARE_WORKER", "1") == "0" or not self.executor.uses_spares:
             return False
         fingerprint = environment_fingerprint(self.store)
         if self.store.spare_waiting(fingerprint, pid_alive):

@@ -1,5 +1,6 @@
 """The modules that must stay quick to import never load torch, nor the trackers' libraries (mlflow,
-tensorboard): importing each costs seconds. Nor psycopg, which only a PostgreSQL run store (KDCORE_DB) needs.
+tensorboard): importing each costs seconds. Nor psycopg, which only a PostgreSQL run store (KDCORE_DB) needs,
+nor ray, which only the Ray executor (KDCORE_EXECUTOR=ray) needs.
 
 Config validation, the run store, the scheduler, the CLI's quick commands and the app's pages and
 live polls work on names and records only; torch belongs to the worker that trains. Each case runs
@@ -83,7 +84,7 @@ TORCH_FREE = {
 @pytest.mark.parametrize("code", TORCH_FREE.values(), ids=TORCH_FREE.keys())
 def test_does_not_import_torch(code, kd_home):
     check = ("\nimport sys\nheavy = [m for m in sys.modules\n"
-             "         if m.split('.')[0] in ('torch', 'mlflow', 'tensorboard', 'psycopg')]\n"
+             "         if m.split('.')[0] in ('torch', 'mlflow', 'tensorboard', 'psycopg', 'ray')]\n"
              "assert not heavy, sorted(heavy)[:5]\n")
     result = subprocess.run([sys.executable, "-c", code + check], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]

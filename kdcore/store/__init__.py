@@ -9,6 +9,9 @@
         studies.db           the tuning studies' search state (Optuna's own tables; see `study_storage_url`)
         uploads/<sha>-<name> checkpoints uploaded in the app, named by their content
 
+With KDCORE_ARTIFACTS set, `runs/`, `teachers/` and `uploads/` live in that folder instead (storage every
+node of a cluster mounts); the database and the studies stay where KDCORE_HOME and KDCORE_DB say.
+
 Many processes read and write at once (the app, CLI commands, one worker per run, on one machine or
 many). The SQL is written once; a dialect adapts what differs between the backends (`kdcore.store.sqlite`:
 WAL, BEGIN IMMEDIATE; `kdcore.store.postgres`: placeholders, types, advisory locks, reconnects). Write
@@ -154,6 +157,16 @@ def default_home() -> Path:
     return Path(os.environ.get("KDCORE_HOME") or "./kd-runs")
 
 
+def artifacts_root(home: Path) -> Path:
+    """KDCORE_ARTIFACTS: the folder of run folders, teachers and uploads (a path every node of a cluster
+    mounts); unset, KDCORE_HOME. A URL is refused: the checkpoints are written and read as files."""
+    raw = os.environ.get("KDCORE_ARTIFACTS", "").strip()
+    if "://" in raw:
+        raise StoreError(f"KDCORE_ARTIFACTS must be a folder path, not a URL ({raw.split('://')[0]}://...): mount the "
+                         f"object storage (s3fs, gcsfuse, ...) on every node and give the mount's path")
+    return Path(raw) if raw else home
+
+
 def database_url() -> str:
     """KDCORE_DB: a postgresql:// URL, or empty for the SQLite database under KDCORE_HOME."""
     return os.environ.get("KDCORE_DB", "").strip()
@@ -284,21 +297,27 @@ def validate_run_id(run_id: str) -> str:
 
 class Store:
     """Access to one KDCORE_HOME (run folders) and its database: SQLite in that folder, or the PostgreSQL
-    database `db` names (default: KDCORE_DB). Cheap to create; each instance holds one connection."""
+    database `db` names (default: KDCORE_DB), with its run folders under `artifacts` (default: KDCORE_ARTIFACTS,
+    else `home`). Cheap to create; each instance holds one connection."""
 
-    def __init__(self, home: str | Path | None = None, *, db: str | None = None) -> None:
+    def __init__(self, home: str | Path | None = None, *, db: str | None = None,
+                 artifacts: str | Path | None = None) -> None:
         self.home = Path(home) if home is not None else default_home()
         self.db_url = database_url() if db is None else db.strip()
         self._dialect = _dialect(self.home, self.db_url)
         self.where = str(self.home) if not self.db_url else self._dialect.where  # what messages name
-        try:
-            self.home.mkdir(parents=True, exist_ok=True)
-            (self.home / "runs").mkdir(exist_ok=True)
-            (self.home / "teachers").mkdir(exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"run store folder {self.home} cannot be created: {exc.strerror or exc}") from None
-        if not os.access(self.home, os.W_OK):
-            raise StoreError(f"run store folder {self.home} is not writable; set KDCORE_HOME to a writable folder")
+        self.artifacts_root = Path(artifacts) if artifacts is not None else artifacts_root(self.home)
+        for folder, variable in ((self.home, "KDCORE_HOME"), (self.artifacts_root, "KDCORE_ARTIFACTS")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                if folder == self.artifacts_root:
+                    (folder / "runs").mkdir(exist_ok=True)
+                    (folder / "teachers").mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"run store folder {folder} ({variable}) cannot be created: "
+                                 f"{exc.strerror or exc}") from None
+            if not os.access(folder, os.W_OK):
+                raise StoreError(f"run store folder {folder} is not writable; set {variable} to a writable folder")
         try:
             self._db = self._dialect.connect()
             self._open_schema()
@@ -352,10 +371,10 @@ class Store:
 
     def run_dir(self, run_id: str) -> Path:
         """The run's folder. The id is validated first, so it can never point outside the store."""
-        return self.home / "runs" / validate_run_id(run_id)
+        return self.artifacts_root / "runs" / validate_run_id(run_id)
 
     def teacher_dir(self) -> Path:
-        return self.home / "teachers"
+        return self.artifacts_root / "teachers"
 
     def progress_checkpoint(self, run_id: str) -> Path:
         """The run's per-epoch checkpoint (`kdcore.train.Progress` writes it), which `resume` continues from."""
@@ -383,7 +402,7 @@ class Store:
     def save_upload(self, filename: str, data: bytes) -> Path:
         """Keep an uploaded checkpoint under the store and return its path. The file is named by its
         content (`upload_name`), so `filename` never becomes a path and saving it again is a no-op."""
-        folder = self.home / "uploads"
+        folder = self.artifacts_root / "uploads"
         path = folder / upload_name(filename, data)
         if not path.exists():
             folder.mkdir(exist_ok=True)
@@ -436,7 +455,7 @@ class Store:
     def is_upload(self, path: str | Path) -> bool:
         """True when `path` is a file `save_upload` wrote (so no one typed it)."""
         candidate = Path(path).resolve()
-        return candidate.parent == (self.home / "uploads").resolve() and candidate.is_file()
+        return candidate.parent == (self.artifacts_root / "uploads").resolve() and candidate.is_file()
 
     # --- runs ------------------------------------------------------------------------------------
 
@@ -535,6 +554,15 @@ class Store:
         with self._transaction() as db:
             db.execute("UPDATE runs SET pid=?, host=?, heartbeat=? WHERE id=? AND status IN ('starting','running')",
                        (pid, HOST, time.time(), run_id))
+
+    @_retried
+    def mark_placed(self, run_id: str, where: str) -> None:
+        """A claimed run handed to a cluster scheduler (`kdcore.executors`), which places its worker when the
+        resources it asked for are free: no pid yet; `where` says who holds it (the runner's reaper waits longer
+        for such a run than for a local worker to announce itself)."""
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET host=?, heartbeat=? WHERE id=? AND status='starting' AND pid IS NULL",
+                       (where, time.time(), run_id))
 
     @_retried
     def mark_running(self, run_id: str, pid: int) -> bool:

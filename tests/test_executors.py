@@ -1,0 +1,154 @@
+"""The executors (kdcore.executors): runs on a real local Ray cluster, driven through the CLI as a user would,
+with the run folders on KDCORE_ARTIFACTS; and the one-line refusals of a bad executor setup.
+
+One Ray cluster (2 CPUs, 127.0.0.1 only) serves the module; the tests' CLI commands connect to it through
+RAY_ADDRESS. Each run is the tiny digits config, held at a chosen moment by the test pause point
+(`kdcore.worker.pause_point`) where a test needs to act mid-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from run_helpers import TINY, last_json
+
+from kdcore.config import build_config
+from kdcore.runner import Runner
+from kdcore.store import HOST, Store
+
+WAIT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A local Ray cluster on 127.0.0.1 (3 logical CPUs: the module's three runs train at once), and the
+    environment of its user: run folders on shared storage (KDCORE_ARTIFACTS), one store for the module."""
+    root = tmp_path_factory.mktemp("ray-user")
+    (root / "auth_token").write_text(secrets.token_hex(32))  # not ~/.ray's, which other Rays of this user share
+    single_machine = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray then binds 127.0.0.1 only
+                      "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(root / "auth_token")}
+    with environment(single_machine):
+        import ray  # here: it reads the token's settings when imported
+
+        ray.init(address="local", num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+                 log_to_driver=False, configure_logging=False)
+        yield {"KDCORE_EXECUTOR": "ray", "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+               "KDCORE_HOME": str(root / "home"), "KDCORE_ARTIFACTS": str(root / "shared")}
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster: dict[str, str]) -> dict[str, str]:
+    """Three runs submitted at once: one through the CLI, to train; two held at their student stage, submitted
+    from this process (a Runner here, connected to the same cluster: no second Ray client to start)."""
+    submitted = {"plain": last_json(cli("submit", *TINY, "--json", env=ray_cluster))["run_id"]}
+    config = build_config(None, [value for value in TINY if value != "--set"])
+    with environment({**ray_cluster, "KDCORE_TEST_PAUSE": "*=student"}):
+        runner = Runner()
+        submitted["cancel"], submitted["kill"] = runner.submit(config), runner.submit(config)
+        runner.store.close()
+    return submitted
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def store(ray_cluster: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Store:
+    for key, value in ray_cluster.items():
+        monkeypatch.setenv(key, value)
+    return Store()
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdcore", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def finished(store: Store, run_id: str):
+    wait_for(lambda: not store.get_run(run_id).active, f"{run_id} to finish")
+    return store.get_run(run_id)
+
+
+def paused_at_student(store: Store, run_id: str) -> None:
+    wait_for((store.run_dir(run_id) / "paused-at-student").exists, f"{run_id} to reach its student stage")
+
+
+def test_a_run_on_ray_trains_through_submit_and_status_with_its_folder_on_shared_storage(ray_cluster, runs, store):
+    run_id = runs["plain"]
+    record = finished(store, run_id)
+    status = last_json(cli("status", run_id, "--json", env=ray_cluster))
+    assert (record.status, status["status"]) == ("done", "done"), record.error
+    assert status["student_test_acc"] > 0.3 and status["teacher_test_acc"] > 0.3  # 10 classes: chance is 0.1
+    assert record.host == HOST  # its worker, on the Ray node, named its machine
+    shared = Path(ray_cluster["KDCORE_ARTIFACTS"])
+    assert (shared / "runs" / run_id / "student.pt").is_file()
+    assert list((shared / "teachers").glob("*.pt")), "the teacher cache lives on the shared storage"
+    assert not (store.home / "runs" / run_id).exists()
+
+
+def test_cancel_reaches_a_run_on_ray(ray_cluster, runs, store):
+    run_id = runs["cancel"]
+    paused_at_student(store, run_id)
+    assert last_json(cli("cancel", run_id, "--json", env=ray_cluster))["run_id"] == run_id
+    record = finished(store, run_id)
+    assert record.status == "cancelled", record.error
+    assert store.metrics_since(run_id)[0]  # it keeps what it wrote
+
+
+def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_it(ray_cluster, runs, store):
+    run_id = runs["kill"]
+    paused_at_student(store, run_id)
+    pid = last_json(cli("status", run_id, "--json", env=ray_cluster))["pid"]
+    kept = len(store.metrics_since(run_id)[0])
+    assert kept > 0  # the teacher's rows at least
+    os.kill(pid, signal.SIGKILL)
+    record = finished(store, run_id)
+    assert record.status == "failed"
+    assert record.error == f"its worker (pid {pid} on {HOST}, run by Ray) was killed by SIGKILL"
+    assert len(store.metrics_since(run_id)[0]) == kept  # nothing written is lost
+
+    assert last_json(cli("resume", run_id, "--json", env=ray_cluster))["run_id"] == run_id
+    record = finished(store, run_id)
+    assert record.status == "done", record.error
+    assert record.summary["student_test_acc"] > 0.3
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KDCORE_EXECUTOR": "ray", "RAY_ADDRESS": "127.0.0.1:1"}, "cannot reach the Ray cluster at RAY_ADDRESS=127.0.0.1:1"),
+    ({"KDCORE_EXECUTOR": "slurm"}, "KDCORE_EXECUTOR must be one of local, ray, not 'slurm'"),
+    ({"KDCORE_ARTIFACTS": "s3://bucket/kd"}, "KDCORE_ARTIFACTS must be a folder path, not a URL"),
+    ({"KDCORE_ARTIFACTS": "/proc/kd"}, "run store folder /proc/kd (KDCORE_ARTIFACTS) cannot be created"),
+])
+def test_a_bad_executor_setup_is_refused_in_one_line_before_anything_is_queued(env, message):
+    result = cli("submit", *TINY, env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert Store().list_runs() == []  # KDCORE_HOME: this test's own (conftest)
