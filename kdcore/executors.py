@@ -81,8 +81,9 @@ class LocalExecutor:
 
 class RayExecutor:
     """Runs start on a Ray cluster, one detached actor per run (or stacked group), each asking for the run's
-    resources: KDCORE_RAY_NUM_CPUS CPUs (default 1) and KDCORE_RAY_NUM_GPUS GPUs (default: 1 for a run on
-    `cuda`, and for one on `auto` when the cluster has GPUs; 0 otherwise)."""
+    resources per process it trains on (`devices`): KDCORE_RAY_NUM_CPUS CPUs (default 1) and
+    KDCORE_RAY_NUM_GPUS GPUs (default: 1 for a run on `cuda`, and for one on `auto` when the cluster has
+    GPUs; 0 otherwise)."""
 
     name = "ray"
     uses_spares = False  # a spare is a process of this machine; Ray places runs on any node
@@ -105,14 +106,16 @@ class RayExecutor:
         return max(1, int(resources.get("CPU", 1) // self.num_cpus))
 
     def resources(self, config: dict[str, Any], cluster_gpus: float) -> dict[str, float]:
-        """What a run asks Ray for: the CPUs, and a GPU per device it trains on."""
+        """What a run asks Ray for, on one node: its CPUs and GPUs for each of its `devices` processes (a
+        `devices=N` run starts its N-1 peers beside itself, `kdcore.distributed`)."""
+        processes = int(config.get("devices") or 1)
         if self.num_gpus:
             gpus = float(self.num_gpus)
         else:
             device = config.get("device", "auto")
             wants_gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0)
-            gpus = float(config.get("devices") or 1) if wants_gpu else 0.0
-        return {"num_cpus": self.num_cpus, "num_gpus": gpus}
+            gpus = 1.0 if wants_gpu else 0.0
+        return {"num_cpus": self.num_cpus * processes, "num_gpus": gpus * processes}
 
     def start(self, store: Store, record: RunRecord, env: dict[str, str]) -> None:
         """Hand the run to Ray as a detached actor; the run stays `starting` (held by Ray) until a node has

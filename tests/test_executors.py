@@ -22,6 +22,8 @@ import pytest
 from run_helpers import TINY, last_json
 
 from kdcore.config import build_config
+from kdcore.errors import ConfigError
+from kdcore.executors import RayExecutor
 from kdcore.runner import Runner
 from kdcore.store import HOST, Store
 
@@ -139,6 +141,20 @@ def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_i
     record = finished(store, run_id)
     assert record.status == "done", record.error
     assert record.summary["student_test_acc"] > 0.3
+
+
+def test_a_run_asks_ray_for_its_cpus_and_gpus_per_process(monkeypatch):
+    ray_executor = RayExecutor()  # 1 CPU per process, a GPU when it trains on one
+    assert ray_executor.resources({"device": "auto"}, cluster_gpus=0) == {"num_cpus": 1, "num_gpus": 0}
+    assert ray_executor.resources({"device": "auto"}, cluster_gpus=4) == {"num_cpus": 1, "num_gpus": 1}
+    assert ray_executor.resources({"device": "cpu", "devices": 2}, cluster_gpus=4) == {"num_cpus": 2, "num_gpus": 0}
+    assert ray_executor.resources({"device": "cuda", "devices": 4}, cluster_gpus=0) == {"num_cpus": 4, "num_gpus": 4}
+    monkeypatch.setenv("KDCORE_RAY_NUM_CPUS", "4")
+    monkeypatch.setenv("KDCORE_RAY_NUM_GPUS", "0.5")
+    assert RayExecutor().resources({"device": "cuda"}, cluster_gpus=1) == {"num_cpus": 4, "num_gpus": 0.5}
+    monkeypatch.setenv("KDCORE_RAY_NUM_CPUS", "0")
+    with pytest.raises(ConfigError, match="KDCORE_RAY_NUM_CPUS must be a positive number, got '0'"):
+        RayExecutor()
 
 
 @pytest.mark.parametrize("env, message", [
