@@ -13,8 +13,10 @@ import math
 from typing import Any
 
 from kdcore.config import RunConfig
-from kdcore.errors import ConfigError
+from kdcore.dataset_names import CATALOGUE, DatasetInfo, is_csv, is_imagefolder, is_text
+from kdcore.errors import ConfigError, KDError
 from kdcore.methods import METHODS, ParamSpec, default_value, get_method
+from kdcore.model_names import ARCH_NAMES, check_fits, needs_text
 
 TEACHER_SOURCES = {"train": "Train a teacher", "store": "Reuse a teacher trained in this store",
                    "upload": "Upload a checkpoint"}
@@ -29,6 +31,8 @@ def from_config(config: dict[str, Any]) -> dict[str, Any]:
     simple = weights["feature"] == 0 and math.isclose(weights["ce"] + weights["kd"], 1.0, abs_tol=1e-9)
     return {
         "dataset": c["dataset"],
+        "text_column": c["text_column"],
+        "label_column": c["label_column"],
         "teacher_source": "upload" if teacher["checkpoint"] else "train",
         "teacher_arch": teacher["arch"],
         "teacher_epochs": teacher["epochs"],
@@ -110,6 +114,67 @@ def method_params(values: dict[str, Any]) -> dict[str, Any]:
     return chosen
 
 
+# --- what fits the chosen data (the engine's checks decide) -------------------------------------------------------
+
+TEXT_DEFAULTS = {"teacher_arch": "minilm-l6", "student_arch": "bilstm"}  # the issue's teacher, Tang et al.'s student
+
+
+def dataset_info(dataset: str) -> DatasetInfo | None:
+    """What the form knows of `dataset` before any file is read: the catalogue's entry; for `csv:<path>` the shape
+    of text (the classes are known once the worker reads the file; 2 until then); None for `imagefolder:`."""
+    if is_csv(dataset):
+        text = CATALOGUE["rotten-tomatoes"]
+        return DatasetInfo(dataset, "your own text", text.input_shape, 2, "text", True, None)
+    return CATALOGUE.get(dataset)
+
+
+def fits(arch: str, dataset: str) -> bool:
+    """Whether the engine would take `arch` on `dataset` (`kdcore.model_names.check_fits`, as `RunConfig` asks)."""
+    info = dataset_info(dataset)
+    try:
+        if info is None:  # imagefolder:<path>: images of a size known once read; any model that does not read text
+            return not needs_text(arch) if is_imagefolder(dataset) else True
+        check_fits(arch, info.input_shape, dataset=dataset)
+    except KDError:
+        return False
+    return True
+
+
+def archs_for(dataset: str) -> list[str]:
+    """The registered architectures that can run on `dataset`: what the New run form offers."""
+    return [arch for arch in ARCH_NAMES if fits(arch, dataset)]
+
+
+def methods_for(dataset: str) -> list[str]:
+    """The methods whose spec admits `dataset`'s kind (text or not), in registry order; the rest of a method's
+    checks (its architectures, its weights) are the engine's, and a refusal names them."""
+    text = is_text(dataset)
+    return [name for name, method in METHODS.items()
+            if not (text and method.spec.not_for_text) and not (method.spec.text_only and not text)]
+
+
+def adapt_to_dataset(values: dict[str, Any]) -> dict[str, Any]:
+    """The form values to change so that a newly chosen dataset can run: architectures that cannot read it are
+    swapped for the defaults of its kind, a method that does not apply goes back to kd, and image augmentation
+    is switched off for text. Values that fit are kept."""
+    dataset = values["dataset"]
+    text = is_text(dataset)
+    fallback = TEXT_DEFAULTS if text else {"teacher_arch": RunConfig().teacher.arch, "student_arch": RunConfig().student.arch}
+    changes: dict[str, Any] = {}
+    for key in ("teacher_arch", "student_arch"):
+        if not fits(values[key], dataset) and fits(fallback[key], dataset):
+            changes[key] = fallback[key]
+    if values.get("method", "kd") not in methods_for(dataset):
+        changes["method"] = "kd"
+    if text:
+        changes.update({key: False for key in ("augment", "teacher_augment") if values.get(key)})
+        if values.get("transfer") and not values["transfer"].startswith("augment:"):
+            changes["transfer"] = ""  # an image set cannot be a transfer set for text
+    elif (values.get("transfer") or "").startswith("augment:"):
+        changes["transfer"] = ""
+    return changes
+
+
 def defaults() -> dict[str, Any]:
     """The untouched form: the engine's teaching preset, `RunConfig()`."""
     return from_config(RunConfig().to_dict())
@@ -147,6 +212,8 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
     })
     config.update({
         "dataset": values["dataset"],
+        "text_column": values.get("text_column") or config.get("text_column", "text"),
+        "label_column": values.get("label_column") or config.get("label_column", "label"),
         "data_root": (values.get("data_root") or "").strip() or None,
         "val_fraction": values["val_fraction"],
         "augment": values["augment"],

@@ -145,7 +145,9 @@ def stored_teacher(teacher: dict) -> tuple[str, str, float]:
     from kdcore.temperature import teacher_file
 
     # only what the teacher's logits depend on, so runs that share a teacher share the cache entry
-    config = RunConfig.from_dict({**teacher["shared"], "teacher": teacher["teacher"]})
+    # (and the source run's student: the default one does not read text)
+    student = {"student": {"arch": teacher["student_arch"]}} if teacher.get("student_arch") else {}
+    config = RunConfig.from_dict({**teacher["shared"], "teacher": teacher["teacher"], **student})
     path = teacher_file(store().teacher_dir(), config)
     return config.to_json(), str(path), path.stat().st_mtime
 

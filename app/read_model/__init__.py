@@ -9,6 +9,7 @@
     method_table  the method table of finished runs, as the published tables print it
     seeds         seed-noise verdicts of a sweep's cells and of the configs picked on Compare
     lab           the Temperature lab's choice of samples
+    sentences     a text run's soft labels as a table: one row and one probability bar per sentence
 
 The store returns typed rows (`kdcore.store.MetricRow`, `RunMetricRow`, `LogRow`); these modules take
 them (or any tuples in the same order) and return plain values the pages and `app.charts` draw.

@@ -79,8 +79,10 @@ def stored_teachers(records: list[Any]) -> list[dict[str, Any]]:
             "dataset": config.get("dataset"),
             "teacher": {**(config.get("teacher") or {}), "checkpoint": None},
             "shared": {k: config[k] for k in ("dataset", "data_root", "val_fraction", "optimizer", "weight_decay",
-                                              "momentum", "nesterov", "schedule", "lr_milestones", "lr_decay")
+                                              "momentum", "nesterov", "schedule", "lr_milestones", "lr_decay",
+                                              "text_column", "label_column")
                        if k in config},
+            "student_arch": (config.get("student") or {}).get("arch"),  # one that fits the data, for a config to load it
             "test_acc": summary.get("teacher_test_acc"),
             "params": summary.get("teacher_params"),
         })

@@ -14,10 +14,11 @@ import math
 import numpy as np
 import streamlit as st
 
-from app import charts, session
+from app import charts, sentences, session
 from app.read_model.lab import SAMPLE_CHOICES, pick_samples
 from app.read_model.progress import STAGE_TITLES, format_duration, stage_eta, stage_fraction
 from app.read_model.runs import stored_teachers
+from app.read_model.sentences import is_text_snapshot, sentence_note, sentence_table
 from kdcore.config import RunConfig
 from kdcore.errors import KDError, RunNotFound
 from kdcore.losses import soft_targets
@@ -183,10 +184,16 @@ def _lab(config_json: str, path: str, mtime: float, key: str) -> None:
     cols[2].metric("Teacher validation accuracy", f"{accuracy:.1%}",
                    help="The same at every T: dividing the logits by T never changes which one is largest.")
 
-    st.plotly_chart(charts.soft_label_figure(_snapshot(data, indices, temperature, key), None, None,
-                                             title=f"Soft labels of {len(indices)} validation samples · "
-                                                   f"T = 1 (light) and T = {temperature:g} (dark)"),
-                    key="lab_soft")
+    snapshot = _snapshot(data, indices, temperature, key)
+    if is_text_snapshot(snapshot):
+        st.markdown(f"**Soft labels of {len(indices)} validation sentences**")
+        st.caption(sentence_note(snapshot))
+        sentences.show(sentence_table(snapshot), key="lab_sentences")
+    else:
+        st.plotly_chart(charts.soft_label_figure(snapshot, None, None,
+                                                 title=f"Soft labels of {len(indices)} validation samples · "
+                                                       f"T = 1 (light) and T = {temperature:g} (dark)"),
+                        key="lab_soft")
     left, right = st.columns([3, 2])
     with left:
         curves = session.temperature_curves(config_json, path, mtime, CURVE_TEMPERATURES)
@@ -225,7 +232,8 @@ def _snapshot(data, indices: list[int], temperature: float, key: str) -> dict:
     return {"id": f"lab-{key}", "temperature": temperature, "class_names": data.class_names,
             "labels": data.labels[indices].tolist(),
             "teacher_T1": soft_targets(logits, 1.0).tolist(), "teacher_T": soft_targets(logits, temperature).tolist(),
-            "images": data.images[indices].tolist() if data.images is not None else None}
+            "images": data.images[indices].tolist() if data.images is not None else None,
+            "texts": [data.texts[i] for i in indices] if data.texts else None}
 
 
 # --- the formulas -------------------------------------------------------------------------------------------------

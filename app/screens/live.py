@@ -11,13 +11,14 @@ import time
 
 import streamlit as st
 
-from app import charts, session, verdicts
+from app import charts, sentences, session, verdicts
 from app.text import plain
 from app.workshop import access
 from app.read_model.progress import (STAGE_TITLES, TRAINED_STAGES, format_duration, run_eta, run_plan, stage_eta,
                                      stage_fraction, stage_states)
 from app.read_model.runs import labels_label, weights_label
 from app.read_model.seeds import format_ci, seeds_present
+from app.read_model.sentences import is_text_snapshot, sentence_note, sentence_table
 from app.read_model.trace import RunTrace, teacher_val_acc
 from kdcore.errors import KDError, RunNotFound
 from kdcore.seeds import seed_family, seeds_summary
@@ -349,13 +350,18 @@ def _soft_label_panel(run_id: str) -> None:
                    else "This run recorded no soft labels.")
         return
     temperature = teacher.get("temperature")
-    st.caption(f"The teacher's distribution at T = 1 (light) and at T = {temperature:g} (dark) for fixed validation "
-               f"samples, beside the student's at T = {temperature:g}. A higher T spreads the teacher's mass over "
-               "the classes it finds similar: that is what the student learns from.")
+    if not is_text_snapshot(teacher):
+        st.caption(f"The teacher's distribution at T = 1 (light) and at T = {temperature:g} (dark) for fixed "
+                   f"validation samples, beside the student's at T = {temperature:g}. A higher T spreads the teacher's "
+                   "mass over the classes it finds similar: that is what the student learns from.")
     epochs = sorted(trace.student_snapshots)
     epoch = _epoch_scrubber(run_id, epochs)
     student = trace.student_snapshots.get(epoch) if epoch is not None else None
-    st.plotly_chart(_memo(charts.soft_label_figure, teacher, student, epoch), key=f"soft_{run_id}")
+    if is_text_snapshot(teacher):
+        st.caption(sentence_note(teacher))
+        sentences.show(sentence_table(teacher, student, epoch), key=f"sentences_{run_id}")
+    else:
+        st.plotly_chart(_memo(charts.soft_label_figure, teacher, student, epoch), key=f"soft_{run_id}")
     if "teacher_regions" in teacher:
         st.plotly_chart(_memo(charts.regions_figure, teacher, student, epoch), key=f"regions_{run_id}")
 

@@ -18,10 +18,10 @@ from app import form, session
 from app.read_model.runs import stored_teachers
 from app.workshop import access, policy
 from kdcore.config import OPTIMIZERS, SCHEDULES
-from kdcore.dataset_names import CATALOGUE, DATASET_NAMES, IMAGEFOLDER_PREFIX
+from kdcore.dataset_names import CSV_PREFIX, DATASET_NAMES, IMAGEFOLDER_PREFIX, is_csv, is_text
 from kdcore.errors import KDError
 from kdcore.methods import METHODS, ParamSpec, teacher_seeds
-from kdcore.model_names import ARCH_NAMES, ARCHS, MLP_PREFIX
+from kdcore.model_names import ARCHS, HF_PREFIX, MLP_PREFIX, TRANSFORMER_PREFIX
 from kdcore.presets import PRESETS
 from kdcore.teachers import bundled_path
 
@@ -115,7 +115,9 @@ def _apply_store_teacher(teachers: list[dict]) -> None:
     if chosen is None:
         return
     shared, teacher = chosen["shared"], chosen["teacher"]
-    _set_values({"dataset": shared.get("dataset"), "teacher_arch": teacher["arch"], "teacher_epochs": teacher["epochs"],
+    _set_values({"dataset": shared.get("dataset"), "text_column": shared.get("text_column", "text"),
+                 "label_column": shared.get("label_column", "label"), "teacher_arch": teacher["arch"],
+                 "teacher_epochs": teacher["epochs"],
                  "teacher_lr": teacher["lr"], "teacher_batch_size": teacher["batch_size"],
                  "teacher_seed": teacher["seed"],
                  "teacher_augment": bool(teacher.get("augment", False))})
@@ -166,15 +168,23 @@ def _form(store, teachers: list[dict]) -> list[str]:
                      help="The datasets this workshop offers.")
     else:
         st.selectbox("Dataset", _with_current(list(DATASET_NAMES), PREFIX + "dataset"), key=PREFIX + "dataset",
-                     accept_new_options=True, disabled=from_store, **KEEP,
-                     help=f"A bundled set, or {IMAGEFOLDER_PREFIX}/path/to/images (one subfolder per class).")
-    info = CATALOGUE.get(st.session_state[PREFIX + "dataset"])
-    if info is not None:
-        shape = "×".join(map(str, info.input_shape))
+                     accept_new_options=True, disabled=from_store, on_change=_adapt_to_dataset, **KEEP,
+                     help=f"A bundled set, {IMAGEFOLDER_PREFIX}/path/to/images (one subfolder per class), or "
+                          f"{CSV_PREFIX}/path/to/file.csv (your own text: a CSV or TSV with a text and a label column).")
+    dataset = st.session_state[PREFIX + "dataset"]
+    info = form.dataset_info(dataset)
+    if is_csv(dataset):
+        st.caption("Your own text: each row a sentence and its class (any strings), split into training, validation "
+                   "and test like the built-in sets, cut to the tokenizer's 128 tokens.")
+    elif info is not None:
+        shape = ("up to {} tokens of a {:,}-word vocabulary".format(*info.input_shape) if info.kind == "text"
+                 else "×".join(map(str, info.input_shape)))
         st.caption(f"{info.description}. Input {shape}, {info.num_classes} classes."
                    + ("" if info.offline else " Needs its files under the data folder (or a download on first use)."))
     else:
         st.caption("Your own images: their shape is known once the worker reads them.")
+    if not workshop and (is_csv(dataset) or dataset == "rotten-tomatoes"):
+        _text_data(store, dataset, disabled=from_store)
 
     st.subheader("Teacher", divider="gray")
     st.radio("Teacher", list(form.TEACHER_SOURCES), format_func=form.TEACHER_SOURCES.get, horizontal=True,
@@ -194,10 +204,10 @@ def _form(store, teachers: list[dict]) -> list[str]:
         arch_locked, upload_errors = _upload(store)
         errors += upload_errors
     cols = st.columns(2)
-    cols[0].selectbox("Teacher architecture", _with_current(list(ARCH_NAMES), PREFIX + "teacher_arch"),
+    cols[0].selectbox("Teacher architecture", _with_current(form.archs_for(dataset), PREFIX + "teacher_arch"),
                       key=PREFIX + "teacher_arch",
                       accept_new_options=not workshop, disabled=arch_locked, format_func=_arch_label, **KEEP,
-                      help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
+                      help=_arch_help(dataset, teacher=True))
     if source != "upload":
         cols[1].number_input("Teacher epochs", step=1, key=PREFIX + "teacher_epochs", disabled=from_store, **KEEP)
     if source == "train":
@@ -205,13 +215,13 @@ def _form(store, teachers: list[dict]) -> list[str]:
                   **KEEP, help="KD Lab ships the default teachers of mnist-5k and digits; off: train the teacher here.")
 
     st.subheader("Student", divider="gray")
-    st.selectbox("Student architecture", _with_current(list(ARCH_NAMES), PREFIX + "student_arch"),
+    st.selectbox("Student architecture", _with_current(form.archs_for(dataset), PREFIX + "student_arch"),
                  key=PREFIX + "student_arch",
                  accept_new_options=not workshop, format_func=_arch_label, **KEEP,
-                 help=f"Any registered name, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths.")
+                 help=_arch_help(dataset, teacher=False))
 
     st.subheader("Distillation", divider="gray")
-    _method_picker()
+    _method_picker(dataset)
     cols = st.columns(2)
     cols[0].number_input("Temperature T", step=0.5, format="%g", key=PREFIX + "temperature", **KEEP,
                          help="Softens both softmaxes; T = 1 is the plain softmax.")
@@ -269,9 +279,10 @@ def _form(store, teachers: list[dict]) -> list[str]:
                              **KEEP)
         cols[2].number_input("Teacher seed", step=1, key=PREFIX + "teacher_seed", disabled=from_store, **KEEP)
         cols = st.columns(3)
-        cols[0].toggle("Augment the teacher's data", key=PREFIX + "teacher_augment", disabled=from_store, **KEEP,
+        text = is_text(dataset)  # shifts and flips are for images; text gets more sentences from transfer=augment:N
+        cols[0].toggle("Augment the teacher's data", key=PREFIX + "teacher_augment", disabled=from_store or text, **KEEP,
                        help="Random shifts (CIFAR: random crop + flip) while the teacher trains.")
-        cols[1].toggle("Augment the student's data", key=PREFIX + "augment", **KEEP,
+        cols[1].toggle("Augment the student's data", key=PREFIX + "augment", disabled=text, **KEEP,
                        help="Random shifts (CIFAR: the standard random crop + flip) for student and baseline; the teacher "
                             "then runs on every batch.")
         cols[2].toggle("bf16 autocast on CUDA", key=PREFIX + "amp", **KEEP)
@@ -284,8 +295,9 @@ def _form(store, teachers: list[dict]) -> list[str]:
                                   "(stratified); the teacher labels the rest.")
         if not workshop:
             cols[1].text_input("Transfer set", key=PREFIX + "transfer", **KEEP, placeholder="none",
-                               help=f"Extra unlabelled inputs the teacher labels: a dataset of the same shape, or "
-                                    f"{IMAGEFOLDER_PREFIX}/path/to/images.")
+                               help="Extra unlabelled inputs the teacher labels. Text: augment:N, N copies of each "
+                                    "training sentence with tokens masked or an n-gram cut out (Tang et al. 2019). "
+                                    f"Images: a dataset of the same shape, or {IMAGEFOLDER_PREFIX}/path/to/images.")
     if not workshop:
         with st.expander("Tracking"):
             st.text_input("MLflow tracking URI", key=PREFIX + "mlflow", **KEEP, placeholder="none",
@@ -345,9 +357,10 @@ def _reset_method_params() -> None:
                  for name, param in METHODS[method].spec.params.items()})
 
 
-def _method_picker() -> None:
+def _method_picker(dataset: str) -> None:
     """The method, what it does and where it comes from, and inputs for its own parameters."""
-    st.selectbox("Method", list(METHODS), format_func=_method_label, key=PREFIX + "method",
+    st.selectbox("Method", _with_current(form.methods_for(dataset), PREFIX + "method"), format_func=_method_label,
+                 key=PREFIX + "method",
                  on_change=_reset_method_params, **KEEP,
                  help="How the student learns from the teacher. Its parameters start at the paper's defaults.")
     entry = METHODS.get(st.session_state[PREFIX + "method"])
@@ -376,6 +389,42 @@ def _param_input(col, method: str, name: str, param: ParamSpec) -> None:
 def _float_step(default: float) -> float:
     """A tenth of the default's order of magnitude: 1000 → 100, 8 → 0.1, 25 → 1."""
     return 10.0 ** (math.floor(math.log10(default)) - 1) if default > 0 else 0.1
+
+
+def _adapt_to_dataset() -> None:
+    """A newly chosen dataset keeps what fits it and gets its kind's defaults for the rest (`form.adapt_to_dataset`)."""
+    values = {key[len(PREFIX):]: st.session_state.get(key) for key in _keys()}
+    _set_values(form.adapt_to_dataset(values))
+
+
+def _arch_help(dataset: str, *, teacher: bool) -> str:
+    if is_text(dataset):
+        own = (f"{HF_PREFIX}<model id or folder> for any Hugging Face encoder (downloaded only when online), or "
+               if teacher else "")
+        return (f"The models that read this text. Or {own}{TRANSFORMER_PREFIX}LAYERS,WIDTH for a Transformer of "
+                "your own size.")
+    return f"The models that fit this data, or {MLP_PREFIX}W1,W2,… for an MLP of your own widths."
+
+
+def _text_data(store, dataset: str, *, disabled: bool) -> None:
+    """A CSV's columns and an upload for it; for the bundled reviews, where they come from."""
+    if not is_csv(dataset):
+        st.caption("Short English review snippets; the teacher's WordPiece tokenizer (MiniLM's) turns each into up to "
+                   "128 token ids.")
+        return
+    uploaded = st.file_uploader("Or upload a CSV / TSV", type=["csv", "tsv"], key=PREFIX + "csv_upload",
+                                disabled=disabled,
+                                help="Kept in the run store (named by its content) and used as csv:<its path>.")
+    if uploaded is not None:
+        path = f"{CSV_PREFIX}{store.save_upload(uploaded.name, uploaded.getvalue(), suffixes=('.csv', '.tsv'))}"
+        if st.session_state[PREFIX + "dataset"] != path:
+            st.session_state[PREFIX + "dataset"] = path
+            st.rerun()
+    cols = st.columns(2)
+    cols[0].text_input("Text column", key=PREFIX + "text_column", disabled=disabled, **KEEP,
+                       help="The header of the column that holds the sentences.")
+    cols[1].text_input("Label column", key=PREFIX + "label_column", disabled=disabled, **KEEP,
+                       help="The header of the column that holds each sentence's class; any strings.")
 
 
 def _arch_label(arch: str) -> str:
@@ -461,7 +510,7 @@ def _summary(values: dict, store_teacher: dict | None, config, errors: list[str]
 
 
 def _sizes(values: dict, store_teacher: dict | None) -> None:
-    info = CATALOGUE.get(values["dataset"])
+    info = form.dataset_info(values["dataset"])
     teacher_arch = store_teacher["teacher"]["arch"] if store_teacher else values["teacher_arch"]
     counts = []
     for arch in (teacher_arch, values["student_arch"]):

@@ -237,16 +237,17 @@ class LogRow(NamedTuple):
     message: str
 
 
-def upload_name(filename: str, data: bytes) -> str:
-    """A safe file name for an uploaded checkpoint: no folders, no dot-files, content-addressed.
+def upload_name(filename: str, data: bytes, suffixes: tuple[str, ...] = (".pt", ".pth")) -> str:
+    """A safe file name for an uploaded file: no folders, no dot-files, content-addressed, ending in one of
+    `suffixes` (the first is added when it ends in none: a checkpoint's `.pt` by default, `.csv` for text data).
 
     `../../etc/passwd` → `<sha>-passwd.pt`; the hash prefix keeps two users' `teacher.pt` apart
     and makes saving the same upload twice a no-op.
     """
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
-    stem = _UNSAFE.sub("_", base).strip("._-")[:80] or "checkpoint"
-    if not stem.lower().endswith((".pt", ".pth")):
-        stem += ".pt"
+    stem = _UNSAFE.sub("_", base).strip("._-")[:80] or "upload"
+    if not stem.lower().endswith(suffixes):
+        stem += suffixes[0]
     return f"{hashlib.sha256(data).hexdigest()[:12]}-{stem}"
 
 
@@ -399,11 +400,12 @@ class Store:
             lines = lines[1:]  # the first line read is cut at its start
         return lines[-max_lines:] if max_lines > 0 else []
 
-    def save_upload(self, filename: str, data: bytes) -> Path:
-        """Keep an uploaded checkpoint under the store and return its path. The file is named by its
-        content (`upload_name`), so `filename` never becomes a path and saving it again is a no-op."""
+    def save_upload(self, filename: str, data: bytes, suffixes: tuple[str, ...] = (".pt", ".pth")) -> Path:
+        """Keep an uploaded file (a checkpoint; a CSV with suffixes=(".csv", ".tsv")) under the store and return its
+        path. The file is named by its content (`upload_name`), so `filename` never becomes a path and saving it
+        again is a no-op."""
         folder = self.artifacts_root / "uploads"
-        path = folder / upload_name(filename, data)
+        path = folder / upload_name(filename, data, suffixes)
         if not path.exists():
             folder.mkdir(exist_ok=True)
             partial = path.with_name(f".{path.name}.{os.getpid()}.part")
