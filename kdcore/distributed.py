@@ -46,7 +46,8 @@ from torch import Tensor
 from kdcore.errors import Cancelled, KDError
 
 PEER_GRACE_S = 30.0  # how long rank 0 waits for peers to finish on their own before it ends them
-RENDEZVOUS_TIMEOUT_S = 120.0  # peers import torch and load the data first
+RENDEZVOUS_TIMEOUT_S = 300.0  # for a peer to start (import torch) on a busy machine
+COLLECTIVE_TIMEOUT_S = 1800.0  # a rank waiting this long for the others (rank 0 saving a large checkpoint...) fails
 
 
 @dataclass
@@ -94,7 +95,7 @@ def init(rank: int, world: int, *, init_method: str, device_type: str, local_ran
     from datetime import timedelta
 
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", init_method=init_method, rank=rank,
-                            world_size=world, timeout=timedelta(seconds=RENDEZVOUS_TIMEOUT_S * 15))
+                            world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
     _group = _Group(rank, world, local_rank, device_type)
 
 
@@ -227,6 +228,19 @@ class _Peers:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def wait_ready(self, folder: Path, timeout_s: float) -> None:
+        """Wait until every peer has imported what it needs and is about to join (its `ready-R` file), so that
+        rank 0 never waits in the rendezvous for a peer that died while starting."""
+        deadline = time.monotonic() + timeout_s
+        while not all((folder / f"ready-{r}").exists() for r in range(1, len(self.procs) + 1)):
+            reason = self.failure() or next((f"rank {r} exited with code {p.returncode} while starting"
+                                            for r, p in enumerate(self.procs, start=1) if p.poll() is not None), None)
+            if reason is not None:
+                raise KDError(f"a peer process of this run failed: {reason}")
+            if time.monotonic() > deadline:
+                raise KDError(f"the peer processes of this run did not start within {timeout_s:.0f} s")
+            time.sleep(0.05)
+
     def failure(self) -> str | None:
         """'rank R exited with code C: its last line', for the first peer that ended badly; None if none did."""
         for r, (proc, log) in enumerate(zip(self.procs, self.logs), start=1):
@@ -274,6 +288,7 @@ def launched(devices: int, device_type: str, job: dict[str, Any], log: Callable[
     ok = False
     try:
         try:
+            peers.wait_ready(folder, RENDEZVOUS_TIMEOUT_S)
             init(0, devices, init_method=(folder / "rendezvous").as_uri(), device_type=device_type)
             yield
             ok = True
@@ -311,6 +326,7 @@ def peer_main(folder: str, rank_text: str) -> int:
     from kdcore.config import RunConfig
     from kdcore.trainer import run_pipeline
 
+    (Path(folder) / f"ready-{rank_text}").touch()
     init(int(rank_text), job["world"], init_method=(Path(folder) / "rendezvous").as_uri(), device_type=job["device_type"])
     try:
         run_pipeline(RunConfig.from_dict(job["config"]), [], teacher_cache=job["teacher_cache"],
