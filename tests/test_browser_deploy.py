@@ -42,8 +42,8 @@ def test_a_user_computes_the_report_and_sees_table_and_chart(chromium: str, tmp_
             page = browser.new_page(viewport={"width": 1400, "height": 2000})
             page.set_default_timeout(60_000)
             page.goto(f"{base}/deploy?run={run_id}")
-            expect(page.get_by_role("heading", name="Deploy")).to_be_visible()
-            page.get_by_text("Prune the student").click()  # int8 only: three variants, a quicker report
+            expect(page.get_by_role("heading", name="Deploy")).to_be_visible(timeout=60_000)  # first render, under load
+            page.get_by_text("Prune", exact=True).click()  # int8 only: three variants, a quicker report
             compute = page.get_by_role("button", name="Compute the report")
             expect(compute).to_be_enabled()
             compute.click()
