@@ -302,3 +302,16 @@ def test_fake_quantised_training_leaves_a_plain_model_with_its_trained_weights(d
     assert set(model.state_dict()) == set(plain) and not parametrize.is_parametrized(model.hidden[0])
     assert torch.allclose(model.hidden[0].weight, plain["hidden.0.weight"] + 0.01)  # float, not rounded
     assert torch.equal(model.head.weight, plain["head.weight"])
+
+
+def test_a_teacher_that_is_an_ensemble_cannot_be_pruned():
+    from kdcore.compress.checks import prunable_teacher
+    from kdcore.config import RunConfig
+    from kdcore.errors import KDError
+
+    ensemble = RunConfig(method="multi_teacher")
+    with pytest.raises(KDError, match=r"^--prune-model teacher: the run's teacher is an ensemble of 3 teachers "
+                                      r"\(method multi_teacher\); prune its student instead$"):
+        prunable_teacher(ensemble, CompressOptions(prune=0.5, prune_model="teacher"))
+    assert prunable_teacher(ensemble, CompressOptions(prune=0.5)) is False  # its student can be pruned
+    assert prunable_teacher(RunConfig(), CompressOptions(prune=0.5, prune_model="both")) is True
