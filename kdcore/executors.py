@@ -271,10 +271,29 @@ class RayRunWorker:
 
         try:
             node_env = {key: value for key, value in os.environ.items() if not key.startswith("KDCORE_")}
-            run_on_node(run_id, {**node_env, **env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
-                        log_path, cwd if os.path.isdir(cwd) else None)
+            run_on_node(run_id, {**node_env, **env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+                                 "KDCORE_WORKER_STARTS_NEXT": "0"}, log_path, cwd if os.path.isdir(cwd) else None)
+            _start_next(env)  # from here, already connected (a worker would spend seconds connecting)
         finally:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+
+def _start_next(env: dict[str, str]) -> None:
+    """The slot of the run that ended is free: start the next queued run, as a local worker does at its end."""
+    from kdcore.runner import Runner
+
+    saved = dict(os.environ)
+    os.environ.update(env)  # the submitter's store and settings (KDCORE_*), for this moment
+    try:
+        runner = Runner(Store(env["KDCORE_HOME"], db=env.get("KDCORE_DB", ""),
+                              artifacts=env.get("KDCORE_ARTIFACTS") or None))
+        runner.tick()
+        runner.store.close()
+    except Exception:  # the next tick of any runner (the app's, a CLI command's) starts it instead
+        pass
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_on_node(run_id: str, env: dict[str, str], log_path: str, cwd: str | None) -> int:

@@ -40,6 +40,7 @@ from kdcore.store import Store
 FLUSH_ROWS = 2000  # metric rows per transaction at most
 FLUSH_SECONDS = 1.0  # and at least this often while training, so live views stay live
 HEARTBEAT_SECONDS = 5.0
+NEXT_RUN_ENV = "KDCORE_WORKER_STARTS_NEXT"  # "0": whoever started this worker starts the next queued run
 TEST_PAUSE_ENV = "KDCORE_TEST_PAUSE"  # tests only: "RUN_ID=PHASE,..." makes a worker wait at PHASE (see pause_point)
 TEST_PAUSE_MAX_S = 300.0  # a test that failed leaves no worker waiting for long
 
@@ -397,7 +398,8 @@ def worker_main(run_id: str, *, warmed: bool = False) -> int:
         else:
             execute(store, run_id, config, resume=record.resume, extra_callbacks=extras.get(run_id))
     finally:
-        Runner(store).tick()  # this slot is free now: start the next queued run
+        if os.environ.get(NEXT_RUN_ENV) != "0":  # the Ray actor around this worker starts the next run itself
+            Runner(store).tick()  # this slot is free now: start the next queued run
     return 0
 
 
