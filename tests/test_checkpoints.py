@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import re
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def test_load_refuses_a_missing_file(tmp_path):
         checkpoints.load(tmp_path / "nope.pt", "teacher")
 
 
-@pytest.mark.parametrize("content", [os.urandom(4096), b"", b"PK\x03\x04 truncated zip"])
+@pytest.mark.parametrize("content", [random.Random(0).randbytes(4096), b"", b"PK\x03\x04 truncated zip"],
+                         ids=["random-bytes", "empty", "truncated-zip"])
 def test_load_refuses_a_corrupt_file_in_one_line(tmp_path, content):
     path = tmp_path / "corrupt.pt"
     path.write_bytes(content)
