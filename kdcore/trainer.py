@@ -157,6 +157,8 @@ def run_pipeline(config: RunConfig, callbacks: Callback | list[Callback] | None 
             return {**summary, "wall_s": time.perf_counter() - launching}  # the peers' start included
     started = time.perf_counter()
     artifacts = Path(artifacts) if artifacts else None
+    if artifacts is not None and not resume:
+        artifacts.mkdir(parents=True, exist_ok=True)  # a new run's folder; one removed later fails the run
     progress = Progress(artifacts)
     saved = progress.load() if resume else {}
     done: dict[str, Any] = dict(saved.get("done", {}))

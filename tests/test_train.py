@@ -93,6 +93,8 @@ def test_a_resumed_single_run_continues_exactly(prep, tmp_path):
 def test_a_stacked_members_checkpoint_resumes_it_alone(prep, tmp_path):
     configs = [CONFIG.replace(seed=0), CONFIG.replace(seed=1, temperature=8)]
     whole = train(prep, [configs[1]], Single(student(prep, configs[1])))[2][0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     progress = [Progress(tmp_path / "a"), Progress(tmp_path / "b")]
     train(prep, configs, Stacked([student(prep, c) for c in configs]), progress=progress,
           callbacks=[StopAfterFirstEpoch(), StopAfterFirstEpoch()])
