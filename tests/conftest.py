@@ -45,6 +45,24 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
+# Tests that share a costly session fixture run on the same pytest-xdist worker (each worker would build it).
+SHARED_FIXTURE_GROUPS = {"test_tune.py": "tune", "test_app_tune.py": "tune"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for `pytest -n 2 --dist loadgroup` (pytest.ini): a module's tests stay together, so its
+    module-scoped fixtures (the trained runs) are built once; the modules that share a session fixture go
+    together; and the browser tests run one after another on one worker, so no two Chromiums and Streamlit
+    servers share the two cores. Tryfirst: xdist reads the groups in its own hook of the same name."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        name = item.path.name
+        group = "browser" if item.get_closest_marker("browser") else SHARED_FIXTURE_GROUPS.get(name, name)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """One intra-op thread once torch is loaded: tiny models gain nothing from more, and on a busy small
