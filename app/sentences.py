@@ -12,8 +12,8 @@ def show(table: SentenceTable, key: str) -> None:
     columns = {"sentence": st.column_config.TextColumn("sentence", width="large"),
                "label": st.column_config.TextColumn("label", width="small")}
     for name, title in table.bars.items():
-        columns[name] = st.column_config.ProgressColumn(f"{title} · {table.measured}", min_value=0.0, max_value=1.0,
-                                                        format="percent", width="small")
+        columns[name] = st.column_config.ProgressColumn(title, min_value=0.0, max_value=1.0, format="percent",
+                                                        width="small", help=f"{table.measured}, the bar's length")
     if table.guess:
         columns["teacher_guess"] = st.column_config.TextColumn("teacher's pick (T=1)", width="small")
     st.dataframe(table.rows, column_config=columns, column_order=list(columns), hide_index=True, key=key,

@@ -80,9 +80,9 @@ TEACHER = {"id": 1, "temperature": 4.0, "class_names": ["fresh", "rotten"], "lab
 
 
 def test_two_classes_give_one_probability_bar_per_sentence_and_distribution() -> None:
-    table = sentence_table(TEACHER, {"student_T": [[0.7, 0.3], [0.5, 0.5]]}, epoch=3)
+    table = sentence_table(TEACHER, {"student_T": [[0.7, 0.3], [0.5, 0.5]]})
     assert table.measured == "P(fresh)" and not table.guess
-    assert table.bars == {"teacher_T1": "teacher, T=1", "teacher_T": "teacher, T=4", "student_T": "student, T=4, epoch 3"}
+    assert table.bars == {"teacher_T1": "teacher T=1", "teacher_T": "teacher T=4", "student_T": "student T=4"}
     assert table.rows == [
         {"sentence": "a gem", "label": "fresh", "teacher_T1": 0.9, "teacher_T": 0.6, "student_T": 0.7},
         {"sentence": "a mess", "label": "rotten", "teacher_T1": 0.2, "teacher_T": 0.45, "student_T": 0.5}]

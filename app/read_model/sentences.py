@@ -17,7 +17,7 @@ from typing import Any
 @dataclass(frozen=True)
 class SentenceTable:
     rows: list[dict[str, Any]]  # one per sentence: "sentence", "label", then one probability per column in `bars`
-    bars: dict[str, str]  # column key → its title, e.g. "teacher_T" → "teacher, T=4"
+    bars: dict[str, str]  # column key → its title, e.g. "teacher_T" → "teacher T=4"
     measured: str  # what each bar is: "P(fresh)" or "P(its label)"
     guess: bool  # rows carry "teacher_guess" (more than two classes): the teacher's top class at T = 1
 
@@ -26,16 +26,15 @@ def is_text_snapshot(teacher: dict[str, Any]) -> bool:
     return bool(teacher.get("texts"))
 
 
-def sentence_table(teacher: dict[str, Any], student: dict[str, Any] | None = None,
-                   epoch: int | None = None) -> SentenceTable:
+def sentence_table(teacher: dict[str, Any], student: dict[str, Any] | None = None) -> SentenceTable:
     """The rows of a text teacher snapshot (and a student's of the same sentences, when given)."""
     names = teacher.get("class_names") or [str(k) for k in range(len(teacher["teacher_T"][0]))]
     temperature = teacher.get("temperature")
     t = f"{temperature:g}" if temperature is not None else "T"
-    bars = {"teacher_T1": "teacher, T=1", "teacher_T": f"teacher, T={t}"}
+    bars = {"teacher_T1": "teacher T=1", "teacher_T": f"teacher T={t}"}
     series = {"teacher_T1": teacher["teacher_T1"], "teacher_T": teacher["teacher_T"]}
     if student is not None:
-        bars["student_T"] = f"student, T={t}" + (f", epoch {epoch}" if epoch is not None else "")
+        bars["student_T"] = f"student T={t}"  # the epoch is the slider's above the table
         series["student_T"] = student["student_T"]
     two = len(names) == 2
     labels = teacher.get("labels") or [None] * len(teacher["texts"])

@@ -359,7 +359,7 @@ def _soft_label_panel(run_id: str) -> None:
     student = trace.student_snapshots.get(epoch) if epoch is not None else None
     if is_text_snapshot(teacher):
         st.caption(sentence_note(teacher))
-        sentences.show(sentence_table(teacher, student, epoch), key=f"sentences_{run_id}")
+        sentences.show(sentence_table(teacher, student), key=f"sentences_{run_id}")
     else:
         st.plotly_chart(_memo(charts.soft_label_figure, teacher, student, epoch), key=f"soft_{run_id}")
     if "teacher_regions" in teacher:
