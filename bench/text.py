@@ -1,6 +1,6 @@
 """Text distillation speed: kdcore's student step against the textbook loop, and the teacher's fine-tuning step.
 
-    python bench/text.py [--student bilstm] [--steps 20] [--batch 64] [--json]
+    python bench/text.py [--student bilstm] [--steps 20] [--batch 64] [--subset N] [--json]
 
 On rotten-tomatoes with the minilm-l6 teacher (all-MiniLM-L6-v2, pretrained; its trained head does not change
 what a step costs):
@@ -48,11 +48,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--teacher-steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--subset", type=int, default=0,
+                        help="time on the first N training sentences only (the logits' one-off cost scales with N)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     config = RunConfig.from_dict({"dataset": "rotten-tomatoes", "teacher": {"arch": "minilm-l6"},
                                   "student": {"arch": args.student}})
     data = load_for(config)
+    epoch_steps = len(data.train_x) // args.batch  # of the whole training split, whatever --subset times
+    if args.subset:
+        data.train_x, data.train_y = data.train_x[: args.subset], data.train_y[: args.subset]
     shape, classes = data.info.input_shape, data.info.num_classes
     torch.manual_seed(0)
     teacher = build_model("minilm-l6", shape, classes).eval().requires_grad_(False)
@@ -107,17 +112,17 @@ def main() -> None:
     teacher_s = statistics.median(timed(teacher_step, args.teacher_steps))
     engine_s = min(engine_s, engine_again_s)
     result = {
-        "student": args.student, "batch": args.batch, "steps": args.steps,
+        "student": args.student, "batch": args.batch, "steps": args.steps, "sentences": len(data.train_x),
         "engine_step_s": engine_s, "textbook_step_s": textbook_s, "speedup": textbook_s / engine_s,
         "teacher_logits_once_s": precompute_s, "paid_back_after_steps": precompute_s / max(textbook_s - engine_s, 1e-9),
-        "teacher_finetune_step_s": teacher_s, "teacher_epoch_s": teacher_s * len(batches),
+        "teacher_finetune_step_s": teacher_s, "teacher_epoch_s": teacher_s * epoch_steps,
         "load_average": [load_before, os.getloadavg()[0]], "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
-    print(f"rotten-tomatoes, minilm-l6 → {args.student}, batch {args.batch}, {len(batches)} steps per epoch")
+    print(f"rotten-tomatoes, minilm-l6 → {args.student}, batch {args.batch}, {epoch_steps} steps per epoch")
     print(f"student step: kdcore {1000 * engine_s:.1f} ms, textbook {1000 * textbook_s:.1f} ms: "
           f"{result['speedup']:.1f}x")
-    print(f"teacher logits on the training split, once: {precompute_s:.1f} s "
+    print(f"teacher logits on {len(data.train_x)} training sentences, once: {precompute_s:.1f} s "
           f"(= {result['paid_back_after_steps']:.0f} textbook steps)")
     print(f"teacher fine-tuning: {teacher_s:.2f} s per step, {result['teacher_epoch_s'] / 60:.1f} min per epoch; "
           f"load average {load_before:.1f} → {os.getloadavg()[0]:.1f}")

@@ -32,3 +32,22 @@ def test_minilm_teacher_matches_transformers_bert_model(monkeypatch):
     real = mask[:, :length]
     torch.testing.assert_close(states[real], expected[real], rtol=1e-4, atol=1e-4)
     assert sum(p.numel() for p in ours.encoder.parameters()) == sum(p.numel() for p in theirs.parameters())
+
+
+@pytest.mark.slow
+def test_an_hf_folder_is_a_teacher_and_a_missing_one_is_one_line_offline(monkeypatch):
+    from kdcore.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    arch = f"hf:{minilm_folder()}"  # the package's folder is a Hugging Face model folder like any other
+    ids = torch.from_numpy(tokenize(SENTENCES, arch))
+    assert torch.equal(ids, torch.from_numpy(tokenize(SENTENCES)))  # its own tokenizer: the same WordPiece
+    teacher = build_model(arch, (128, 30522), 3).eval()
+    with torch.no_grad():
+        logits, features, states = teacher.forward_features(ids)
+        ours = build_model("minilm-l6", (128, 30522), 3).eval().encode(ids).states[-1]
+    assert logits.shape == (3, 3) and features.shape == (3, 384) and len(states) == 7
+    real = (ids >= 0)[:, : ours.shape[1]]
+    torch.testing.assert_close(states[-1][real], ours[real], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ModelError, match=r"^hf:/no/such/model: cannot load its tokenizer: no such folder, and offline"):
+        tokenize(["x"], "hf:/no/such/model")
