@@ -30,8 +30,9 @@ def test_list_datasets_is_cheap_and_reports_availability(tmp_path, offline):
     assert builtin.mnist_5k.cache_info().currsize == 0, "listing must not load pixels"
     assert [info.name for info in infos] == list(DATASET_NAMES)
     for info in infos:
-        assert isinstance(info, DatasetInfo) and info.kind in ("image", "points")
+        assert isinstance(info, DatasetInfo) and info.kind in ("image", "points", "text")
         assert info.offline == (info.name not in FILE_NAMES)
+    assert {info.name: info.kind for info in infos}["rotten-tomatoes"] == "text"
     write_cifar10(tmp_path)
     assert dataset_info("cifar10", root=str(tmp_path)).offline
     assert offline == [], "listing must never try to download"
