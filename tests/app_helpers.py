@@ -109,14 +109,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(home: Path, log_path: Path, port: int | None = None, timeout_s: float = 60.0,
-                keep_runs: bool = False) -> Iterator[str]:
+                keep_runs: bool = False, env: dict[str, str] | None = None) -> Iterator[str]:
     """`streamlit run app/streamlit_app.py` on a free port with KDCORE_HOME=home; yields its base URL.
 
     On exit the server is stopped, and any run it started is cancelled and waited for, so no
     worker outlives the test; with keep_runs, its runs train on (a server restarted under them).
+    env: more environment for the server and the workers it starts.
     """
     port = port or free_port()
-    env = {**os.environ, "KDCORE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "KDCORE_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, "-m", "streamlit", "run", str(ENTRY), "--server.port", str(port),
                "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
                "--server.fileWatcherType", "none"]
@@ -222,9 +223,13 @@ def launch_from_form(page, base: str, *, dataset: str = "digits", teacher_epochs
 
 
 def watch_loss_chart(page, home: Path, run_id: str, clicked: float, budget_s: float,
-                     poll_s: float = 0.2) -> list[tuple[float, int, str]]:
+                     poll_s: float = 0.2, release: str | None = None) -> list[tuple[float, int, str]]:
     """Sample (seconds since the click, points of the loss chart's total, run status) until the run
-    has finished or `budget_s` has passed since the click."""
+    has finished or `budget_s` has passed since the click.
+
+    release: a pause phase of the worker (KDCORE_TEST_PAUSE=RUN=PHASE, kdcore.worker.pause_point); the run
+    waits there until the chart has shown points while it runs, then goes on. For runs too quick to be seen
+    live on an idle machine."""
     from kdcore.store import FINISHED, Store
 
     store = Store(home)
@@ -236,6 +241,9 @@ def watch_loss_chart(page, home: Path, run_id: str, clicked: float, budget_s: fl
             samples.append((time.monotonic() - clicked, points, status))
             if status in FINISHED:
                 break
+            marker = store.run_dir(run_id) / f"paused-at-{release}"
+            if release and points and status == "running" and marker.exists():
+                marker.unlink()  # seen live: let the run go on
             page.wait_for_timeout(int(poll_s * 1000))
     finally:
         store.close()

@@ -49,7 +49,9 @@ def test_a_text_run_from_new_run_shows_its_sentences_soft_labels(chromium: str, 
 
     home = tmp_path / "home"
     reviews = write_reviews(tmp_path / "reviews.csv")
-    with running_app(home, tmp_path / "streamlit.log") as base, sync_playwright() as playwright:
+    # the run waits at its baseline (its student's loss written) until the page has shown that loss live
+    pause = {"KDCORE_TEST_PAUSE": "*=baseline"}
+    with running_app(home, tmp_path / "streamlit.log", env=pause) as base, sync_playwright() as playwright:
         browser = launch_chromium(playwright, chromium)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.set_default_timeout(60_000)
@@ -72,7 +74,7 @@ def test_a_text_run_from_new_run_shows_its_sentences_soft_labels(chromium: str, 
         page.wait_for_url(RUN_URL)
         run_id = RUN_URL.match(page.url).group(1)
 
-        samples = watch_loss_chart(page, home, run_id, clicked, RUN_BUDGET_S)
+        samples = watch_loss_chart(page, home, run_id, clicked, RUN_BUDGET_S, release="baseline")
         assert samples[-1][2] == "done", f"run did not finish in time: {samples[-5:]}"
         assert [s for s in samples if s[1] > 0 and s[2] == "running"], f"no live loss while running: {samples}"
         deadline = time.monotonic() + 30
