@@ -180,6 +180,18 @@ def defaults() -> dict[str, Any]:
     return from_config(RunConfig().to_dict())
 
 
+def cli_sets(config: dict[str, Any], prefix: str = "") -> list[str]:
+    """The `--set key=value` arguments that rebuild `config` (nested keys dotted, booleans as the CLI spells
+    them), for the commands the Sweeps and Tune pages show."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out += cli_sets(value, f"{prefix}{key}.")
+        else:
+            out += ["--set", f"{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    return out
+
+
 def preset_config(name: str) -> dict[str, Any]:
     """The whole config of a named preset (`kdcore.presets`): what "Load preset" fills the form from, and keeps as
     the base of the settings the form does not show."""

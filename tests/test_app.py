@@ -15,7 +15,7 @@ from PIL import Image
 
 from app import form
 from app_helpers import ENTRY, charts, failed_run, finished_run, wait_until_finished
-from kdcore.config import RunConfig
+from kdcore.config import RunConfig, config_data
 from kdcore.store import ACTIVE, Store
 from streamlit.testing.v1 import AppTest
 
@@ -387,3 +387,12 @@ def test_live_and_runs_pages_only_read_the_store(in_lab, monkeypatch: pytest.Mon
     at.run()
     assert not at.exception and in_lab.digits in set(at.dataframe[0].value["run"])
     assert calls == []
+
+
+def test_cli_sets_rebuild_the_config_that_the_cli_parses():
+    config = {"dataset": "digits", "baseline": True, "weights": {"kd": 0.9}, "teacher": {"epochs": 2}}
+    args = form.cli_sets(config)
+    assert args == ["--set", "dataset=digits", "--set", "baseline=true", "--set", "weights.kd=0.9",
+                    "--set", "teacher.epochs=2"]
+    rebuilt = RunConfig.from_dict(config_data(None, args[1::2]))  # what `--set` gives the CLI
+    assert rebuilt.baseline is True and rebuilt.weights.kd == 0.9 and rebuilt.teacher.epochs == 2

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app import charts, session, verdicts
+from app import charts, form, session, verdicts
 from app.workshop import access
 from app.read_model.progress import format_duration
 from app.read_model.seeds import cell_verdicts, format_ci, format_difference, seeds_present
@@ -91,7 +91,7 @@ def _new_sweep(store: Store) -> None:
             return
         st.query_params["sweep"] = sweep_id
         st.rerun()
-    command = ["python", "-m", "kdcore", "sweep", *_cli_sets(base)]
+    command = ["python", "-m", "kdcore", "sweep", *form.cli_sets(base)]
     for spec in specs:
         command += ["--grid", spec.replace(" ", "")]
     if name:
@@ -151,16 +151,6 @@ def _size_and_time(store: Store, runs: list) -> bool:
         return True
     st.warning(text + f". That is more than {CONFIRM_ABOVE} runs.", icon=":material/warning:")
     return st.checkbox(f"Yes, queue all {len(runs)} runs (≈ {format_duration(total)})", key="sw_confirm")
-
-
-def _cli_sets(base: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key, value in base.items():
-        if isinstance(value, dict):
-            out += _cli_sets(value, f"{prefix}{key}.")
-        else:
-            out += ["--set", f"{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}"]
-    return out
 
 
 # --- one sweep ------------------------------------------------------------------------------------------------

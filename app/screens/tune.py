@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app import charts, session
+from app import charts, form, session
 from app.read_model.tune import (ACTIVE_STUDY, best_run_for_new_run, is_log, param_keys, param_points,
                                  parallel_dimensions, progress_points, space_specs, state_counts, trial_rows,
                                  verdict_rows)
@@ -85,7 +85,7 @@ def _new_study(store: Store) -> None:
     if len(methods) == 1:
         base["method"] = methods[0]
     specs = space_specs(ranges, methods, method_params)
-    command = ["python", "-m", "kdcore", "tune", *_cli_sets(base), *[a for s in specs for a in ("--space", s)],
+    command = ["python", "-m", "kdcore", "tune", *form.cli_sets(base), *[a for s in specs for a in ("--space", s)],
                "--trials", str(trials), "--seeds", str(seeds), "--batch", str(batch), "--pruner", pruner]
     if name:
         command += ["--name", name]
@@ -143,16 +143,6 @@ def _method_params(methods: list[str]) -> dict[str, tuple[float, float]]:
                     high = st.number_input(f"{param} to", value=float(max(spec.default * 2, spec.low + 1)),
                                            key=PREFIX + f"hi_{key}")
                     out[key] = (low, high)
-    return out
-
-
-def _cli_sets(base: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key, value in base.items():
-        if isinstance(value, dict):
-            out += _cli_sets(value, f"{prefix}{key}.")
-        else:
-            out += ["--set", f"{prefix}{key}={value}"]
     return out
 
 
