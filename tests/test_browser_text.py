@@ -67,12 +67,16 @@ def test_a_text_run_from_new_run_shows_its_sentences_soft_labels(chromium: str, 
         pick(page, "Student architecture", "bag-of-embeddings")
         fill(page, "Teacher epochs", "6")
         fill(page, "Epochs", str(EPOCHS))
-        page.get_by_text("Train a baseline").click()
-        expect(page.get_by_text(f"{EPOCHS} student epochs after a 6-epoch teacher (or its cached copy).")).to_be_visible()
+        # "Train a baseline" is on by default (clicking it would turn it off): the run pauses in that stage
+        plan = f"{EPOCHS} student epochs after a 6-epoch teacher (or its cached copy), then the baseline."
+        expect(page.get_by_text(plan)).to_be_visible()
         clicked = time.monotonic()
         page.get_by_role("button", name="Start run").click()
         page.wait_for_url(RUN_URL)
         run_id = RUN_URL.match(page.url).group(1)
+        store = Store(home)
+        assert store.get_run(run_id).config["baseline"] is True, "the run trains no baseline, where it would pause"
+        store.close()
 
         samples = watch_loss_chart(page, home, run_id, clicked, RUN_BUDGET_S, release="baseline")
         assert samples[-1][2] == "done", f"run did not finish in time: {samples[-5:]}"
