@@ -59,6 +59,7 @@ def from_config(config: dict[str, Any]) -> dict[str, Any]:
         "finetune_epochs": c["finetune_epochs"],
         "labeled_fraction": c["labeled_fraction"],
         "transfer": c["transfer"] or "",
+        "transfer_column": c.get("transfer_column") or "",
         "name": c["name"],
         "optimizer": c["optimizer"],
         "weight_decay": c["weight_decay"],
@@ -166,12 +167,14 @@ def adapt_to_dataset(values: dict[str, Any]) -> dict[str, Any]:
             changes[key] = fallback[key]
     if values.get("method", "kd") not in methods_for(dataset):
         changes["method"] = "kd"
+    transfer = (values.get("transfer") or "").strip()
+    text_transfer = transfer.startswith("augment:") or is_text(transfer)
     if text:
         changes.update({key: False for key in ("augment", "teacher_augment") if values.get(key)})
-        if values.get("transfer") and not values["transfer"].startswith("augment:"):
-            changes["transfer"] = ""  # an image set cannot be a transfer set for text
-    elif (values.get("transfer") or "").startswith("augment:"):
-        changes["transfer"] = ""
+    if transfer and text_transfer != text:
+        changes["transfer"] = ""  # images cannot be a transfer set for text, nor texts for images
+    if values.get("transfer_column") and not (text and is_csv(changes.get("transfer", transfer))):
+        changes["transfer_column"] = ""
     return changes
 
 
@@ -244,6 +247,7 @@ def to_config(values: dict[str, Any], base: dict[str, Any] | None = None,
         "finetune_epochs": values["finetune_epochs"],
         "labeled_fraction": values.get("labeled_fraction", 1.0),
         "transfer": (values.get("transfer") or "").strip() or None,
+        "transfer_column": (values.get("transfer_column") or "").strip() or None,
         "name": (values.get("name") or "").strip(),
         "method": values.get("method", "kd"),
         "method_params": method_params(values),  # replaces a copied run's: they belong to its method

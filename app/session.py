@@ -7,6 +7,7 @@ cached helpers below (New run, Temperature lab, Compare), never on the path of a
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -120,6 +121,37 @@ def label_coverage_problem(config) -> str | None:
     if classes is None:
         return None
     return unlabelled_classes_message(config.dataset, config.labeled_fraction, *classes)
+
+
+def transfer_problem(config) -> str | None:
+    """The engine's refusal of a `csv:` transfer set that cannot be read (`kdcore.data.check_transfer_texts`:
+    no such file or column, no texts), checked before the run is queued; None when it reads or is no CSV."""
+    from kdcore.dataset_names import is_csv
+
+    if config is None or not config.transfer or not is_csv(config.transfer):
+        return None
+    from kdcore.data.text import csv_path
+    from kdcore.data.transfer import transfer_column
+
+    try:
+        stat = os.stat(csv_path(config.transfer))
+        version = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        version = None
+    return _transfer_problem(config.transfer, transfer_column(config), version)
+
+
+@st.cache_data(show_spinner="Reading the transfer set…", max_entries=32)
+def _transfer_problem(transfer: str, column: str, version: tuple[int, int] | None) -> str | None:
+    """`version` (the file's mtime and size) is part of the cache key: an edited file is read again."""
+    from kdcore.data.text import read_texts
+    from kdcore.errors import KDError
+
+    try:
+        read_texts(transfer, column)
+    except KDError as exc:
+        return str(exc)
+    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

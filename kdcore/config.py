@@ -193,6 +193,7 @@ class RunConfig:
     baseline: bool = True  # also train the student on hard labels alone, same seed and budget
     labeled_fraction: float = 1.0  # share of the training split whose labels the student (and baseline) may use
     transfer: str | None = None  # extra unlabelled inputs the teacher labels: a dataset, imagefolder:<path>, augment:N
+    transfer_column: str | None = None  # transfer=csv:<path>: the column of its texts (null: text_column)
     finetune_epochs: int = 0  # hard-label epochs after distillation
     name: str = ""
     method: str = "kd"  # a name in kdcore.methods.METHODS; kd is Hinton's, the teaching preset
@@ -423,17 +424,24 @@ def _check_transfer(config: RunConfig) -> None:
     """Refuse a transfer set that cannot be the dataset's extra inputs, as far as names alone tell.
 
     A catalogue set's shape is known here; an image folder is resized to the dataset's images, so only
-    a point dataset refuses it; a dataset that is itself an image folder is checked when it is read.
+    a point dataset refuses it; a dataset that is itself an image folder is checked when it is read. Text
+    takes text: `augment:N`, a `csv:<path>` (one column of texts) or the bundled rotten-tomatoes reviews;
+    whether a CSV can be read is checked at the edge (`kdcore.data.transfer.check_transfer_texts`).
     """
-    from kdcore.dataset_names import CATALOGUE, is_imagefolder, validate_dataset_name
+    from kdcore.dataset_names import CATALOGUE, is_csv, is_imagefolder, is_text, validate_dataset_name
 
     transfer = config.transfer
+    if config.transfer_column is not None:
+        if not isinstance(config.transfer_column, str) or not config.transfer_column.strip():
+            raise ConfigError(f"transfer_column must be a column name or null, got {config.transfer_column!r}")
+        if not (isinstance(transfer, str) and is_csv(transfer)):
+            raise ConfigError(f"transfer_column names the text column of a transfer set transfer=csv:<path>; "
+                              f"transfer is {transfer!r}")
     if transfer is None:
         return
     if not isinstance(transfer, str) or not transfer.strip():
-        raise ConfigError(f"transfer must be a dataset name, imagefolder:<path> or augment:N, got {transfer!r}")
-    from kdcore.data.text_augment import copies_of
-    from kdcore.dataset_names import is_text
+        raise ConfigError(f"transfer must be a dataset name, imagefolder:<path>, csv:<path> or augment:N, got {transfer!r}")
+    from kdcore.data.text_augment import copies_of  # (imports torch with kdcore.data: only for a transfer set)
 
     try:
         copies = copies_of(transfer)
@@ -447,11 +455,18 @@ def _check_transfer(config: RunConfig) -> None:
         validate_dataset_name(transfer)
     except Exception as exc:  # DatasetError
         raise ConfigError(f"transfer: {exc}") from None
-    if transfer == config.dataset:
-        raise ConfigError(f"transfer: {transfer} is the dataset itself (its test images would leak into training); "
+    if transfer == config.dataset or (is_csv(transfer) and is_csv(config.dataset)
+                                      and _same_file(transfer[4:], config.dataset[4:])):
+        raise ConfigError(f"transfer: {transfer} is the dataset itself (its test examples would leak into training); "
                           "to leave part of it unlabelled use labeled_fraction")
+    if is_text(transfer) != is_text(config.dataset):
+        if is_text(transfer):
+            raise ConfigError(f"transfer: {transfer} gives texts; dataset {config.dataset} is not text")
+        raise ConfigError(f"transfer: {transfer} gives {'images' if _gives_images(transfer) else 'points'}; dataset "
+                          f"{config.dataset} is text: its transfer set is csv:<path> (a column of texts), "
+                          "rotten-tomatoes or augment:N")
     info = CATALOGUE.get(config.dataset)
-    if info is None:
+    if info is None or is_text(transfer):
         return
     if is_imagefolder(transfer):
         if info.kind != "image":
@@ -462,6 +477,19 @@ def _check_transfer(config: RunConfig) -> None:
     if shape != info.input_shape:
         raise ConfigError(f"transfer: {transfer} gives inputs of shape {shape}; dataset {config.dataset}'s are "
                           f"{info.input_shape}")
+
+
+def _gives_images(name: str) -> bool:
+    from kdcore.dataset_names import CATALOGUE, is_imagefolder
+
+    return is_imagefolder(name) or CATALOGUE[name].kind == "image"
+
+
+def _same_file(first: str, second: str) -> bool:
+    """Whether two user-written paths name one file (the file need not exist)."""
+    import os
+
+    return os.path.realpath(os.path.expanduser(first.strip())) == os.path.realpath(os.path.expanduser(second.strip()))
 
 
 def _check_labeled_fraction(config: RunConfig) -> None:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from kdcore import checkpoints, distributed, teachers
 from kdcore.callbacks import Callback, CallbackList
 from kdcore.config import RunConfig
-from kdcore.data import Splits, labeled_rows, load_for, load_transfer, transfer_tag
+from kdcore.data import Splits, labeled_rows, load_for, load_transfer, transfer_column, transfer_tag
 from kdcore.errors import CheckpointError
 from kdcore.evaluation import accuracy, cpu_threads_for, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
@@ -82,7 +82,8 @@ def prepare(config: RunConfig, cb: Callback, teacher_cache: str | Path | None) -
     if device.type == "cuda" and data.info.kind == "image":
         data = data.to_memory_format(torch.channels_last)
     labeled = labeled_rows(data.train_y, config.labeled_fraction, data.class_names, config.dataset)  # refuse early
-    transfer = load_transfer(config.transfer, data, config.data_root).to(device) if config.transfer else None
+    transfer = load_transfer(config.transfer, data, config.data_root, transfer_column(config)).to(device) \
+        if config.transfer else None
     if transfer is not None and device.type == "cuda" and data.info.kind == "image":
         transfer = transfer.contiguous(memory_format=torch.channels_last)
     cache = Path(teacher_cache) if teacher_cache else None

@@ -52,6 +52,9 @@ def test_choosing_text_swaps_what_cannot_read_it_and_keeps_what_can() -> None:
     back = form.adapt_to_dataset(text | {"dataset": "digits"})
     assert back == {"teacher_arch": RunConfig().teacher.arch, "student_arch": RunConfig().student.arch,
                     "method": "kd", "transfer": ""}
+    csv_transfer = text | {"transfer": "csv:/data/more.csv", "transfer_column": "body"}
+    assert form.adapt_to_dataset(csv_transfer | {"dataset": "rotten-tomatoes"}) == {}
+    assert form.adapt_to_dataset(csv_transfer | {"dataset": "digits"}) == {**back, "transfer_column": ""}
 
 
 def test_the_form_carries_a_csvs_columns_and_the_engine_judges_the_rest() -> None:
@@ -62,6 +65,9 @@ def test_the_form_carries_a_csvs_columns_and_the_engine_judges_the_rest() -> Non
     assert errors == [] and (config.text_column, config.label_column, config.transfer) == ("review", "sentiment",
                                                                                           "augment:3")
     assert form.from_config(config.to_dict())["text_column"] == "review"
+    config, errors = form.validate(values | {"transfer": " csv:/data/more.csv ", "transfer_column": " body "})
+    assert errors == [] and (config.transfer, config.transfer_column) == ("csv:/data/more.csv", "body")
+    assert form.from_config(config.to_dict())["transfer_column"] == "body"
     _, errors = form.validate(values | {"method": "distilbert"})  # a BiLSTM has no hidden states per token
     assert len(errors) == 1 and "use tiny-transformer" in errors[0]
     assert form.dataset_info("csv:/x.csv").kind == "text" and form.dataset_info("imagefolder:/x") is None
@@ -181,7 +187,7 @@ def test_the_other_pages_take_text_runs_unchanged(in_store, page: str) -> None:
         assert all(run_id in shown for run_id in in_store.run_ids), page
 
 
-def test_new_run_on_text_offers_what_fits_and_queues_a_csv_run(in_store, monkeypatch) -> None:
+def test_new_run_on_text_offers_what_fits_and_queues_a_csv_run(in_store, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("KDCORE_MAX_RUNS", "1")
     busy = in_store.store.create_run(RunConfig().replace(dataset="digits").to_dict(), status="running", pid=os.getpid())
     try:
@@ -208,15 +214,26 @@ def test_new_run_on_text_offers_what_fits_and_queues_a_csv_run(in_store, monkeyp
         at.selectbox(key="nr_student_arch").set_value("bilstm").run()
         at.text_input(key="nr_text_column").set_value("review").run()
         at.text_input(key="nr_label_column").set_value("sentiment").run()
-        at.text_input(key="nr_transfer").set_value("augment:2").run()
+        # a CSV of texts as the transfer set: the engine's refusals shown before Start, as `submit` gives them
+        extra = tmp_path / "unlabelled.csv"
+        extra.write_text("stars,sentence\n5,a great film\n1,a dull score\n")
+        assert at.text_input(key="nr_transfer_column").disabled
+        at.text_input(key="nr_transfer").set_value(f"csv:{tmp_path / 'gone.csv'}").run()
+        assert [e.value for e in at.error] == [f"csv:{tmp_path / 'gone.csv'}: no such file {tmp_path / 'gone.csv'} "
+                                               "(Transfer set, under Advanced settings.)"]
+        assert at.button(key="nr_start").disabled
+        at.text_input(key="nr_transfer").set_value(f"csv:{extra}").run()
+        assert "no column 'review' (transfer_column, else text_column)" in at.error[0].value
+        at.text_input(key="nr_transfer_column").set_value("sentence").run()
         assert not at.error, [e.value for e in at.error]
         at.button(key="nr_start").click().run()
         assert not at.exception
         queued = in_store.store.list_runs(status="queued")
         assert len(queued) == 1
         config = RunConfig.from_dict(queued[0].config)
-        assert (config.dataset, config.text_column, config.label_column, config.student.arch, config.transfer) == (
-            f"csv:{in_store.reviews}", "review", "sentiment", "bilstm", "augment:2")
+        assert (config.dataset, config.text_column, config.label_column, config.student.arch, config.transfer,
+                config.transfer_column) == (f"csv:{in_store.reviews}", "review", "sentiment", "bilstm", f"csv:{extra}",
+                                            "sentence")
     finally:
         for record in in_store.store.list_runs(status="queued"):
             in_store.store.finish(record.id, "cancelled", only_if=("queued",))

@@ -233,3 +233,113 @@ def test_a_text_run_stores_sentences_with_their_soft_labels(text_run):
     assert all(isinstance(text, str) and " is " in text for text in teacher["texts"])
     assert teacher["class_names"] == ["negative", "positive"] and "images" not in teacher
     assert [len(s["student_T"]) for s in student] == [10, 10, 10] and student[-1]["indices"] == teacher["indices"]
+
+
+# --- a CSV of texts as the transfer set -------------------------------------------------------------------------
+
+
+def write_unlabelled(path: Path, rows: int = 40) -> Path:
+    """Texts to label, in a column `sentence`, beside a `stars` column the transfer set must ignore, and a blank row."""
+    rng = random.Random(1)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["stars", "sentence"])
+        for _ in range(rows):
+            writer.writerow([rng.choice(["1", "5"]), f"a {rng.choice(GOOD + BAD)} {rng.choice(NOUNS)}, truly "
+                                                     f"{rng.choice(GOOD + BAD)}"])
+        writer.writerow(["3", "   "])
+    return path
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory) -> Path:
+    return write_unlabelled(tmp_path_factory.mktemp("text") / "unlabelled.csv")
+
+
+def test_a_csv_transfer_set_is_labelled_by_the_teacher(text_run, reviews, unlabelled):
+    """In process, with the teacher `text_run` trained (found in its cache): the student's extra rows are the
+    CSV's texts as token ids, and their soft labels are the teacher's logits on exactly those ids."""
+    from kdcore.callbacks import Callback
+    from kdcore.evaluation import predict
+    from kdcore.trainer import prepare
+
+    home, _ = text_run
+    overrides = dict(setting.split("=", 1) for setting in TINY_TEXT[1::2])
+    config = RunConfig.from_dict({
+        "dataset": f"csv:{reviews}", "device": "cpu", "text_column": overrides["text_column"],
+        "label_column": overrides["label_column"], "student": {"arch": "bag-of-embeddings"},
+        "teacher": {"arch": overrides["teacher.arch"], "epochs": int(overrides["teacher.epochs"]),
+                    "lr": float(overrides["teacher.lr"])},
+        "transfer": f"csv:{unlabelled}", "transfer_column": "sentence"})
+    prep = prepare(config, Callback(), Store(home).teacher_dir())
+    assert prep.teacher.cached  # the text run's teacher: nothing trained here
+    with open(unlabelled, newline="", encoding="utf-8") as handle:
+        texts = [row["sentence"] for row in csv.DictReader(handle) if row["sentence"].strip()]
+    n = len(prep.data.train_x)
+    extra = prep.student_data.train_x[n:]
+    assert len(texts) == 40 and torch.equal(extra, torch.from_numpy(tokenize(texts)))
+    assert prep.counts == {"labeled_examples": n, "unlabeled_examples": 40, "transfer_examples": 40}
+    assert not prep.student_data.train_labeled[n:].any() and prep.student_data.train_labeled[:n].all()
+    teacher_logits = predict(prep.teacher.model, extra)
+    torch.testing.assert_close(prep.soft.train_logits[n:], teacher_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(prep.student_data.train_y[n:], teacher_logits.argmax(1))
+
+
+def test_a_run_with_a_csv_transfer_set_trains_on_it_and_says_so(text_run, reviews, unlabelled):
+    home, first = text_run
+    summary = last_json(kdcore(home, "run", "--set", f"dataset=csv:{reviews}", *TINY_TEXT, "--set", "epochs=1",
+                               "--set", "student.arch=bag-of-embeddings", "--set", "baseline=false", "--set",
+                               f"transfer=csv:{unlabelled}", "--set", "transfer_column=sentence", "--json"))
+    labeled = first["labeled_examples"]
+    assert (summary["labeled_examples"], summary["unlabeled_examples"], summary["transfer_examples"]) == (labeled, 40, 40)
+    assert Store(home).stage_results(summary["run_id"])["soft_labels"]["transfer_examples"] == 40  # the Live page's
+    rows = last_json(kdcore(home, "metrics", summary["run_id"], "--json"))["metrics"]
+    steps = sum(1 for r in rows if r["stage"] == "student" and r["name"] == "train_loss")
+    assert steps == (labeled + 40) // 64  # one epoch over the labelled reviews and the 40 transfer texts
+
+
+@pytest.mark.parametrize("transfer,column,words", [
+    ("missing.csv", None, "no such file"),
+    ("unlabelled.csv", "body", "no column 'body' (transfer_column, else text_column); the header has 'stars', 'sentence'"),
+    ("unlabelled.csv", None, "no column 'review'"),  # the dataset's text column, when transfer_column is unset
+    ("blank.csv", "sentence", "no texts in column 'sentence'"),
+    ("header.csv", "sentence", "no texts in column 'sentence' (a header and no rows)"),
+])
+def test_a_csv_transfer_set_that_cannot_be_read_is_one_line(transfer, column, words, reviews, unlabelled, tmp_path):
+    from kdcore.data import check_transfer_texts
+
+    (tmp_path / "unlabelled.csv").write_bytes(unlabelled.read_bytes())
+    (tmp_path / "blank.csv").write_text("stars,sentence\n5,\n1,  \n")
+    (tmp_path / "header.csv").write_text("stars,sentence\n")
+    config = RunConfig.from_dict({"dataset": f"csv:{reviews}", "text_column": "review", "label_column": "sentiment",
+                                  "teacher": {"arch": "tiny-transformer:1,32"}, "student": {"arch": "bag-of-embeddings"},
+                                  "transfer": f"csv:{tmp_path / transfer}", "transfer_column": column})
+    with pytest.raises(DatasetError) as error:
+        check_transfer_texts(config)
+    assert words in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_cli_refuses_a_missing_transfer_csv_before_recording_a_run(reviews, tmp_path):
+    result = kdcore(tmp_path / "home", "submit", "--set", f"dataset=csv:{reviews}", *TINY_TEXT, "--set",
+                    "student.arch=bag-of-embeddings", "--set", f"transfer=csv:{tmp_path / 'gone.csv'}")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"kdcore: error: csv:{tmp_path / 'gone.csv'}: no such file {tmp_path / 'gone.csv'}\n"
+    assert Store(tmp_path / "home").list_runs() == []
+
+
+@pytest.mark.parametrize("config,words", [
+    ({"transfer": "csv:/data/texts.csv"}, "transfer: csv:/data/texts.csv gives texts; dataset mnist-5k is not text"),
+    ({"transfer": "rotten-tomatoes"}, "transfer: rotten-tomatoes gives texts; dataset mnist-5k is not text"),
+    ({"dataset": "rotten-tomatoes", "teacher": {"arch": "tiny-transformer"}, "student": {"arch": "bilstm"},
+      "transfer": "fashion-mnist"}, "transfer: fashion-mnist gives images; dataset rotten-tomatoes is text: its transfer "
+                                    "set is csv:<path> (a column of texts), rotten-tomatoes or augment:N"),
+    ({"dataset": "csv:/data/r.csv", "teacher": {"arch": "tiny-transformer"}, "student": {"arch": "bilstm"},
+      "transfer": "imagefolder:/data/pets"}, "transfer: imagefolder:/data/pets gives images; dataset csv:/data/r.csv is text"),
+    ({"dataset": "csv:/data/r.csv", "teacher": {"arch": "tiny-transformer"}, "student": {"arch": "bilstm"},
+      "transfer": "csv:/data/../data/r.csv"}, "transfer: csv:/data/../data/r.csv is the dataset itself"),
+    ({"transfer_column": "body"}, "transfer_column names the text column of a transfer set transfer=csv:<path>"),
+])
+def test_a_transfer_set_of_the_other_kind_is_refused_by_the_config(config, words):
+    with pytest.raises(ConfigError) as error:
+        RunConfig.from_dict(config)
+    assert str(error.value).startswith(words)

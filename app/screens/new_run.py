@@ -46,7 +46,7 @@ def render() -> None:
     devices = session.available_devices()
     base = st.session_state.get("_kdlab_form_base")
     config, errors = form.validate(values, base=base, store_teacher=store_teacher, devices=devices)
-    errors = header_errors + errors + _workshop_problems(config) + _label_problems(config)
+    errors = header_errors + errors + _workshop_problems(config) + _label_problems(config) + _transfer_problems(config)
     with right:
         _summary(values, store_teacher, config, errors)
         _budget_note(config)
@@ -162,7 +162,8 @@ def _form(store, teachers: list[dict]) -> list[str]:
         allowed = policy.allowed_datasets()
         if st.session_state[PREFIX + "dataset"] not in allowed:
             st.session_state[PREFIX + "dataset"] = allowed[0]
-        for name in ("data_root", "transfer", "mlflow", "tensorboard"):  # never a path copied from a run (`?from=`)
+        # never a path copied from a run (`?from=`)
+        for name in ("data_root", "transfer", "transfer_column", "mlflow", "tensorboard"):
             st.session_state[PREFIX + name] = ""
         st.selectbox("Dataset", allowed, key=PREFIX + "dataset", disabled=from_store, **KEEP,
                      help="The datasets this workshop offers.")
@@ -296,8 +297,16 @@ def _form(store, teachers: list[dict]) -> list[str]:
         if not workshop:
             cols[1].text_input("Transfer set", key=PREFIX + "transfer", **KEEP, placeholder="none",
                                help="Extra unlabelled inputs the teacher labels. Text: augment:N, N copies of each "
-                                    "training sentence with tokens masked or an n-gram cut out (Tang et al. 2019). "
+                                    "training sentence with tokens masked or an n-gram cut out (Tang et al. 2019); "
+                                    f"{CSV_PREFIX}/path/to/texts.csv, a column of texts (labels, if any, are ignored); "
+                                    "or rotten-tomatoes. "
                                     f"Images: a dataset of the same shape, or {IMAGEFOLDER_PREFIX}/path/to/images.")
+            if text:
+                csv_transfer = is_csv((st.session_state.get(PREFIX + "transfer") or "").strip())
+                cols[2].text_input("Transfer text column", key=PREFIX + "transfer_column", **KEEP,
+                                   disabled=not csv_transfer, placeholder="the text column",
+                                   help=f"The column of the {CSV_PREFIX} transfer set that holds its texts; empty: the "
+                                        "dataset's text column.")
     if not workshop:
         with st.expander("Tracking"):
             st.text_input("MLflow tracking URI", key=PREFIX + "mlflow", **KEEP, placeholder="none",
@@ -548,6 +557,12 @@ def _label_problems(config) -> list[str]:
     """A labelled fraction that leaves a class without a labelled example, refused here as `submit` refuses it."""
     problem = session.label_coverage_problem(config)
     return [problem + " (Labelled fraction, under Advanced settings.)"] if problem else []
+
+
+def _transfer_problems(config) -> list[str]:
+    """A csv: transfer set that cannot be read (no such file or column, no texts), refused here as `submit` refuses it."""
+    problem = session.transfer_problem(config)
+    return [problem + " (Transfer set, under Advanced settings.)"] if problem else []
 
 
 def _budget_note(config) -> None:

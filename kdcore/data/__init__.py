@@ -11,7 +11,8 @@ may not use, and extra unlabelled inputs).
 
 from kdcore.data.augment import apply_views, augment, random_views, view_count
 from kdcore.data.splits import Splits, dataset_info, default_root, list_datasets, load_dataset, load_for, tokenizer_for
-from kdcore.data.transfer import check_labels, labeled_rows, load_transfer, transfer_tag
+from kdcore.data.transfer import (check_labels, check_transfer_texts, labeled_rows, load_transfer, transfer_column,
+                                  transfer_tag)
 from kdcore.dataset_names import DATASET_NAMES, DatasetInfo, validate_dataset_name
 
 __all__ = [
@@ -21,8 +22,10 @@ __all__ = [
     "apply_views",
     "augment",
     "check_labels",
+    "check_transfer_texts",
     "labeled_rows",
     "load_transfer",
+    "transfer_column",
     "transfer_tag",
     "random_views",
     "view_count",

@@ -59,6 +59,55 @@ def read_csv(name: str, text_column: str, label_column: str) -> tuple[list[str],
     A `.tsv` file (or one whose first line has tabs and no commas) is read tab-separated. Every problem
     is a DatasetError of one line that names the file and what is wrong with it.
     """
+    header, rows = _table(name)
+    columns = []
+    for role, column in (("text_column", text_column), ("label_column", label_column)):
+        columns.append(_column_index(name, header, column, role))
+    text_at, label_at = columns
+    if text_at == label_at:
+        raise DatasetError(f"{name}: text_column and label_column are the same column {text_column!r}")
+    body = rows[1:]
+    if not body:
+        raise DatasetError(f"{name}: the file has a header and no rows")
+    texts, labels = [], []
+    for line, row in enumerate(body, start=2):
+        if len(row) <= max(text_at, label_at):
+            raise DatasetError(f"{name}: row {line} has {len(row)} fields; the header has {len(header)}")
+        label = row[label_at].strip()
+        if not label:
+            raise DatasetError(f"{name}: row {line} has an empty label in column {label_column!r}")
+        texts.append(row[text_at])
+        labels.append(label)
+    class_names = tuple(sorted(set(labels)))
+    if len(class_names) < 2:
+        raise DatasetError(f"{name}: label column {label_column!r} has one value ({class_names[0]!r}); "
+                           "classification needs at least two classes")
+    if len(class_names) > MAX_CLASSES:
+        raise DatasetError(f"{name}: label column {label_column!r} has {len(class_names)} distinct values (at most "
+                           f"{MAX_CLASSES}); is it the right column?")
+    index = {label: i for i, label in enumerate(class_names)}
+    return texts, np.array([index[label] for label in labels], dtype=np.int64), class_names
+
+
+def read_texts(name: str, column: str) -> list[str]:
+    """The texts of one column of `csv:<path>`, blank cells left out: an unlabelled transfer set (any other
+    column, a label column included, is ignored). DatasetError (one line) when there are none."""
+    header, rows = _table(name)
+    at = _column_index(name, header, column, "transfer_column, else text_column")
+    texts = [row[at] for row in rows[1:] if len(row) > at and row[at].strip()]
+    if not texts:
+        raise DatasetError(f"{name}: no texts in column {column!r}" + ("" if len(rows) > 1 else " (a header and no rows)"))
+    return texts
+
+
+def _column_index(name: str, header: list[str], column: str, role: str) -> int:
+    if column not in header:
+        raise DatasetError(f"{name}: no column {column!r} ({role}); the header has {', '.join(map(repr, header))}")
+    return header.index(column)
+
+
+def _table(name: str) -> tuple[list[str], list[list[str]]]:
+    """(the header's cells, stripped; every non-blank row, the header first) of `csv:<path>`."""
     path = csv_path(name)
     if not os.path.isfile(path):
         raise DatasetError(f"{name}: no such file {path}")
@@ -86,36 +135,7 @@ def read_csv(name: str, text_column: str, label_column: str) -> tuple[list[str],
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     if not rows:
         raise DatasetError(f"{name}: the file is empty")
-    header = [cell.strip() for cell in rows[0]]
-    columns = []
-    for role, column in (("text_column", text_column), ("label_column", label_column)):
-        if column not in header:
-            raise DatasetError(f"{name}: no column {column!r} ({role}); the header has {', '.join(map(repr, header))}")
-        columns.append(header.index(column))
-    text_at, label_at = columns
-    if text_at == label_at:
-        raise DatasetError(f"{name}: text_column and label_column are the same column {text_column!r}")
-    body = rows[1:]
-    if not body:
-        raise DatasetError(f"{name}: the file has a header and no rows")
-    texts, labels = [], []
-    for line, row in enumerate(body, start=2):
-        if len(row) <= max(text_at, label_at):
-            raise DatasetError(f"{name}: row {line} has {len(row)} fields; the header has {len(header)}")
-        label = row[label_at].strip()
-        if not label:
-            raise DatasetError(f"{name}: row {line} has an empty label in column {label_column!r}")
-        texts.append(row[text_at])
-        labels.append(label)
-    class_names = tuple(sorted(set(labels)))
-    if len(class_names) < 2:
-        raise DatasetError(f"{name}: label column {label_column!r} has one value ({class_names[0]!r}); "
-                           "classification needs at least two classes")
-    if len(class_names) > MAX_CLASSES:
-        raise DatasetError(f"{name}: label column {label_column!r} has {len(class_names)} distinct values (at most "
-                           f"{MAX_CLASSES}); is it the right column?")
-    index = {label: i for i, label in enumerate(class_names)}
-    return texts, np.array([index[label] for label in labels], dtype=np.int64), class_names
+    return [cell.strip() for cell in rows[0]], rows
 
 
 # --- tokenizers --------------------------------------------------------------------------------------

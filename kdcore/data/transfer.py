@@ -2,11 +2,14 @@
 
     rows = labeled_rows(splits.train_y, 0.1, splits.class_names)      # a stratified 10% keeps its labels
     extra = load_transfer("fashion-mnist", splits)                      # [N, *input_shape], normalised like splits
+    texts = load_transfer("csv:unlabelled.csv", text_splits, column="review")   # token ids [N, MAX_TOKENS]
 
 Knowledge distillation needs no labels on the examples the teacher labels (Hinton et al. 2015 call
 them the transfer set). `labeled_fraction` keeps the hard labels of a stratified share of the
 training split; `transfer` adds the inputs of another dataset, or of a folder of images, with no
-labels at all. The validation and test splits are never touched.
+labels at all: for images another dataset of the same shape or a folder of images, for text a
+`csv:<path>` (one column of texts; labels, if any, are ignored), the bundled rotten-tomatoes reviews, or
+`augment:N` copies of the training sentences. The validation and test splits are never touched.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from kdcore.data import files
 from kdcore.data.imagefolder import EXTENSIONS, folder_of
 from kdcore.data.splits import BUILTIN, Splits, default_root
 from kdcore.data.text_augment import augmented_copies, copies_of
-from kdcore.dataset_names import CATALOGUE, is_imagefolder, labels_kept, unlabelled_classes_message
+from kdcore.dataset_names import CATALOGUE, is_csv, is_imagefolder, is_text, labels_kept, unlabelled_classes_message
 from kdcore.errors import DatasetError
 
 LABEL_SEED = 0  # fixed, not the run's seed: every run (and its baseline) of one fraction sees the same labels
@@ -56,15 +59,43 @@ def check_labels(config) -> None:
 
     if config.labeled_fraction >= 1 and config.transfer is None:
         return
+    check_transfer_texts(config)  # before the dataset is read and tokenized: a missing file is found at once
     splits = load_for(config)
     labeled_rows(splits.train_y, config.labeled_fraction, splits.class_names, config.dataset)
     if config.transfer is not None:
-        transfer_shape(config.transfer, splits, root=config.data_root)
+        transfer_shape(config.transfer, splits, root=config.data_root, column=transfer_column(config))
 
 
-def transfer_shape(spec: str, splits: Splits, root: str | None = None) -> tuple[int, ...]:
-    """The input shape the transfer set `spec` gives, refused (DatasetError) unless it is the dataset's."""
+def transfer_column(config) -> str:
+    """The column a `csv:` transfer set's texts are read from: `transfer_column`, else the dataset's `text_column`."""
+    return config.transfer_column or config.text_column
+
+
+def check_transfer_texts(config) -> None:
+    """Refuse (DatasetError, one line) a `csv:` transfer set that cannot be read: no such file, no such column,
+    no texts in it. Reads the file alone (no dataset, no tokenizer): the New run form asks it too."""
+    if config.transfer and is_csv(config.transfer):
+        from kdcore.data.text import read_texts
+
+        read_texts(config.transfer, transfer_column(config))
+
+
+def transfer_shape(spec: str, splits: Splits, root: str | None = None, column: str = "text") -> tuple[int, ...]:
+    """The input shape the transfer set `spec` gives, refused (DatasetError) unless it is the dataset's.
+    `column`: the texts' column of a `csv:` transfer set (read here, so a bad one is refused)."""
     expected = tuple(splits.info.input_shape)
+    if is_text(spec) or splits.info.kind == "text":
+        if not is_text(spec) and copies_of(spec) is None:
+            raise DatasetError(f"transfer: {spec} gives {'images' if is_imagefolder(spec) else 'inputs'} of shape "
+                               f"{'(any)' if is_imagefolder(spec) else tuple(CATALOGUE[spec].input_shape)}; "
+                               f"dataset {splits.info.name} is text")
+        if is_text(spec) and splits.info.kind != "text":
+            raise DatasetError(f"transfer: {spec} gives texts; dataset {splits.info.name} is not text")
+        if is_csv(spec):
+            from kdcore.data.text import read_texts
+
+            read_texts(spec, column)
+        return expected  # text is tokenized with the dataset's tokenizer, to the dataset's length
     if copies_of(spec) is not None:
         if splits.info.kind != "text":
             raise DatasetError(f"transfer: {spec} makes copies of text; dataset {splits.info.name} is not text")
@@ -81,17 +112,24 @@ def transfer_shape(spec: str, splits: Splits, root: str | None = None) -> tuple[
     return shape
 
 
-def load_transfer(spec: str, splits: Splits, root: str | None = None) -> Tensor:
+def load_transfer(spec: str, splits: Splits, root: str | None = None, column: str = "text") -> Tensor:
     """The transfer set's inputs as float32 [N, *input_shape] on the CPU, normalised with `splits`' statistics
-    (for text: token ids int64 [N, MAX_TOKENS]).
+    (for text: token ids int64 [N, MAX_TOKENS], cut by the dataset's tokenizer).
 
     `augment:N` gives N masked or cut copies of every training sentence (`kdcore.data.text_augment`).
+    `csv:<path>` gives the texts of its column `column` (blank cells left out; every other column ignored);
+    `rotten-tomatoes` gives its 12,751 reviews, labels dropped.
 
     A catalogue dataset gives its training inputs (its official test split, where it has one, is left
     out; labels are dropped). `imagefolder:<path>` gives every image under the folder (subfolders
     included, their names ignored), converted to the dataset's channels and resized to its side.
     """
-    transfer_shape(spec, splits, root)
+    transfer_shape(spec, splits, root, column)
+    if is_text(spec):
+        from kdcore.data import text
+
+        texts = text.read_texts(spec, column) if is_csv(spec) else text.rotten_tomatoes()[0]
+        return torch.from_numpy(text.tokenize(texts, splits.tokenizer or text.DEFAULT_TOKENIZER))
     copies = copies_of(spec)
     if copies is not None:
         from kdcore.data.text import special_tokens
