@@ -1,8 +1,9 @@
 """Auto-tuning against a grid: how many student training steps a study needs to match a 5×5 grid's best cell,
 and how much tuning RKD, PKT and DKD's own parameters changes what they give on the preset pair.
 
-    python bench/tune.py [--trials 16] [--study-seeds 0 1 2] [--pruner sha] [--epochs 30] [--methods rkd pkt dkd]
-                         [--method-trials 10] [--seeds 3] [--skip-grid] [--set key=value ...] [--json]
+    python bench/tune.py [--trials 16] [--study-seeds 0 1 2] [--pruner sha] [--first-rung E] [--epochs 30]
+                         [--methods rkd pkt dkd] [--method-trials 10] [--seeds 3] [--skip-grid | --reuse-grid]
+                         [--set key=value ...] [--json]
 
 Part 1 (the target): the preset pair (mnist-5k, cnn → mlp-small) over T ∈ [1, 32] (log) × weights.kd ∈
 [0.1, 0.95]. The grid is 5 log-spaced temperatures × 5 evenly spaced KD weights, every run with the same
@@ -11,6 +12,8 @@ trials (TPE, successive-halving pruning, batches of 4) runs once per study seed.
 first trial (in trial order) whose validation accuracy is within 0.2 points of the grid's best cell, and count
 the student training steps of every trial up to the end of its batch (pruned trials count what they trained).
 The target: the median over study seeds of those steps is at most 40% of the grid's 25 × epochs × steps.
+--reuse-grid reads the grid this store recorded before (same base config) instead of training it again, to
+compare other study settings (--first-rung, --pruner, --trials) with the same grid.
 
 Part 2: for each method in --methods, a study over its own parameters (the ranges below) with the method at its
 paper defaults as the base config; the best settings and the defaults then train on --seeds seeds with the
@@ -57,6 +60,35 @@ def steps_per_epoch(store: Store, run_id: str) -> int:
     return first.step // first.epoch
 
 
+def recorded_grid(store: Store, base: dict) -> dict:
+    """The grid a previous run recorded in this store, read as grid_part returns it; refused if its base differs."""
+    sweep = next((s for s in store.list_sweeps() if s.get("name") == "bench tune: 5x5 grid"), None)
+    if sweep is None:
+        raise SystemExit("--reuse-grid: no grid recorded in this store")
+    records = store.list_runs(sweep_id=sweep["sweep_id"])
+    wanted = apply_overrides({}, [f"{k}={v}" for k, v in flat(base).items()])
+    for key, value in flat(wanted).items():
+        if flat(records[0].config).get(key) != value:
+            raise SystemExit(f"--reuse-grid: the recorded grid has {key}={flat(records[0].config).get(key)!r}, "
+                             f"not {value!r}")
+    cells = [{"temperature": r.config["temperature"], "weights.kd": r.config["weights"]["kd"],
+              "val_acc": (r.summary or {}).get("student_val_acc"), "run_id": r.id} for r in records]
+    per_epoch = steps_per_epoch(store, records[0].id)
+    return {"sweep_id": sweep["sweep_id"], "cells": cells, "best": max(cells, key=lambda c: c["val_acc"] or -1),
+            "steps": len(records) * records[0].config["epochs"] * per_epoch, "steps_per_epoch": per_epoch,
+            "wall_s": 0.0, "reused": True}
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def grid_part(runner: Runner, base: dict, epochs: int) -> dict:
     grid = parse_grid([f"temperature={','.join(map(str, TEMPERATURES))}", f"weights.kd={','.join(map(str, KD_WEIGHTS))}"])
     started = time.perf_counter()
@@ -72,10 +104,11 @@ def grid_part(runner: Runner, base: dict, epochs: int) -> dict:
 
 
 def study_part(runner: Runner, base: dict, trials: int, seed: int, target: float, grid_steps: int,
-               pruner: str) -> dict:
+               pruner: str, first_rung: int | None = None) -> dict:
     started = time.perf_counter()
+    variant = "" if first_rung is None and pruner == "sha" else f" [{pruner}, first rung {first_rung or 'default'}]"
     study_id = create_study(runner.store, base, SPACE, trials=trials, seeds=0, sampler_seed=seed, pruner=pruner,
-                            name=f"bench tune: T x kd, study seed {seed}")
+                            first_rung=first_rung, name=f"bench tune: T x kd{variant}, study seed {seed}")
     drive(runner, study_id)
     return {**reach(study_report(runner.store, study_id), seed, target, grid_steps),
             "wall_s": time.perf_counter() - started}
@@ -106,15 +139,21 @@ def reanalyse(store: Store, within: float) -> None:
     best = max((r.summary or {}).get("student_val_acc", -1) for r in records)
     epochs = records[0].config["epochs"]
     grid_steps = len(records) * epochs * steps_per_epoch(store, records[0].id)
-    rows = [reach(study_report(store, s["study_id"]), int(s["name"].rsplit(" ", 1)[1]), best - within, grid_steps)
-            for s in list_studies(store) if s["name"].startswith("bench tune: T x kd")]
-    for row in sorted(rows, key=lambda r: r["study_seed"]):
-        used = "-" if row["fraction_of_grid"] is None else f"{100 * row['fraction_of_grid']:.0f}%"
-        print(f"study seed {row['study_seed']}: best {100 * row['best_val_acc']:.2f}% (grid {100 * best:.2f}%); "
-              f"within {100 * within:.2f} points at trial #{row['reached_at_trial']}: {used} of the grid's steps; "
-              f"all trials {100 * row['total_fraction']:.0f}%")
-    fractions = [r["fraction_of_grid"] if r["fraction_of_grid"] is not None else math.inf for r in rows]
-    print(f"median: {100 * statistics.median(fractions):.0f}% of the grid's steps")
+    groups: dict[str, list[dict]] = {}
+    for study in list_studies(store):
+        if study["name"].startswith("bench tune: T x kd"):
+            variant, seed = study["name"].rsplit(", study seed ", 1)
+            groups.setdefault(variant, []).append(reach(study_report(store, study["study_id"]), int(seed),
+                                                        best - within, grid_steps))
+    for variant, rows in sorted(groups.items()):
+        print(variant)
+        for row in sorted(rows, key=lambda r: r["study_seed"]):
+            used = "-" if row["fraction_of_grid"] is None else f"{100 * row['fraction_of_grid']:.0f}%"
+            print(f"  study seed {row['study_seed']}: best {100 * row['best_val_acc']:.2f}% (grid {100 * best:.2f}%); "
+                  f"within {100 * within:.2f} points at trial #{row['reached_at_trial']}: {used} of the grid's steps; "
+                  f"all trials {100 * row['total_fraction']:.0f}% ({row['pruned']} pruned)")
+        fractions = [r["fraction_of_grid"] if r["fraction_of_grid"] is not None else math.inf for r in rows]
+        print(f"  median: {100 * statistics.median(fractions):.0f}% of the grid's steps")
 
 
 def method_part(runner: Runner, base: dict, method: str, trials: int, seeds: int) -> dict:
@@ -139,7 +178,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(METHOD_SPACES))
     parser.add_argument("--method-trials", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3, help="confirmation seeds of the method studies")
+    parser.add_argument("--first-rung", type=int, default=None, help="the pruner's first rung epoch (default: a "
+                        "tenth of the epochs)")
     parser.add_argument("--skip-grid", action="store_true", help="only the method studies")
+    parser.add_argument("--reuse-grid", action="store_true", help="the grid this store recorded before, not a new one")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--within", type=float, default=WITHIN, help="with --reanalyse: the distance to the grid's "
                         "best that counts as reaching it (default 0.002, 0.2 points)")
@@ -153,9 +195,10 @@ def main() -> None:
     base = apply_overrides({"epochs": args.epochs}, args.overrides)
     runner = Runner(Store())
     out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                 "load_before": load(), "epochs": args.epochs, "trials": args.trials, "pruner": args.pruner}
+                 "load_before": load(), "epochs": args.epochs, "trials": args.trials, "pruner": args.pruner,
+                 "first_rung": args.first_rung, "overrides": args.overrides}
     if not args.skip_grid:
-        grid = grid_part(runner, base, args.epochs)
+        grid = recorded_grid(runner.store, base) if args.reuse_grid else grid_part(runner, base, args.epochs)
         out["grid"] = grid
         target = grid["best"]["val_acc"] - WITHIN
         print(f"grid 5x5: best cell T={grid['best']['temperature']:g}, kd={grid['best']['weights.kd']:g}: "
@@ -163,7 +206,7 @@ def main() -> None:
               flush=True)
         studies = []
         for seed in args.study_seeds:
-            row = study_part(runner, base, args.trials, seed, target, grid["steps"], args.pruner)
+            row = study_part(runner, base, args.trials, seed, target, grid["steps"], args.pruner, args.first_rung)
             studies.append(row)
             reached = (f"reached {100 * target:.2f}% at trial #{row['reached_at_trial']} with "
                        f"{100 * row['fraction_of_grid']:.0f}% of the grid's steps" if row["steps_to_reach"] is not None

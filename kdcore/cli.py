@@ -462,9 +462,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     runner = _runner()
     store = runner.store
     if args.study:
-        if args.space or args.overrides or args.config or args.preset:
-            raise KDError("--study continues a recorded study, whose space and config are fixed: leave out "
-                          "--space, --preset, --set and --config")
+        if args.space or args.overrides or args.config or args.preset or args.first_rung is not None:
+            raise KDError("--study continues a recorded study, whose space, config and pruner are fixed: leave out "
+                          "--space, --preset, --set, --config and --first-rung")
         study_id = args.study
         get_study(store, study_id)
         if args.stop:
@@ -480,7 +480,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise KDError("a study needs --trials N (how many settings to try)")
         base = config_data(args.config, args.overrides, args.preset)  # a preset, a file, --set, in that order
         study_id = create_study(store, base, args.space, trials=args.trials, seeds=args.seeds, batch=args.batch,
-                                pruner=args.pruner, sampler_seed=args.sampler_seed, name=args.name, owner=args.owner)
+                                pruner=args.pruner, first_rung=args.first_rung, sampler_seed=args.sampler_seed,
+                                name=args.name, owner=args.owner)
         print(f"study {study_id}: {args.trials} trials over {len(args.space)} setting(s)", file=sys.stderr)
     if not args.wait:
         pid = start_driver(store, study_id)
@@ -738,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "group where they can (default 4)")
     p.add_argument("--pruner", choices=["sha", "hyperband", "none"], default="sha",
                    help="stop unpromising trials from their validation accuracy (default: successive halving)")
+    p.add_argument("--first-rung", type=int, default=None, metavar="E",
+                   help="the first epoch at which the pruner compares trials, then ×3, ×9, ... below the last epoch "
+                        "(default: a tenth of the epochs)")
     p.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler")
     p.add_argument("--name", default="", help="a label for the study and its runs")
     p.add_argument("--study", metavar="ID", default=None, help="continue (or, with --trials, extend) a recorded study")

@@ -71,9 +71,11 @@ def test_the_form_starts_a_study_that_a_background_driver_runs(tmp_path, monkeyp
     at.multiselect(key="tu_methods").set_value(["kd", "dkd"]).run()
     at.checkbox(key="tu_on_dkd.beta").check().run()
     at.number_input(key="tu_lo_dkd.beta").set_value(30.0)  # beyond dkd's beta range (≤ 20)
-    at.number_input(key="tu_hi_dkd.beta").set_value(40.0).run()
+    at.number_input(key="tu_hi_dkd.beta").set_value(40.0)
+    at.number_input(key="tu_rung_30").set_value(10).run()  # the pruner's first rung: epoch 10 of 30, not the default 3
     command = at.code[0].value
     assert "--space temperature=1,32 --space method=kd,dkd --space dkd.beta=30,40 --trials 2" in command
+    assert command.endswith("--pruner sha --first-rung 10")
     at.button(key="tu_start").click().run()
     assert any("dkd.beta=30" in e.value for e in at.error), [e.value for e in at.error]
     assert store.list_sweeps() == []  # refused: nothing recorded
@@ -86,6 +88,7 @@ def test_the_form_starts_a_study_that_a_background_driver_runs(tmp_path, monkeyp
     assert at.query_params.get("study") == study_id
     assert sweep["space"] == ["temperature=1,32", "method=choice:kd,dkd", "dkd.beta=2,10"]
     assert sweep["base"]["dataset"] == "digits" and sweep["trials_wanted"] == 2
+    assert sweep["pruner"]["min_resource"] == 10
     deadline = time.time() + TIMEOUT
     while len(store.list_runs(sweep_id=study_id)) < 2 and time.time() < deadline:
         time.sleep(0.2)  # the driver (a process of its own) asks Optuna and queues the first batch

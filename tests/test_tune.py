@@ -47,6 +47,7 @@ def test_a_spec_parses_to_its_dimension(text, kind, low, high, log, choices):
     (["--space", "seed=0,5"], "not lucky seeds"),
     (["--space", "temperature"], "expects KEY=SPEC"),
     (["--space", "temperature=1,4"], "--trials must be a positive integer, got 0"),
+    (["--space", "temperature=1,4", "--set", "epochs=4", "--first-rung", "4"], "--first-rung must be an epoch from 1 to 3"),
 ])
 def test_bad_input_exits_2_with_one_line_and_queues_nothing(args, message, capsys):
     trials = ["--trials", "0"] if "--trials must" in message else ["--trials", "2"]
@@ -75,6 +76,8 @@ def test_trials_report_to_the_pruner_at_the_rung_epochs_before_their_last():
     assert rung_epochs(default_pruner("sha", 30), 30) == [3, 9, 27]  # a tenth of the budget, then ×3
     assert rung_epochs(default_pruner("hyperband", 2), 2) == [1]
     assert rung_epochs(default_pruner("none", 30), 30) == []
+    assert rung_epochs(default_pruner("sha", 30, first_rung=10), 30) == [10]  # --first-rung: later, fewer rungs
+    assert rung_epochs(default_pruner("sha", 30, first_rung=2), 30) == [2, 6, 18]
 
 
 # --- the verdict --------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from kdcore.methods import METHODS
 from kdcore.model_names import ARCH_NAMES
 from kdcore.store import Store
 from kdcore.tune.report import list_studies, study_report
-from kdcore.tune.study import create_study, driver_alive, extend, request_stop, start_driver
+from kdcore.tune.study import (create_study, default_pruner, driver_alive, extend, request_stop, rung_epochs,
+                               start_driver)
 
 POLL_S = 2.0
 PREFIX = "tu_"
@@ -72,7 +73,7 @@ def _new_study(store: Store) -> None:
                              help="Several: the method is searched too. A method's own parameters apply only to "
                                   "its trials.")
     method_params = _method_params(methods)
-    cols = st.columns(4)
+    cols = st.columns(5)
     trials = int(cols[0].number_input("Trials", 1, 500, 12, key=PREFIX + "trials"))
     seeds = int(cols[1].number_input("Confirmation seeds", 0, 20, 3, key=PREFIX + "seeds",
                                      help="The best settings and the base config re-run on this many seeds, with "
@@ -82,11 +83,14 @@ def _new_study(store: Store) -> None:
     pruner = cols[3].selectbox("Pruner", ["sha", "hyperband", "none"], key=PREFIX + "pruner",
                                format_func={"sha": "successive halving", "hyperband": "Hyperband",
                                             "none": "none"}.get)
+    first_rung = _first_rung(cols[4], pruner, base["epochs"])
     if len(methods) == 1:
         base["method"] = methods[0]
     specs = space_specs(ranges, methods, method_params)
     command = ["python", "-m", "kdcore", "tune", *form.cli_sets(base), *[a for s in specs for a in ("--space", s)],
                "--trials", str(trials), "--seeds", str(seeds), "--batch", str(batch), "--pruner", pruner]
+    if first_rung is not None:
+        command += ["--first-rung", str(first_rung)]
     if name:
         command += ["--name", name]
     if not methods:
@@ -97,7 +101,7 @@ def _new_study(store: Store) -> None:
                    key=PREFIX + "start"):
         try:
             study_id = create_study(store, base, specs, trials=trials, seeds=seeds, batch=batch, pruner=pruner,
-                                    name=name)
+                                    first_rung=first_rung, name=name)
             start_driver(store, study_id)
         except KDError as exc:
             st.error(str(exc), icon=":material/error:")
@@ -106,6 +110,18 @@ def _new_study(store: Store) -> None:
             st.rerun()
     st.caption("The same from the command line:")
     st.code(shlex.join(command), language="bash", wrap_lines=True)
+
+
+def _first_rung(col, pruner: str, epochs: int) -> int | None:
+    """The pruner's first rung epoch when it is not the default (a tenth of the epochs); None otherwise."""
+    if pruner == "none" or epochs < 2:
+        return None
+    default = default_pruner(pruner, epochs)["min_resource"]
+    rung = int(col.number_input("First rung (epoch)", 1, epochs - 1, min(default, epochs - 1), key=PREFIX + f"rung_{epochs}",
+                                help="The first epoch at which the pruner compares trials (then ×3, ×9, ...). "
+                                     "Later: fewer trials stopped on an early lead that does not last, at more "
+                                     "steps per pruned trial."))
+    return None if rung == default else rung
 
 
 def _base_form() -> tuple[dict[str, Any], str]:
@@ -203,7 +219,7 @@ def _status(store: Store, report: dict[str, Any]) -> None:
     finished = sum(n for s, n in counts.items() if s in ("complete", "pruned", "failed", "cancelled"))
     st.caption(f"`{study_id}` · **{report['base'].get('dataset', 'mnist-5k')}** · "
                + " · ".join(f"`{text}`" for text in report["space"])
-               + f" · pruner {report['pruner']['kind']} · {report['student_steps']:,} student steps so far")
+               + f" · pruner {report['pruner']['kind']}{_rungs(report)} · {report['student_steps']:,} student steps so far")
     parts = " · ".join(f"{n} {s}" for s, n in counts.items())
     row = st.container(horizontal=True, vertical_alignment="bottom")
     row.progress(min(finished / max(report["trials_wanted"], 1), 1.0),
@@ -229,6 +245,11 @@ def _status(store: Store, report: dict[str, Any]) -> None:
             st.rerun()
     if report["error"]:
         st.error(f"The study's driver failed: {report['error']}", icon=":material/error:")
+
+
+def _rungs(report: dict[str, Any]) -> str:
+    rungs = rung_epochs(report["pruner"], RunConfig.from_dict(dict(report["base"])).epochs)
+    return f" at epoch{'s' if len(rungs) > 1 else ''} {', '.join(map(str, rungs))}" if rungs else ""
 
 
 def _verdict(report: dict[str, Any]) -> None:

@@ -55,11 +55,17 @@ def rung_epochs(pruner: dict[str, Any], epochs: int) -> list[int]:
     return rungs
 
 
-def default_pruner(kind: str, epochs: int) -> dict[str, Any]:
-    """Rungs at ~epochs/10, ×3, ×9, ...: 30 epochs → 3, 9, 27 (a trial pruned at the first rung costs a tenth)."""
+def default_pruner(kind: str, epochs: int, first_rung: int | None = None) -> dict[str, Any]:
+    """Rungs at `first_rung` (default ~epochs/10), ×3, ×9, ...: 30 epochs → 3, 9, 27 (a trial pruned at the first
+    rung costs a tenth); first_rung=10 → 10 alone. A later first rung prunes on accuracies nearer the final ones
+    (on the preset pair, trials at a high temperature learn slower early but end level or ahead: BENCHMARKS.md)."""
     if kind not in PRUNERS:
         raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}, got {kind!r}")
-    return {"kind": kind, "min_resource": max(1, epochs // 10), "reduction_factor": REDUCTION_FACTOR,
+    if first_rung is not None and (isinstance(first_rung, bool) or not isinstance(first_rung, int)
+                                   or not 1 <= first_rung < epochs):
+        raise ConfigError(f"--first-rung must be an epoch from 1 to {epochs - 1} (below the trials' {epochs} epochs), "
+                          f"got {first_rung!r}")
+    return {"kind": kind, "min_resource": first_rung or max(1, epochs // 10), "reduction_factor": REDUCTION_FACTOR,
             "max_resource": epochs}
 
 
@@ -110,8 +116,8 @@ def _storage(store: Store):
 
 
 def create_study(store: Store, base: dict[str, Any], space: list[str], *, trials: int, seeds: int = DEFAULT_SEEDS,
-                 batch: int = DEFAULT_BATCH, pruner: str = "sha", sampler_seed: int | None = None, name: str = "",
-                 owner: str | None = None) -> str:
+                 batch: int = DEFAULT_BATCH, pruner: str = "sha", first_rung: int | None = None,
+                 sampler_seed: int | None = None, name: str = "", owner: str | None = None) -> str:
     """Check everything, then record the study; returns its id (`sweep-…`). Nothing is recorded on a bad input."""
     dims = parse_space(space)
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -123,8 +129,9 @@ def create_study(store: Store, base: dict[str, Any], space: list[str], *, trials
     base = {**base, "baseline": base.get("baseline", True)}
     check_space(base, dims)
     epochs = RunConfig.from_dict(dict(base)).epochs
+    pruner_spec = default_pruner(pruner, epochs, first_rung)
     spec = {"kind": KIND, "name": name, "base": base, "space": [d.text for d in dims], "trials_wanted": trials,
-            "seeds": seeds, "batch": batch, "pruner": default_pruner(pruner, epochs), "sampler_seed": sampler_seed,
+            "seeds": seeds, "batch": batch, "pruner": pruner_spec, "sampler_seed": sampler_seed,
             "owner": owner, "status": "queued", "size": 0, "trials": {}, "confirm": None, "verdict": None,
             "importance": {}, "driver_pid": None, "error": None, "stop_requested": False}
     import optuna
