@@ -60,8 +60,8 @@ def main() -> None:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="ERROR", log_to_driver=False, configure_logging=False)
     cluster_start = time.perf_counter() - t0
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     on_ray = side("ray", args.runs, root)

@@ -10,12 +10,10 @@ The worker is the same program either way and the store is still the only channe
 reads the cancel flag (within a second, so a cancel reaches a run on any node) and records how its run ended.
 So the app and the CLI behave alike whichever executor runs the work. Ray is imported only when selected.
 
-On Ray, each run is a detached actor (it must outlive the CLI command that submitted it) that starts the
-worker as its child and waits for it. A worker killed on its node (SIGKILL, the kernel's OOM killer) is seen
-there at once: its runs are marked failed with the signal that ended them, keeping what they wrote, and
-`resume` continues them from their last checkpoint, on whichever node Ray then picks. The actor's own death
-takes the worker with it (the runner's reaper then marks the run failed); a lost node leaves a silent
-heartbeat, which any runner of the shared store turns into `failed` after 90 s.
+On Ray, the runner hands each claimed run to the cluster's dispatcher actor and returns (the run goes on
+after the submitting command has exited); the dispatcher starts its worker on a *slot*, a long-lived actor
+holding the run's resources whose worker is a fork of a process with torch already imported
+(`kdcore.ray_slots`: how a killed worker, a lost slot or node, cancel and resume are handled there).
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import contextlib
 import fcntl
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -33,11 +30,12 @@ import time
 from typing import Any
 
 from kdcore.errors import ConfigError, ExecutorError
-from kdcore.store import HOST, RunRecord, Store
+from kdcore.store import RunRecord, Store
 
 RAY_PLACED = "ray"  # the host of a run handed to Ray, until its worker starts on a node and names its own
 RAY_NAMESPACE = "kdlab"
 RAY_CONNECT_TIMEOUT_S = 3.0  # an unreachable RAY_ADDRESS is refused after this long, before anything is queued
+RAY_HANDOVER_S = 120.0  # the dispatcher answers in milliseconds; its first start (a new Ray worker) takes seconds
 RAY_HEAD_START_S = 90.0  # a local head that has not opened its port by then failed to start (see its log)
 
 
@@ -80,7 +78,7 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Runs start on a Ray cluster, one detached actor per run (or stacked group), each asking for the run's
+    """Runs start on a Ray cluster, on slots (`kdcore.ray_slots`) holding the run's (or stacked group's)
     resources per process it trains on (`devices`): KDCORE_RAY_NUM_CPUS CPUs (default 1) and
     KDCORE_RAY_NUM_GPUS GPUs (default: 1 for a run on `cuda`, and for one on `auto` when the cluster has
     GPUs; 0 otherwise)."""
@@ -118,21 +116,22 @@ class RayExecutor:
         return {"num_cpus": self.num_cpus * processes, "num_gpus": gpus * processes}
 
     def start(self, store: Store, record: RunRecord, env: dict[str, str]) -> None:
-        """Hand the run to Ray as a detached actor; the run stays `starting` (held by Ray) until a node has
-        the resources and its worker takes the run."""
+        """Hand the run to the cluster's dispatcher (`kdcore.ray_slots`); the run stays `starting` (held by
+        Ray) until a slot with its resources is free on some node and its worker takes the run."""
+        from kdcore.ray_slots import dispatcher
+
         ray = _connect(store)
         resources = self.resources(record.config, ray.cluster_resources().get("GPU", 0.0))
-        actor = ray.remote(RayRunWorker).options(lifetime="detached", namespace=RAY_NAMESPACE, max_restarts=0,
-                                                  name=f"kdcore-{record.id}-{time.time_ns() % 10**9}", **resources)
         payload = {key: value for key, value in env.items() if key.startswith("KDCORE_")}
         payload["OMP_NUM_THREADS"] = str(max(1, int(resources["num_cpus"])))  # the worker's share of its node
         payload["PYTHONUNBUFFERED"] = "1"
-        try:
-            actor.remote(record.id, payload, str(store.worker_log_path(record.id)), os.getcwd())
-        except Exception as exc:  # Ray refused it (e.g. more resources than any node has)
-            store.finish(record.id, "failed", error=f"could not start a worker on Ray: {_first_line(exc)}")
-            return
         store.mark_placed(record.id, RAY_PLACED)
+        try:
+            ray.get(dispatcher(ray, RAY_NAMESPACE).start.remote(record.id, payload, str(store.worker_log_path(record.id)),
+                                                                os.getcwd(), resources), timeout=RAY_HANDOVER_S)
+        except Exception as exc:  # Ray refused it, or its dispatcher did not answer (a late start finds it failed)
+            store.finish(record.id, "failed", error=f"could not start a worker on Ray: {_first_line(exc)}",
+                         only_if=("starting",))
 
 
 EXECUTORS: dict[str, type] = {"local": LocalExecutor, "ray": RayExecutor}
@@ -253,95 +252,3 @@ def _local_head(store: Store) -> str:
         address = f"127.0.0.1:{port}"
         address_file.write_text(address)
         return address
-
-
-# --- on a node -------------------------------------------------------------------------------------------
-
-
-class RayRunWorker:
-    """The Ray actor of one run: starts its worker process on this node and waits for it, then leaves, freeing
-    the run's resources. Its constructor returns at once (creating a detached actor is all the submitter does,
-    so the run goes on after the submitting command has exited); a thread does the waiting."""
-
-    def __init__(self, run_id: str, env: dict[str, str], log_path: str, cwd: str) -> None:
-        threading.Thread(target=self._run, args=(run_id, env, log_path, cwd), daemon=True).start()
-
-    def _run(self, run_id: str, env: dict[str, str], log_path: str, cwd: str) -> None:
-        import ray
-
-        try:
-            node_env = {key: value for key, value in os.environ.items() if not key.startswith("KDCORE_")}
-            run_on_node(run_id, {**node_env, **env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-                                 "KDCORE_WORKER_STARTS_NEXT": "0"}, log_path, cwd if os.path.isdir(cwd) else None)
-            _start_next(env)  # from here, already connected (a worker would spend seconds connecting)
-        finally:
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
-
-
-def _start_next(env: dict[str, str]) -> None:
-    """The slot of the run that ended is free: start the next queued run, as a local worker does at its end."""
-    from kdcore.runner import Runner
-
-    saved = dict(os.environ)
-    os.environ.update(env)  # the submitter's store and settings (KDCORE_*), for this moment
-    try:
-        runner = Runner(Store(env["KDCORE_HOME"], db=env.get("KDCORE_DB", ""),
-                              artifacts=env.get("KDCORE_ARTIFACTS") or None))
-        runner.tick()
-        runner.store.close()
-    except Exception:  # the next tick of any runner (the app's, a CLI command's) starts it instead
-        pass
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def run_on_node(run_id: str, env: dict[str, str], log_path: str, cwd: str | None) -> int:
-    """Run `python -m kdcore worker RUN_ID` here, writing worker.log, and wait. A worker that ends without
-    recording its runs' end (killed by a signal, or crashed) has them marked failed with the reason here
-    (cancelled, when they were asked to stop), keeping every row and checkpoint they wrote."""
-    store = Store(env["KDCORE_HOME"], db=env.get("KDCORE_DB", ""), artifacts=env.get("KDCORE_ARTIFACTS") or None)
-    try:
-        try:
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(worker_command(run_id), stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=_die_with_parent)
-        except OSError as exc:
-            store.finish(run_id, "failed", error=f"could not start a worker on {HOST} (Ray): {exc}")
-            return 1
-        returncode = proc.wait()
-        if returncode != 0:
-            if returncode < 0:
-                how = f"was killed by {signal.Signals(-returncode).name}"
-            else:
-                how = f"exited with status {returncode} (see its worker.log)"
-            record_lost_worker(store, run_id, proc.pid, f"its worker (pid {proc.pid} on {HOST}, run by Ray) {how}")
-        return returncode
-    finally:
-        store.close()
-
-
-def record_lost_worker(store: Store, run_id: str, pid: int, reason: str) -> list[str]:
-    """Mark failed (cancelled, when asked to stop) the runs worker `pid` of this machine held and did not end:
-    `run_id`, and the runs of its sweep it trained with it. Returns their ids."""
-    ended = []
-    for record in store.list_runs(status=["starting", "running"]):
-        mine = record.pid == pid and record.host in (None, HOST)
-        if not (mine or (record.id == run_id and record.pid is None)):
-            continue
-        status = "cancelled" if record.cancel_requested else "failed"
-        error = f"cancelled by the user ({reason} before reporting)" if record.cancel_requested else reason
-        if store.finish(record.id, status, error=error, only_if=("starting", "running")):
-            ended.append(record.id)
-    return ended
-
-
-def _die_with_parent() -> None:
-    """In the worker, before exec: die with the actor that started it (Linux), so that a killed actor never
-    leaves a worker training on resources Ray has given to another run."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass

@@ -450,6 +450,50 @@ def spare_main() -> int:
     return worker_main(run_id, warmed=True)
 
 
+def forked_main(run_id: str, env: dict[str, str], log_path: str, cwd: str | None) -> None:
+    """A run's worker as a fork of a Ray slot's warm fork server (`kdcore.ray_slots`), which has imported torch
+    and the trainer already: take on the run's environment and its worker.log, then `worker_main`. A run folder
+    that cannot be written fails the run saying so, as a local worker's start does."""
+    import sys
+
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a stop request (SIGTERM) must reach it
+    os.environ.clear()
+    os.environ.update(env)
+    if cwd:
+        os.chdir(cwd)
+    try:
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        store = Store()
+        store.finish(run_id, "failed", error=f"could not start a worker: its run folder cannot be written "
+                                             f"({exc.strerror or exc}: {exc.filename})")
+        store.close()
+        return
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # what a killed worker printed stays in its log
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads.isdigit() and int(threads) > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))  # the server imported torch under its own setting
+    sys.exit(worker_main(run_id))
+
+
+def _die_with_parent() -> None:
+    """Die with the process that started this one (Linux), so that a lost Ray slot never leaves a worker
+    training on resources Ray has given to another run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _companions(store: Store, record, config: RunConfig) -> list[tuple[Any, RunConfig]]:
     """Queued runs of the same sweep that can train in one group with this one; adopted atomically."""
     from kdcore.group import MAX_GROUP, group_key
