@@ -1,14 +1,17 @@
-"""The executors (kdcore.executors): runs on a real local Ray cluster, driven through the CLI as a user would,
-with the run folders on KDCORE_ARTIFACTS; and the one-line refusals of a bad executor setup.
+"""The executors (kdcore.executors, kdcore.ray_slots): runs on a real local Ray cluster, driven through the CLI
+as a user would, with the run folders on KDCORE_ARTIFACTS, on a SQLite store and on a PostgreSQL one; and the
+one-line refusals of a bad executor setup.
 
-One Ray cluster (2 CPUs, 127.0.0.1 only) serves the module; the tests' CLI commands connect to it through
+One Ray cluster (4 CPUs, 127.0.0.1 only) serves the module; the tests' CLI commands connect to it through
 RAY_ADDRESS. Each run is the tiny digits config, held at a chosen moment by the test pause point
-(`kdcore.worker.pause_point`) where a test needs to act mid-run.
+(`kdcore.worker.pause_point`) where a test needs to act mid-run. Every run of the module starts at once (the
+module fixtures), so the module costs about as much as its slowest run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -32,7 +35,7 @@ WAIT_S = 180.0
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A local Ray cluster on 127.0.0.1 (3 logical CPUs: the module's three runs train at once), and the
+    """A local Ray cluster on 127.0.0.1 (4 logical CPUs: the module's runs train at once), and the
     environment of its user: run folders on shared storage (KDCORE_ARTIFACTS), one store for the module."""
     root = tmp_path_factory.mktemp("ray-user")
     (root / "auth_token").write_text(secrets.token_hex(32))  # not ~/.ray's, which other Rays of this user share
@@ -41,7 +44,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     with environment(single_machine):
         import ray  # here: it reads the token's settings when imported
 
-        ray.init(address="local", num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
                  log_to_driver=False, configure_logging=False)
         yield {"KDCORE_EXECUTOR": "ray", "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
                "KDCORE_HOME": str(root / "home"), "KDCORE_ARTIFACTS": str(root / "shared")}
@@ -49,9 +52,20 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 @pytest.fixture(scope="module")
-def runs(ray_cluster: dict[str, str]) -> dict[str, str]:
-    """Three runs submitted at once: one through the CLI, to train; two held at their student stage, submitted
-    from this process (a Runner here, connected to the same cluster: no second Ray client to start)."""
+def postgres_sweep(ray_cluster: dict[str, str], postgres_server) -> tuple[dict[str, str], subprocess.Popen]:
+    """The issue's sweep on Ray with its store on PostgreSQL, `sweep --wait --json` started in the background
+    (its two runs share the cluster with the module's other runs); its environment and its process."""
+    env = {**os.environ, **ray_cluster, "KDCORE_DB": postgres_server.new_database(),
+           "KDCORE_HOME": ray_cluster["KDCORE_HOME"] + "-pg", "KDCORE_ARTIFACTS": ray_cluster["KDCORE_ARTIFACTS"] + "-pg"}
+    command = [sys.executable, "-m", "kdcore", "sweep", "--grid", "temperature=1,4", *TINY, "--wait", "--json"]
+    return env, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def runs(ray_cluster: dict[str, str], postgres_sweep) -> dict[str, str]:
+    """Three runs submitted at once (beside the PostgreSQL sweep): one through the CLI, to train; two held at
+    their student stage, submitted from this process (a Runner here, connected to the same cluster: no second
+    Ray client to start)."""
     submitted = {"plain": last_json(cli("submit", *TINY, "--json", env=ray_cluster))["run_id"]}
     config = build_config(None, [value for value in TINY if value != "--set"])
     with environment({**ray_cluster, "KDCORE_TEST_PAUSE": "*=student"}):
@@ -125,7 +139,31 @@ def test_cancel_reaches_a_run_on_ray(ray_cluster, runs, store):
     assert store.metrics_since(run_id)[0]  # it keeps what it wrote
 
 
-def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_it(ray_cluster, runs, store):
+def test_a_sweep_on_ray_with_its_store_on_postgresql_lands_its_rows_there(postgres_sweep, runs):
+    env, sweep = postgres_sweep
+    out, err = sweep.communicate(timeout=WAIT_S)
+    assert sweep.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert sorted(row["temperature"] for row in result["results"]) == [1.0, 4.0]
+    listed = last_json(subprocess.run([sys.executable, "-m", "kdcore", "runs", "--json"], capture_output=True,
+                                      text=True, timeout=120, env=env))["runs"]
+    assert {r["run_id"]: r["status"] for r in listed} == {run_id: "done" for run_id in result["runs"]}
+
+    import psycopg
+    import torch
+
+    with psycopg.connect(env["KDCORE_DB"]) as database:  # the rows are in PostgreSQL itself
+        counts = dict(database.execute("SELECT run_id, count(*) FROM metrics GROUP BY run_id").fetchall())
+    for run_id in result["runs"]:
+        metrics = last_json(subprocess.run([sys.executable, "-m", "kdcore", "metrics", run_id, "--json"],
+                                           capture_output=True, text=True, timeout=120, env=env))["metrics"]
+        assert counts[run_id] == len(metrics) > 0
+        student = torch.load(Path(env["KDCORE_ARTIFACTS"]) / "runs" / run_id / "student.pt", weights_only=True)
+        assert student  # the artifacts the worker wrote on the node are there for whoever reads the store
+
+
+def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_it_on_a_slot_already_there(
+        ray_cluster, runs, store):
     run_id = runs["kill"]
     paused_at_student(store, run_id)
     pid = last_json(cli("status", run_id, "--json", env=ray_cluster))["pid"]
@@ -137,10 +175,21 @@ def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_i
     assert record.error == f"its worker (pid {pid} on {HOST}, run by Ray) was killed by SIGKILL"
     assert len(store.metrics_since(run_id)[0]) == kept  # nothing written is lost
 
+    slots_before = {slot["number"] for slot in slots()}  # every other run of the module has ended: all idle
     assert last_json(cli("resume", run_id, "--json", env=ray_cluster))["run_id"] == run_id
     record = finished(store, run_id)
     assert record.status == "done", record.error
     assert record.summary["student_test_acc"] > 0.3
+    if slots_before:  # none, only if they sat idle for SLOT_IDLE_S and were given back
+        assert {slot["number"] for slot in slots()} <= slots_before  # reused: no new actor, no new imports
+
+
+def slots() -> list[dict]:
+    import ray
+
+    from kdcore.ray_slots import DISPATCHER
+
+    return ray.get(ray.get_actor(DISPATCHER, namespace="kdlab").slots.remote())
 
 
 def test_a_run_asks_ray_for_its_cpus_and_gpus_per_process(monkeypatch):
