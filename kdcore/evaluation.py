@@ -49,11 +49,17 @@ SMALL_STEP_MACS = 50_000_000  # multiply-adds per training step below which one 
 @contextlib.contextmanager
 def cpu_threads_for(model: nn.Module, batch_size: int, device: torch.device):
     """Train `model` on one intra-op thread when its steps are tiny (an MLP on small inputs, e.g. the preset's
-    student), then restore the thread count. Each step of such a model is a few small matmuls: a second
-    thread only adds synchronisation, and when another process holds a core it makes every step wait for
-    the descheduled thread (the preset's student and baseline: 3.9 s on one thread, 10.4 s on two on this
-    2-core machine with one other busy process; identical results). Conv nets keep their threads."""
-    macs = _linear_macs(model)
+    student; a text student), then restore the thread count. Each step of such a model is many small
+    operations: a second thread only adds synchronisation, and when another process holds a core it makes
+    every operation wait for the descheduled thread (the preset's student and baseline: 3.9 s on one thread,
+    10.4 s on two on this 2-core machine with one other busy process; identical results). Conv nets keep
+    their threads.
+
+    The size counted is multiply-adds per example, per token for a text model: its layers act on one token
+    at a time (an LSTM's recurrent matmuls run once per time step, batch × 4·hidden × hidden each), so a
+    BiLSTM or a bag of embeddings counts as small, a Transformer of width 128 and up (and the teacher) not.
+    Token tables count nothing: a lookup multiplies nothing."""
+    macs = _macs_per_example(model)
     if device.type != "cpu" or macs is None or 3 * macs * batch_size > SMALL_STEP_MACS or torch.get_num_threads() == 1:
         yield
         return
@@ -65,11 +71,15 @@ def cpu_threads_for(model: nn.Module, batch_size: int, device: torch.device):
         torch.set_num_threads(previous)
 
 
-def _linear_macs(model: nn.Module) -> int | None:
-    """Multiply-adds per example of a model of Linear layers only; None for one with convolutions."""
+def _macs_per_example(model: nn.Module) -> int | None:
+    """Multiply-adds per example (per token for text) of a model of Linear and recurrent layers; None for one
+    with convolutions."""
     if any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()):
         return None
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    recurrent = sum(weight.numel() for m in model.modules() if isinstance(m, nn.RNNBase)
+                    for name, weight in m.named_parameters() if name.startswith("weight_"))
+    return linear + recurrent
 
 
 # --- evaluation --------------------------------------------------------------------------------------

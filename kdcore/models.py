@@ -348,6 +348,13 @@ def count_parameters(model: nn.Module) -> int:
     return sum(param.numel() for param in model.parameters() if param.requires_grad)
 
 
+def saved_parameter_count(model: nn.Module) -> int:
+    """Trainable parameters of `model` as its state_dict holds them: a text student's compact token table
+    (`kdcore.text_models.CompactTokenTable`) trains some rows and saves, and counts, the whole table."""
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    return sum(tensor.numel() for name, tensor in model.state_dict().items() if name in trainable)
+
+
 def parameter_count(arch: str, input_shape: InputShape, num_classes: int) -> int:
     """Trainable parameters `build_model(arch, input_shape, num_classes)` would have; cached, allocates nothing."""
     return _parameter_count(arch, tuple(input_shape), num_classes)

@@ -51,6 +51,7 @@ class TextModel(KDModel):
     runs of text never train stacked (`kdcore.train.Stacked`)."""
 
     stackable = False
+    token_table: str | None = None  # the dotted name of its token embedding (`compact_vocabulary`), if it has one
 
 
 # --- BERT's encoder ------------------------------------------------------------------------------------
@@ -156,6 +157,8 @@ def _bert_init(module: nn.Module) -> None:
 
 class TransformerClassifier(TextModel):
     """A BERT-style encoder, mean pooling over the tokens, dropout, a linear head."""
+
+    token_table = "encoder.embeddings.word_embeddings"  # `compact_vocabulary` trains only the rows the data uses
 
     def __init__(self, shape: EncoderShape, num_classes: int, *, pretrained_encoder: bool = False) -> None:
         super().__init__()
@@ -283,6 +286,8 @@ class BiLSTM(TextModel):
     units there, 64-d embeddings learned from scratch and 128 units per direction here.)
     """
 
+    token_table = "embedding"
+
     def __init__(self, vocab: int, num_classes: int, embed_dim: int = 64, hidden: int = 128, fc: int = 128) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab, embed_dim)
@@ -293,17 +298,40 @@ class BiLSTM(TextModel):
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         ids, mask = trim(x)
-        lengths = mask.sum(dim=1).clamp_min(1).cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(ids), lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        words = self.embedding(ids)
+        # Each direction runs over the padded batch with its padding last, so every sentence's own positions
+        # are exact: forwards as stored, backwards on each sentence reversed within its length. (A packed
+        # sequence gives the same outputs, but its CPU backward zero-fills a full-size gradient per time step:
+        # twice the step time at 27 tokens, and worse with longer sentences.)
+        reverse = reversed_positions(mask)
+        flat = self.lstm._flat_weights  # [w_ih, w_hh, b_ih, b_hh] forwards, then the same for the reverse direction
+        start = words.new_zeros(1, len(ids), self.lstm.hidden_size)
+        forwards = torch.lstm(words, (start, start), flat[:4], True, 1, 0.0, self.training, False, True)[0]
+        backwards = torch.lstm(_gather_positions(words, reverse), (start, start), flat[4:], True, 1, 0.0,
+                               self.training, False, True)[0]
+        out = torch.cat([forwards, _gather_positions(backwards, reverse)], dim=-1)
         pooled = out.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(dim=1)
         features = F.relu(self.fc(pooled))
         return self.head(features), features, []
 
 
+def reversed_positions(mask: Tensor) -> Tensor:
+    """[B, L] positions that reverse each sentence within its length and leave its padding in place
+    (an involution: applying it twice is the identity)."""
+    lengths = mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(positions < lengths, lengths - 1 - positions, positions)
+
+
+def _gather_positions(states: Tensor, positions: Tensor) -> Tensor:
+    """states [B, L, H] reordered along L by positions [B, L]."""
+    return states.gather(1, positions.unsqueeze(-1).expand_as(states))
+
+
 class BagOfEmbeddings(TextModel):
     """fastText-like: the average of the sentence's token embeddings, then a linear head (Joulin et al. 2017)."""
+
+    token_table = "embedding"
 
     def __init__(self, vocab: int, num_classes: int, embed_dim: int = 64) -> None:
         super().__init__()
@@ -315,6 +343,75 @@ class BagOfEmbeddings(TextModel):
         ids, mask = trim(x)
         pooled = mean_pool(self.embedding(ids), mask)
         return self.head(pooled), pooled, []
+
+
+# --- a token table that trains only the rows the data uses --------------------------------------------------
+
+
+class CompactTokenTable(nn.Module):
+    """An `nn.Embedding` whose optimizer sees only the rows of the token ids a run trains on.
+
+    A student's 30,522-row table is most of its parameters, yet the training data uses some 13k of the ids:
+    the dense gradient and the Adam update of the full table were most of a bag-of-embeddings step. Here
+    the rows of `kept` ids are the trainable `weight` [K, D]; every other id reads its row from a frozen
+    copy of the table. Training never sees those ids, so their gradient is zero and Adam or SGD would leave
+    them as they are: the model computes, and trains to, what the full table does (with `weight_decay` > 0
+    the full table would also shrink them; here they stay as initialised).
+
+    Its state_dict is the full table's (`weight` [V, D]), so checkpoints are those of the ordinary model.
+    """
+
+    def __init__(self, table: nn.Embedding, kept: Tensor) -> None:
+        super().__init__()
+        kept = torch.unique(kept.to(table.weight.device))
+        rows = torch.full((table.num_embeddings,), -1, dtype=torch.long, device=kept.device)
+        rows[kept] = torch.arange(len(kept), device=kept.device)
+        self.register_buffer("kept", kept, persistent=False)
+        self.register_buffer("rows", rows, persistent=False)  # id → its row of `weight`, or -1: frozen
+        self.register_buffer("frozen", table.weight.detach().clone(), persistent=False)
+        self.weight = nn.Parameter(table.weight.detach()[kept].clone())
+        self.num_embeddings, self.embedding_dim = table.num_embeddings, table.embedding_dim
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = self.rows[ids]
+        trained = F.embedding(rows.clamp_min(0), self.weight)
+        return torch.where((rows >= 0).unsqueeze(-1), trained, self.frozen[ids])
+
+    def full_table(self) -> Tensor:
+        """The whole [V, D] table as the ordinary embedding would hold it."""
+        return self.frozen.index_copy(0, self.kept, self.weight.detach())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "weight"] = self.full_table()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        full = state_dict[key]
+        if full.shape != self.frozen.shape:
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(full.shape)}, the table "
+                              f"has shape {tuple(self.frozen.shape)}")
+            return
+        with torch.no_grad():
+            self.frozen.copy_(full)
+            self.weight.copy_(full[self.kept])
+
+
+def compact_vocabulary(model: nn.Module, token_ids: Tensor) -> int:
+    """Train only the rows of `model`'s token table that `token_ids` (any shape, -1 = padding) use; returns how
+    many. A model without a token table (`token_table` unset) is left as it is (returns 0)."""
+    path = getattr(model, "token_table", None)
+    if path is None:
+        return 0
+    owner_path, _, name = path.rpartition(".")
+    owner = model.get_submodule(owner_path)
+    table = getattr(owner, name)
+    kept = torch.unique(token_ids[token_ids >= 0])
+    setattr(owner, name, CompactTokenTable(table, kept))
+    return len(kept)
 
 
 # --- any Hugging Face encoder ------------------------------------------------------------------------------

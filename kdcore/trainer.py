@@ -34,7 +34,7 @@ from kdcore.evaluation import accuracy, cpu_threads_for, predict, resolve_device
 from kdcore.losses import kd_loss_per_sample
 from kdcore.methods import get_method, resolve_params
 from kdcore.methods.objective import BuildContext, hard_label_objective, hyper_of
-from kdcore.models import build_model, count_parameters
+from kdcore.models import build_model, count_parameters, saved_parameter_count
 from kdcore.soft_labels import SoftLabels, cached_logits, student_snapshot, teacher_snapshot
 from kdcore.train import Progress, Single, Stage, StageResult, TrainState, fit_one
 
@@ -259,7 +259,7 @@ def summarize(config: RunConfig, prep: Prepared, student: nn.Module, student_res
                                                              input_shape=data.info.input_shape,
                                                              num_classes=data.info.num_classes, config=config.to_dict()),
                                 artifacts / "student.pt", create_folder=False)
-    student_params = count_parameters(student)
+    student_params = saved_parameter_count(student)
     baseline_test_acc = baseline_result["test_acc"] if baseline_result else None
     student_test_acc = accuracy(student_test_logits, data.test_y)
     gap = teacher.test_acc - baseline_test_acc if baseline_test_acc is not None else 0.0
@@ -299,6 +299,10 @@ def student_model(config: RunConfig, prep: Prepared) -> nn.Module:
         from kdcore.text_models import init_from_teacher
 
         init_from_teacher(model, prep.teacher.model)
+    if info.kind == "text":  # the optimizer updates only the token rows the student's training inputs use
+        from kdcore.text_models import compact_vocabulary
+
+        compact_vocabulary(model, prep.student_data.train_x)
     return model
 
 

@@ -120,7 +120,7 @@ def test_autocast_on_cuda_is_bfloat16_and_predict_returns_float32(images):
     torch.testing.assert_close(logits, predict(model, x), rtol=0.05, atol=0.05)
 
 
-def test_tiny_mlps_train_on_one_cpu_thread_and_conv_nets_keep_theirs():
+def test_tiny_mlps_and_small_text_students_train_on_one_cpu_thread_and_conv_nets_keep_theirs():
     from kdcore.evaluation import cpu_threads_for
 
     cpu = torch.device("cpu")
@@ -132,5 +132,11 @@ def test_tiny_mlps_train_on_one_cpu_thread_and_conv_nets_keep_theirs():
         for arch in ("mlp", "cnn"):  # 535k MACs per example × 64 × 3 is past the line; convolutions always are
             with cpu_threads_for(build_model(arch, (1, 28, 28), 10), 64, cpu):
                 assert torch.get_num_threads() == 2
+        text = (128, 30522)
+        for arch in ("bag-of-embeddings", "bilstm"):  # 128 and 229,632 MACs per token: a lookup multiplies nothing
+            with cpu_threads_for(build_model(arch, text, 2), 64, cpu):
+                assert torch.get_num_threads() == 1
+        with cpu_threads_for(build_model("tiny-transformer", text, 2), 64, cpu):  # 401,664 MACs per token
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)

@@ -3,6 +3,7 @@ transfer set, and runs end to end on tiny Transformers built from a config (rand
 
 from __future__ import annotations
 
+import copy
 import csv
 import random
 from pathlib import Path
@@ -156,6 +157,63 @@ def test_a_sentence_gets_the_same_logits_alone_and_padded_in_a_batch(arch):
     assert [stage.shape for stage in stages] == ([(2, int((ids >= 0).sum(1).max()), 128)] * 3 if arch == "tiny-transformer"
                                                  else [])  # a Transformer's hidden states: embeddings, 2 layers
     torch.testing.assert_close(batch[:1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_the_bilstm_equals_its_lstm_run_on_each_sentence_alone():
+    """The padded two-direction run against nn.LSTM itself on each unpadded sentence, in float64: logits and the
+    gradients of every parameter."""
+    torch.manual_seed(0)
+    model = build_model("bilstm", (MAX_TOKENS, 500), 3).double()
+    ids = torch.full((3, MAX_TOKENS), -1)
+    for row, length in enumerate((7, 2, 5)):
+        ids[row, :length] = torch.randint(0, 500, (length,))
+    logits = model(ids)
+    reference = []
+    for row in ids:
+        words = model.embedding(row[row >= 0]).unsqueeze(0)
+        out, _ = model.lstm(words)  # [1, length, 2 * hidden]: the module's own bidirectional run
+        reference.append(model.head(torch.relu(model.fc(out.amax(dim=1)))))
+    reference = torch.cat(reference)
+    torch.testing.assert_close(logits, reference, rtol=1e-10, atol=1e-12)
+    ours = torch.autograd.grad(logits.square().sum(), list(model.parameters()))
+    theirs = torch.autograd.grad(reference.square().sum(), list(model.parameters()))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["tiny-transformer:1,32", "bilstm", "bag-of-embeddings"])
+def test_a_compact_token_table_computes_and_trains_as_the_full_table(arch):
+    """Same logits on any ids (kept or not), the same weights after Adam steps, the full table's state_dict."""
+    from kdcore.text_models import CompactTokenTable, compact_vocabulary
+
+    torch.manual_seed(0)
+    full = build_model(arch, (MAX_TOKENS, 300), 2).double()
+    compact = copy.deepcopy(full)
+    train = torch.full((8, MAX_TOKENS), -1)
+    train[:, :6] = torch.randint(0, 100, (8, 6))  # the data uses ids below 100 only
+    assert 0 < compact_vocabulary(compact, train) <= 100
+    assert sum(isinstance(m, CompactTokenTable) for m in compact.modules()) == 1
+    unseen = torch.randint(0, 300, (4, MAX_TOKENS))
+    full.eval(), compact.eval()
+    torch.testing.assert_close(compact(unseen), full(unseen), rtol=0, atol=0)
+    full.train(), compact.train()
+    optimizers = [torch.optim.Adam(model.parameters(), lr=0.01) for model in (full, compact)]
+    y = torch.tensor([0, 1] * 4)
+    for step in range(3):
+        for model, optimizer in zip((full, compact), optimizers):
+            torch.manual_seed(step)  # the same dropout masks
+            loss = torch.nn.functional.cross_entropy(model(train), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    state, reference = compact.state_dict(), full.state_dict()
+    assert state.keys() == reference.keys()
+    for name in state:
+        torch.testing.assert_close(state[name], reference[name], rtol=1e-12, atol=1e-12)
+    plain = build_model(arch, (MAX_TOKENS, 300), 2).double().eval()
+    plain.load_state_dict(state)  # a checkpoint of the compact student loads into the ordinary model
+    compact.eval()
+    torch.testing.assert_close(plain(unseen), compact(unseen), rtol=0, atol=0)
 
 
 def test_text_model_sizes():
