@@ -6,6 +6,9 @@ dataset names without importing torch. Loading pixels is `kdcore.data`'s job.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from dataclasses import dataclass
 
 from kdcore.errors import DatasetError
@@ -87,6 +90,31 @@ def is_imagefolder(name: str) -> bool:
 def is_csv(name: str) -> bool:
     """True for "csv:<path>", a user's own text in a CSV or TSV file."""
     return name.startswith(CSV_PREFIX)
+
+
+def csv_file(name: str) -> str:
+    """The file path of "csv:<path>" (~ expanded)."""
+    return os.path.expanduser(name[len(CSV_PREFIX):].strip())
+
+
+def csv_digest(name: str) -> str | None:
+    """A hash of the bytes of "csv:<path>"'s file (None when it cannot be read): a teacher trained on the file is
+    cached under its contents, so an edited file trains a new one. Read once per size and modification time."""
+    path = csv_file(name)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _file_digest(os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
+    except OSError:
+        return None
 
 
 def is_text(name: str) -> bool:

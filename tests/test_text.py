@@ -75,6 +75,19 @@ def test_a_csv_with_string_labels_loads_split_three_ways(reviews, tmp_path):
     assert read_csv(f"csv:{tsv}", "review", "sentiment")[0] == texts  # the same rows, tab-separated
 
 
+def test_a_csv_teacher_is_cached_under_the_files_contents(tmp_path):
+    path = write_reviews(tmp_path / "reviews.csv", rows=40)
+    config = RunConfig.from_dict({"dataset": f"csv:{path}", "text_column": "review", "label_column": "sentiment",
+                                  "teacher": {"arch": "tiny-transformer"}, "student": {"arch": "bilstm"}})
+    key = config.teacher_key()
+    assert RunConfig.from_dict(config.to_dict()).teacher_key() == key
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b"wonderful", b"marvellous"))  # same columns, other sentences
+    assert config.teacher_key() != key
+    path.write_bytes(original)
+    assert config.teacher_key() == key  # the same bytes again: the same teacher
+
+
 def test_an_absurdly_long_row_is_cut_to_the_token_limit(tmp_path):
     path = tmp_path / "long.csv"
     rows = [["text", "label"]] + [["fine film", "a"], ["bad film", "b"]] * 10 + [["word " * 200_000, "a"]]

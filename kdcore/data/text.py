@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdcore.dataset_names import CSV_PREFIX, MAX_TOKENS
+from kdcore.dataset_names import MAX_TOKENS, csv_file
 from kdcore.errors import DatasetError
 
 ROTTEN_TOMATOES = Path(__file__).with_name("rotten_tomatoes.csv.bz2")
@@ -50,7 +50,7 @@ def rotten_tomatoes() -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
 
 
 def csv_path(name: str) -> str:
-    return os.path.expanduser(name[len(CSV_PREFIX):].strip())
+    return csv_file(name)
 
 
 def read_csv(name: str, text_column: str, label_column: str) -> tuple[list[str], np.ndarray, tuple[str, ...]]:

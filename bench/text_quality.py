@@ -1,0 +1,113 @@
+"""Text distillation quality over seeds: the MiniLM teacher on rotten-tomatoes, each student alone, with KD, with KD
+and the augmentation transfer set, and DistilBERT's loss for the tiny Transformer.
+
+    python bench/text_quality.py --home /tmp/text-bench [--rows bilstm,bilstm+augment:1] [--seeds 0 1 2] [--json]
+
+Each row is one `python -m kdcore run` per seed in the run store `--home` (KDCORE_HOME), one after another;
+the fine-tuned teacher is trained by the first run and reused by every other (cached by its settings, with
+its logits, and the augmented copies' logits, beside it). A row `S` is KD (the engine's default method and
+weights) with its baseline (the same student, seed and budget on the labels alone); `S+augment:N` is KD with
+N masked or cut copies of every training sentence that only the teacher labels (no baseline: it is row S's);
+`S+distilbert` is DistilBERT's loss. Finished runs are appended to `<home>/text_quality.jsonl`, and a row and
+seed found there is not run again, so the script can be stopped and started. Prints a markdown table: test
+accuracy per seed, the mean, and the share of the teacher-to-alone gap closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+TEACHER = ["--set", "dataset=rotten-tomatoes", "--set", "teacher.arch=minilm-l6", "--set", "teacher.epochs=1"]
+EPOCHS = {"bag-of-embeddings": 10, "bilstm": 4, "tiny-transformer": 3}  # validation accuracy levels off by then (BENCHMARKS.md)
+ROWS = ["bag-of-embeddings", "bilstm", "tiny-transformer", "bilstm+augment:1", "bag-of-embeddings+augment:1",
+        "tiny-transformer+distilbert", "tiny-transformer+augment:1"]
+
+
+def row_args(row: str) -> list[str]:
+    student, _, variant = row.partition("+")
+    args = TEACHER + ["--set", f"student.arch={student}", "--set", f"epochs={EPOCHS[student]}"]
+    if variant.startswith("augment:"):
+        return args + ["--set", f"transfer={variant}", "--set", "baseline=false"]
+    if variant == "distilbert":
+        return args + ["--set", "method=distilbert", "--set", "baseline=false"]
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    home = Path(args.home)
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "text_quality.jsonl"
+    done = {(r["row"], r["seed"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
+    env = {**os.environ, "KDCORE_HOME": str(home)}
+    for row in args.rows.split(","):
+        for seed in args.seeds:
+            if (row, seed) in done:
+                continue
+            load = os.getloadavg()[0]
+            out = subprocess.run([sys.executable, "-m", "kdcore", "run", *row_args(row), "--set", f"seed={seed}",
+                                  "--quiet", "--json"], env=env, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(f"{row} seed {seed}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            summary = json.loads(out.stdout.strip().splitlines()[-1])
+            record = {"row": row, "seed": seed, "load_before": load, "load_after": os.getloadavg()[0],
+                      **{key: summary.get(key) for key in ("run_id", "teacher_test_acc", "student_test_acc",
+                                                          "baseline_test_acc", "student_val_acc", "best_epoch",
+                                                          "wall_s", "student_params", "transfer_examples")}}
+            done[(row, seed)] = record
+            with open(log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            print(f"{row} seed {seed}: student {record['student_test_acc']:.4f}"
+                  + (f", alone {record['baseline_test_acc']:.4f}" if record["baseline_test_acc"] is not None else "")
+                  + f" ({record['wall_s'] / 60:.1f} min, load {load:.1f})", flush=True)
+    print(table(done, args.seeds))
+    if args.json:
+        print(json.dumps(list(done.values())))
+
+
+def table(done: dict, seeds: list[int]) -> str:
+    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed."""
+    lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed |", "|---" * (len(seeds) + 3) + "|"]
+    teacher = [done[k]["teacher_test_acc"] for k in done if done[k]["teacher_test_acc"] is not None]
+    if teacher:
+        lines.append(f"| teacher minilm-l6 | {' | '.join(f'{100 * teacher[0]:.2f}' for _ in seeds)} | "
+                     f"{100 * teacher[0]:.2f} | |")
+    rows = list(dict.fromkeys(r for r, _ in done))
+    for row in rows:
+        student = row.partition("+")[0]
+        alone = [done[(student, s)]["baseline_test_acc"] for s in seeds if (student, s) in done]
+        if "+" not in row and alone:
+            lines.append(_line(f"{student} alone", alone, seeds, None, None))
+        accs = [done[(row, s)]["student_test_acc"] if (row, s) in done else None for s in seeds]
+        label = f"{student} KD" if "+" not in row else f"{student} KD + {row.partition('+')[2]}"
+        if row.endswith("+distilbert"):
+            label = f"{student} DistilBERT loss"
+        lines.append(_line(label, accs, seeds, statistics.mean(alone) if alone else None,
+                           teacher[0] if teacher else None))
+    return "\n".join(lines)
+
+
+def _line(label: str, accs: list, seeds: list[int], alone: float | None, teacher: float | None) -> str:
+    cells = [f"{100 * a:.2f}" if a is not None else "–" for a in accs]
+    values = [a for a in accs if a is not None]
+    mean = statistics.mean(values) if values else None
+    closed = ""
+    if mean is not None and alone is not None and teacher is not None and teacher > alone:
+        closed = f"{100 * (mean - alone) / (teacher - alone):.0f}%"
+    return f"| {label} | {' | '.join(cells)} | {f'{100 * mean:.2f}' if mean is not None else '–'} | {closed} |"
+
+
+if __name__ == "__main__":
+    main()
