@@ -58,7 +58,7 @@ def rung_epochs(pruner: dict[str, Any], epochs: int) -> list[int]:
 def default_pruner(kind: str, epochs: int, first_rung: int | None = None) -> dict[str, Any]:
     """Rungs at `first_rung` (default ~epochs/10), ×3, ×9, ...: 30 epochs → 3, 9, 27 (a trial pruned at the first
     rung costs a tenth); first_rung=10 → 10 alone. A later first rung prunes on accuracies nearer the final ones
-    (on the preset pair, trials at a high temperature learn slower early but end level or ahead: BENCHMARKS.md)."""
+    (on the preset pair, trials at T = 1 lead at epoch 3 and end last: BENCHMARKS.md, Auto-tune)."""
     if kind not in PRUNERS:
         raise ConfigError(f"--pruner must be one of {', '.join(PRUNERS)}, got {kind!r}")
     if first_rung is not None and (isinstance(first_rung, bool) or not isinstance(first_rung, int)
