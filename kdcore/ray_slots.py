@@ -17,7 +17,8 @@ One detached dispatcher actor (`kdcore-slots`, no resources) owns the slots: a r
 and returns; it gives the run to an idle slot of the run's shape or creates one, which Ray places on a node
 with those resources free. A slot that has ended its run says so, then starts the next queued run itself
 (already connected: its runner's claim goes back through the dispatcher to this, now idle, slot). Idle
-slots are given back to Ray after SLOT_IDLE_S, and at once when a run of another shape needs their room.
+slots are given back to Ray after SLOT_IDLE_S (KDCORE_RAY_SLOT_IDLE_S), and at once when a run of another
+shape needs their room.
 The slots are the dispatcher's children: should it die, they die with it, and their workers with them.
 
 Ray is imported only in these actors and by the Ray executor (`kdcore.executors`); the forked worker never
@@ -36,7 +37,8 @@ from typing import Any
 from kdcore.store import HOST, Store
 
 DISPATCHER = "kdcore-slots"
-SLOT_IDLE_S = 60.0  # an idle slot holds its CPUs (and GPUs) from other users of the cluster this long at most
+SLOT_IDLE_S = 300.0  # an idle slot holds its CPUs (and GPUs) from other users of the cluster this long at most
+SLOT_IDLE_ENV = "KDCORE_RAY_SLOT_IDLE_S"  # ... or this long, as the submitter of its last run set it
 CHECK_S = 2.0  # how often the dispatcher looks for dead slots and idle ones to give back
 WARM_MODULES = ["kdcore.worker", "kdcore.trainer", "kdcore.data.builtin", "torch._dynamo", "sklearn.datasets"]
 
@@ -123,7 +125,7 @@ class SlotDispatcher:
                 with self._lock:
                     lost = self._forget_dead()
                     now = time.monotonic()
-                    for slot in [s for s in self._slots if s.run_id is None and now - s.idle_since > SLOT_IDLE_S]:
+                    for slot in [s for s in self._slots if s.run_id is None and now - s.idle_since > _idle_limit(s)]:
                         self._retire(slot)
                 for run_id, env, reason in lost:
                     _slot_lost(run_id, env, reason)
@@ -148,6 +150,13 @@ class SlotDispatcher:
                 if slot.run_id is not None and slot.env is not None:
                     lost.append((slot.run_id, slot.env, f"its Ray slot actor died ({type(exc).__name__})"))
         return lost
+
+
+def _idle_limit(slot: _Slot) -> float:
+    try:
+        return float((slot.env or {}).get(SLOT_IDLE_ENV) or SLOT_IDLE_S)
+    except ValueError:
+        return SLOT_IDLE_S
 
 
 def _slot_lost(run_id: str, env: dict[str, str], reason: str) -> None:
