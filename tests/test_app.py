@@ -117,6 +117,15 @@ def test_a_labelled_fraction_that_leaves_a_class_without_labels_is_refused_befor
     assert at.button(key="nr_start").disabled
 
 
+def test_processes_on_the_form_must_divide_the_batches(in_lab) -> None:
+    at = open_app()
+    at.number_input(key="nr_devices").set_value(3).run()
+    assert any("must be divisible by devices=3" in e.value for e in at.error)
+    assert at.button(key="nr_start").disabled
+    at.number_input(key="nr_devices").set_value(2).run()
+    assert not at.error and not at.button(key="nr_start").disabled
+
+
 def test_advanced_weights_and_the_formula(in_lab) -> None:
     at = open_app()
     at.radio(key="nr_weights_mode").set_value("advanced").run()

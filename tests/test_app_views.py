@@ -215,7 +215,7 @@ def test_the_untouched_form_is_the_teaching_preset() -> None:
 def test_form_round_trips_a_stored_config() -> None:
     stored = RunConfig().replace(**{"dataset": "moons", "teacher.arch": "mlp", "student.arch": "mlp:32,16",
                                     "weights.ce": 0.2, "weights.kd": 0.5, "weights.feature": 0.3, "temperature": 2.5,
-                                    "finetune_epochs": 3, "baseline": False, "name": "copy me"}).to_dict()
+                                    "finetune_epochs": 3, "baseline": False, "name": "copy me", "devices": 2}).to_dict()
     values = form.from_config(stored)
     assert values["weights_mode"] == "advanced"
     assert RunConfig.from_dict(form.to_config(values, base=stored)).to_dict() == stored
@@ -237,6 +237,8 @@ def test_simple_weights_are_exact() -> None:
     ({"dataset": "moons"}, "teacher.arch: cnn needs image input"),
     ({"dataset": "nope"}, "unknown dataset"),
     ({"device": "cuda"}, "device=cuda is not available"),
+    ({"devices": 3}, "must be divisible by devices=3"),
+    ({"devices": 0}, "devices must be a positive integer"),
     ({"teacher_source": "upload"}, "Upload a teacher checkpoint"),
     ({"teacher_source": "store"}, "Choose a teacher to reuse"),
 ])

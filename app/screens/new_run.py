@@ -17,7 +17,7 @@ import streamlit as st
 from app import form, session
 from app.read_model.runs import stored_teachers
 from app.workshop import access, policy
-from kdcore.config import OPTIMIZERS, SCHEDULES
+from kdcore.config import MAX_DEVICES, OPTIMIZERS, SCHEDULES
 from kdcore.dataset_names import CSV_PREFIX, DATASET_NAMES, IMAGEFOLDER_PREFIX, is_csv, is_text
 from kdcore.errors import KDError
 from kdcore.methods import METHODS, ParamSpec, teacher_seeds
@@ -307,6 +307,12 @@ def _form(store, teachers: list[dict]) -> list[str]:
                                    disabled=not csv_transfer, placeholder="the text column",
                                    help=f"The column of the {CSV_PREFIX} transfer set that holds its texts; empty: the "
                                         "dataset's text column.")
+            cols = st.columns(3)  # a room's runs train in one process each: its server's cores are shared
+            cols[0].number_input("Processes (devices)", min_value=1, max_value=MAX_DEVICES, step=1,
+                                 key=PREFIX + "devices", **KEEP,
+                                 help="Data-parallel processes that train this run together (PyTorch DDP): one GPU "
+                                      "each on CUDA, else CPU processes. Both batch sizes must divide by it; the "
+                                      "results equal one process's with the same batch. 1: one process.")
     if not workshop:
         with st.expander("Tracking"):
             st.text_input("MLflow tracking URI", key=PREFIX + "mlflow", **KEEP, placeholder="none",
