@@ -2,7 +2,7 @@
 
     python bench/compress.py [--recover-epochs 20] [--recover-from unpruned] [--prune 0.5] [--prune-steps 1]
                              [--qat-epochs 5] [--kinds structured,unstructured] [--repeats 200] [--set key=value ...]
-                             [--run RUN_ID] [--json]
+                             [--seeds 0,1,2] [--run RUN_ID[,RUN_ID...]] [--json]
 
 Trains the preset run (mnist-5k, cnn → mlp-small, 30 epochs) in this process, recorded in the run store
 ($KDCORE_HOME, default ./kd-runs) so the app's Deploy page shows the same reports, then computes two
@@ -69,6 +69,20 @@ def targets(report: dict) -> dict:
     return out
 
 
+def preset_run(store: Store, args, seed: int | None, run_id: str | None) -> tuple[str, RunConfig, dict]:
+    """A finished preset run: `run_id` measured again, or the preset trained now (with `seed`)."""
+    if run_id:  # measure again a preset run this script trained before
+        record = store.get_run(run_id)
+        return record.id, RunConfig.from_dict(record.config), record.summary
+    seeded = [f"seed={seed}"] if seed is not None else []
+    config = build_config(None, [*args.overrides, *seeded, "name=compression bench: the preset"])
+    run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
+    summary = execute(store, run_id, config)
+    if summary.get("status") != "done":
+        raise SystemExit(f"the preset run failed: {summary.get('error')}")
+    return run_id, config, summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prune", type=float, default=0.5)
@@ -79,46 +93,65 @@ def main() -> None:
     parser.add_argument("--kinds", default="structured,unstructured", help="which pruning reports to compute")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
-    parser.add_argument("--run", default=None, help="a finished run to compress instead of training the preset")
+    parser.add_argument("--seeds", default=None, help="e.g. 0,1,2: the preset trained with each seed (`--set seed=S`), "
+                                                      "and the targets' mean and spread over them")
+    parser.add_argument("--run", default=None, help="finished runs to compress instead of training the preset "
+                                                    "(comma-separated, one per seed)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.perf_counter()
     store = Store()
-    if args.run:  # measure again a preset run this script trained before
-        record = store.get_run(args.run)
-        config, summary, run_id = RunConfig.from_dict(record.config), record.summary, record.id
-    else:
-        config = build_config(None, [*args.overrides, "name=compression bench: the preset"])
-        run_id = store.create_run(config.to_dict(), name=config.name, status="running", pid=os.getpid())
-        summary = execute(store, run_id, config)
-        if summary.get("status") != "done":
-            raise SystemExit(f"the preset run failed: {summary.get('error')}")
-    print(f"{run_id}: {config.dataset}, {config.teacher.arch} → {config.student.arch}, teacher "
-          f"{100 * summary['teacher_test_acc']:.2f}%, student {100 * summary['student_test_acc']:.2f}% "
-          f"({summary['wall_s']:.0f} s)", flush=True)
-    reports = {}
-    for kind in args.kinds.split(","):
-        options = CompressOptions(prune=args.prune, structured=kind == "structured", recover_epochs=args.recover_epochs,
-                                  recover_from=args.recover_from, prune_steps=args.prune_steps, quantize="int8",
-                                  qat_epochs=args.qat_epochs, repeats=args.repeats)
-        report = compress_run(store, run_id, options)
-        reports[kind] = {"report": report, "targets": targets(report)}
-        print(f"\n{100 * args.prune:g}% {kind} pruning, {args.recover_epochs} epochs of KD recovery from the "
-              f"{args.recover_from} model, int8 PTQ and after {args.qat_epochs} QAT epochs ({report['wall_s']:.0f} s):")
-        table(report)
-        t = reports[kind]["targets"]
-        print(f"int8: {t['int8_delta_points']:+.2f} points, {t['int8_shrink']:.2f}× smaller, "
-              f"{t['int8_ort_speedup_b1']:.2f}× the fp32 student's ORT speed at batch 1 → target "
-              f"{'met' if t['int8_met'] else 'MISSED'}; pruned {t['pruned_delta_points_before_recovery']:+.2f} points "
-              f"before recovery, {t['recovered_delta_points']:+.2f} after → target "
-              f"{'met' if t['recovered_met'] else 'MISSED'}")
-        for q in t.get("qat", []):
-            print(f"int8 of {q['source']}: PTQ {q['ptq_delta_points']:+.2f} points, QAT {q['qat_delta_points']:+.2f}")
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [None]
+    run_ids = args.run.split(",") if args.run else [None] * len(seeds)
+    if len(run_ids) != len(seeds):
+        raise SystemExit("--run: give one run id per seed of --seeds")
+    results = []
+    for seed, given in zip(seeds, run_ids):
+        run_id, config, summary = preset_run(store, args, seed, given)
+        print(f"{run_id}: {config.dataset}, {config.teacher.arch} → {config.student.arch}, seed {config.seed}, teacher "
+              f"{100 * summary['teacher_test_acc']:.2f}%, student {100 * summary['student_test_acc']:.2f}% "
+              f"({summary['wall_s']:.0f} s)", flush=True)
+        reports = {}
+        for kind in args.kinds.split(","):
+            options = CompressOptions(prune=args.prune, structured=kind == "structured",
+                                      recover_epochs=args.recover_epochs, recover_from=args.recover_from,
+                                      prune_steps=args.prune_steps, quantize="int8", qat_epochs=args.qat_epochs,
+                                      repeats=args.repeats)
+            report = compress_run(store, run_id, options)
+            reports[kind] = {"report": report, "targets": targets(report)}
+            print(f"\n{100 * args.prune:g}% {kind} pruning, {args.recover_epochs} epochs of KD recovery from the "
+                  f"{args.recover_from} model, int8 PTQ and after {args.qat_epochs} QAT epochs ({report['wall_s']:.0f} s):")
+            table(report)
+            t = reports[kind]["targets"]
+            print(f"int8: {t['int8_delta_points']:+.2f} points, {t['int8_shrink']:.2f}× smaller, "
+                  f"{t['int8_ort_speedup_b1']:.2f}× the fp32 student's ORT speed at batch 1 → target "
+                  f"{'met' if t['int8_met'] else 'MISSED'}; pruned {t['pruned_delta_points_before_recovery']:+.2f} "
+                  f"points before recovery, {t['recovered_delta_points']:+.2f} after → target "
+                  f"{'met' if t['recovered_met'] else 'MISSED'}")
+            for q in t.get("qat", []):
+                print(f"int8 of {q['source']}: PTQ {q['ptq_delta_points']:+.2f} points, QAT {q['qat_delta_points']:+.2f}")
+        results.append({"run_id": run_id, "seed": config.seed,
+                        "summary": {k: summary[k] for k in ("teacher_test_acc", "student_test_acc", "teacher_params",
+                                                            "student_params")},
+                        "reports": reports})
+    over_seeds = {kind: seed_spread([r["reports"][kind]["targets"] for r in results]) for kind in args.kinds.split(",")}
+    if len(results) > 1:
+        for kind, spread in over_seeds.items():
+            print(f"\n{kind}, {len(results)} seeds: " + "; ".join(
+                f"{name} {s['mean']:+.2f} (min {s['min']:+.2f}, max {s['max']:+.2f})" for name, s in spread.items())
+                + f" → recovered target {'met' if spread['recovered_delta_points']['mean'] >= -TARGET_POINTS else 'MISSED'}"
+                  " on the mean")
     if args.json:
-        print(json.dumps({"run_id": run_id, "summary": {k: summary[k] for k in ("teacher_test_acc", "student_test_acc",
-                                                                                  "teacher_params", "student_params")},
-                          "reports": reports, "total_s": time.perf_counter() - started,
+        print(json.dumps({"runs": results, "over_seeds": over_seeds, "total_s": time.perf_counter() - started,
+                          "load_average": os.getloadavg(),
                           "machine": f"{platform.machine()} {os.cpu_count()} cores, {torch.get_num_threads()} threads"}))
+
+
+def seed_spread(per_seed: list[dict]) -> dict:
+    """Mean, min and max over seeds of the targets' accuracy differences (points against the fp32 student)."""
+    names = ("pruned_delta_points_before_recovery", "recovered_delta_points", "int8_delta_points")
+    return {name: {"mean": sum(t[name] for t in per_seed) / len(per_seed), "min": min(t[name] for t in per_seed),
+                   "max": max(t[name] for t in per_seed)} for name in names}
 
 
 if __name__ == "__main__":

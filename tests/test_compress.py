@@ -6,6 +6,7 @@ against an independent count of zeros; the int8 model by running it.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -21,7 +22,7 @@ from kdcore.compress.export import export_checkpoint, export_onnx, load_model, o
 from kdcore.compress.options import CompressOptions, report_name
 from kdcore.compress.qat import ActivationFakeQuant, WeightFakeQuant, fake_quantized
 from kdcore.compress.prune import (apply_masks, channel_prune, hold_at_zero, magnitude_prune, prunable_weights,
-                                   weight_sparsity)
+                                   refit_classifier, weight_sparsity)
 from kdcore.compress.quantize import calibration_inputs, classifier_nodes, quantize_int8
 from kdcore.data import load_dataset
 from kdcore.errors import ConfigError
@@ -144,6 +145,44 @@ def test_channel_pruning_narrows_an_mlp_and_rebuilds_from_its_checkpoint(digits,
     rebuilt, _ = load_model(path)
     with torch.inference_mode():
         torch.testing.assert_close(rebuilt(digits.test_x), model(digits.test_x), rtol=0, atol=0)
+
+
+def test_the_classifier_of_a_pruned_mlp_is_refit_to_the_unpruned_logits_by_least_squares(digits):
+    """Against numpy's float64 least squares on features computed by hand: the refit head is that solution, its
+    logits are closer to the unpruned model's than those of the head as pruning left it, and the layers before it
+    are what pruning left."""
+    unpruned = trained("mlp-small", digits)
+    model, again = copy.deepcopy(unpruned), copy.deepcopy(unpruned)
+    done = channel_prune(model, 0.5, digits.info.input_shape)
+    sliced = [as_numpy(model.head.weight), as_numpy(model.head.bias)]
+    hidden = model.hidden[0].weight.detach().clone()
+    assert done.refit_inputs == 0 and refit_classifier(model, unpruned, digits.train_x) == len(digits.train_x)
+
+    def layer(x, linear, relu=True):
+        out = x @ as_numpy(linear.weight).T + as_numpy(linear.bias)
+        return np.maximum(out, 0) if relu else out
+
+    x = digits.train_x.flatten(1).double().numpy()
+    features = layer(x, model.hidden[0])
+    target = layer(layer(x, unpruned.hidden[0]), unpruned.head, relu=False)
+    live = features.max(axis=0) > 0  # a neuron dead on every input keeps the weights pruning left it
+    design = np.hstack([features[:, live], np.ones((len(features), 1))])
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    np.testing.assert_allclose(as_numpy(model.head.weight)[:, live], solution[:-1].T, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(as_numpy(model.head.weight)[:, ~live], sliced[0][:, ~live], atol=0, rtol=0)
+    np.testing.assert_allclose(as_numpy(model.head.bias), solution[-1], atol=1e-4, rtol=0)
+    assert torch.equal(model.hidden[0].weight, hidden)
+    refit_error = ((design @ solution - target) ** 2).mean()
+    sliced_error = ((features @ sliced[0].T + sliced[1] - target) ** 2).mean()
+    assert live.sum() > len(live) / 2
+    assert refit_error < sliced_error / 2
+    # channel_prune does the same when given the inputs (its reference: the model before pruning)
+    assert channel_prune(again, 0.5, digits.info.input_shape, refit_on=digits.train_x).refit_inputs == len(digits.train_x)
+    torch.testing.assert_close(again.head.weight, model.head.weight)
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().double().numpy()
 
 
 def test_channel_pruning_a_cnn_keeps_its_classes_and_exports(digits, tmp_path):

@@ -204,13 +204,15 @@ def _prune_and_recover(unpruned: _Variant, prep, config: RunConfig, options: Com
     description = f"{100 * options.prune:g}% {kind}" + (f" in {steps} steps" if steps > 1 else "")
     meta = {"structured": options.structured, "fraction": options.prune, "steps": steps}
     masks, result, first = None, None, None
+    reference = copy.deepcopy(unpruned.model).to(prep.device).eval() if options.structured else None
     for step in range(1, steps + 1):
         step_fraction = 1 - (1 - options.prune) ** (1 / steps) if options.structured else \
             1 - (1 - options.prune) ** (step / steps)  # structured: of what is left; unstructured: of all weights
         report_progress(f"pruning the {role}: {description}" + (f", step {step}/{steps}" if steps > 1 else ""),
                         substep=step > 1)
         if options.structured:
-            done = channel_prune(model, step_fraction, prep.data.info.input_shape)
+            done = channel_prune(model, step_fraction, prep.data.info.input_shape, refit_on=prep.data.train_x,
+                                 reference=reference)  # the classifier refit to the unpruned model's logits
         else:
             masks, done = magnitude_prune(model, step_fraction)
         first = first or done
@@ -324,7 +326,8 @@ class _EpochProgress(Callback):
 
 def _pruning_summary(first: Pruned, last: Pruned, kind: str, fraction: float) -> dict[str, Any]:
     return {"fraction": fraction, "kind": kind, "params_before": first.params_before,
-            "params_after": last.params_after, "weight_sparsity": last.sparsity}
+            "params_after": last.params_after, "weight_sparsity": last.sparsity,
+            "classifier_refit_inputs": last.refit_inputs}
 
 
 def _measure(store: Store, record: RunRecord, data, variant: _Variant, test_x: np.ndarray, test_y: np.ndarray,
