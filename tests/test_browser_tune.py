@@ -143,6 +143,9 @@ def test_the_tune_page_fills_in_while_a_study_runs(chromium: str, tmp_path) -> N
         best_line = [t for t in chart_traces(page, "Validation accuracy by trial") if t["name"] == "best so far"]
         assert best_line and best_line[0]["n"] >= 1
         expect(page.get_by_role("button", name="Open the best settings in New run")).to_be_visible()
+        # the study picker names the study by what does not change as it runs (a keyed select box keeps its label)
+        expect(page.get_by_role("combobox", name="Study")).to_have_value(
+            f"browser · {study_id} · temperature, weights.kd")
         page.screenshot(path=str(tmp_path / "tune_done.png"), full_page=True)
         assert exceptions_on(page) == []
         browser.close()

@@ -176,8 +176,10 @@ def _pick_study(studies: list[dict[str, Any]]) -> str:
         st.session_state["_kdlab_study_query"] = st.session_state[PREFIX + "pick"] = requested
     if st.session_state.get(PREFIX + "pick") not in ids:
         st.session_state[PREFIX + "pick"] = ids[0]
-    labels = {s["study_id"]: f"{s['name'] or 'unnamed'} · {s['study_id']} · {s['trials']}/{s['trials_wanted']} "
-                             f"trials · {s['status']}" for s in studies}
+    # labels that do not change while a study runs: a keyed select box keeps showing the label it was first drawn
+    # with while its value stays the same (the panel below shows the study's progress)
+    labels = {s["study_id"]: f"{s['name'] or 'unnamed'} · {s['study_id']} · "
+                             + ", ".join(text.partition("=")[0] for text in s["space"]) for s in studies}
     choice = st.selectbox("Study", ids, format_func=labels.get, key=PREFIX + "pick")
     if st.query_params.get("study") != choice:
         st.query_params["study"] = st.session_state["_kdlab_study_query"] = choice
