@@ -1,6 +1,6 @@
 """The compression table: the teaching preset's student pruned, recovered by KD, quantised to int8, measured.
 
-    python bench/compress.py [--recover-epochs 20] [--recover-from unpruned] [--prune 0.5] [--prune-steps 1]
+    python bench/compress.py [--recover-epochs 20] [--recover-from teacher] [--prune 0.5] [--prune-steps 1]
                              [--qat-epochs 5] [--kinds structured,unstructured] [--repeats 200] [--set key=value ...]
                              [--seeds 0,1,2] [--run RUN_ID[,RUN_ID...]] [--json]
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prune", type=float, default=0.5)
     parser.add_argument("--recover-epochs", type=int, default=20)
-    parser.add_argument("--recover-from", default="unpruned", choices=["teacher", "unpruned", "both"])
+    parser.add_argument("--recover-from", default="teacher", choices=["teacher", "unpruned", "both"])
     parser.add_argument("--prune-steps", type=int, default=1)
     parser.add_argument("--qat-epochs", type=int, default=5)
     parser.add_argument("--kinds", default="structured,unstructured", help="which pruning reports to compute")
