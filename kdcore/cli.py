@@ -771,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--prune", type=float, default=None, metavar="F",
                    help="prune a fraction F in (0, 1) of the model --prune-model names (the student by default)")
-    p.add_argument("--structured", action="store_true", help="remove channels/neurons instead of single weights")
+    p.add_argument("--structured", action="store_true", help="remove channels/neurons instead of single weights (the "
+                   "classifier is then refit to the unpruned model's logits by least squares)")
     p.add_argument("--prune-model", default="student", metavar="student|teacher|both",
                    help="which of the run's models to prune (default: student)")
     p.add_argument("--prune-steps", type=int, default=1, metavar="K", help="prune in K steps, each followed by its "
