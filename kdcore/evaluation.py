@@ -44,6 +44,9 @@ def autocast(device: torch.device, enabled: bool):
 
 
 SMALL_STEP_MACS = 50_000_000  # multiply-adds per training step below which one CPU thread beats several
+# per token, for text: the default tiny-transformer (77M) took 4.3 s a step on two threads and 0.3-0.4 s on one at load
+# 10-15 on the 2-core machine (BENCHMARKS.md); the BiLSTM 0.9-4.9 s on two, 0.1-0.2 s on one
+SMALL_TEXT_STEP_MACS = 200_000_000
 
 
 @contextlib.contextmanager
@@ -55,12 +58,13 @@ def cpu_threads_for(model: nn.Module, batch_size: int, device: torch.device):
     10.4 s on two on this 2-core machine with one other busy process; identical results). Conv nets keep
     their threads.
 
-    The size counted is multiply-adds per example, per token for a text model: its layers act on one token
-    at a time (an LSTM's recurrent matmuls run once per time step, batch × 4·hidden × hidden each), so a
-    BiLSTM or a bag of embeddings counts as small, a Transformer of width 128 and up (and the teacher) not.
-    Token tables count nothing: a lookup multiplies nothing."""
+    A text model counts multiply-adds per token (its layers act on one token at a time; an LSTM's recurrent
+    matmuls run once per time step, batch × 4·hidden × hidden each; a lookup in a token table multiplies
+    nothing) against SMALL_TEXT_STEP_MACS: the bag of embeddings, the BiLSTM and the default 2-layer,
+    128-wide Transformer train on one thread, a Transformer as wide as MiniLM does not."""
     macs = _macs_per_example(model)
-    if device.type != "cpu" or macs is None or 3 * macs * batch_size > SMALL_STEP_MACS or torch.get_num_threads() == 1:
+    limit = SMALL_TEXT_STEP_MACS if getattr(model, "token_table", None) is not None else SMALL_STEP_MACS
+    if device.type != "cpu" or macs is None or 3 * macs * batch_size > limit or torch.get_num_threads() == 1:
         yield
         return
     previous = torch.get_num_threads()
