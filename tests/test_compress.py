@@ -151,7 +151,7 @@ def test_the_classifier_of_a_pruned_mlp_is_refit_to_the_unpruned_logits_by_least
     """Against numpy's float64 least squares on features computed by hand: the refit head is that solution, its
     logits are closer to the unpruned model's than those of the head as pruning left it, and the layers before it
     are what pruning left."""
-    unpruned = trained("mlp-small", digits)
+    unpruned = trained("mlp-small", digits, steps=40)
     model, again = copy.deepcopy(unpruned), copy.deepcopy(unpruned)
     done = channel_prune(model, 0.5, digits.info.input_shape)
     sliced = [as_numpy(model.head.weight), as_numpy(model.head.bias)]

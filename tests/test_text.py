@@ -364,8 +364,8 @@ def test_a_run_with_a_csv_transfer_set_trains_on_it_and_says_so(text_run, review
     labeled = first["labeled_examples"]
     assert (summary["labeled_examples"], summary["unlabeled_examples"], summary["transfer_examples"]) == (labeled, 40, 40)
     assert Store(home).stage_results(summary["run_id"])["soft_labels"]["transfer_examples"] == 40  # the Live page's
-    rows = last_json(kdcore(home, "metrics", summary["run_id"], "--json"))["metrics"]
-    steps = sum(1 for r in rows if r["stage"] == "student" and r["name"] == "train_loss")
+    rows, _ = Store(home).metrics_since(summary["run_id"])
+    steps = sum(1 for row in rows if row.stage == "student" and row.name == "train_loss")
     assert steps == (labeled + 40) // 64  # one epoch over the labelled reviews and the 40 transfer texts
 
 
