@@ -10,8 +10,8 @@ a process that has already imported torch and the trainer. A run's worker is a f
   failed with the signal that ended them, keeping what they wrote, and stays ready for the next run;
 - cancel reaches the worker as it does a local one (the store's flag, read within a second; SIGTERM too when
   the runner shares the machine); `resume` is a run like any other, on whichever slot is free;
-- a slot's own death (killed, its node lost) takes its fork server and its worker with it; the runner's
-  reaper, or a silent heartbeat after 90 s, then marks the run failed.
+- a slot's own death (killed, its node lost) takes its worker with it (the worker watches its slot's pid);
+  the dispatcher then marks the run failed, as does the runner's reaper, or a silent heartbeat after 90 s.
 
 One detached dispatcher actor (`kdcore-slots`, no resources) owns the slots: a runner hands it a claimed run
 and returns; it gives the run to an idle slot of the run's shape or creates one, which Ray places on a node
@@ -56,9 +56,14 @@ class _Slot:
     shape: tuple[float, float]  # (num_cpus, num_gpus)
     actor: Any
     run_id: str | None = None
-    env: dict[str, str] | None = None  # the store and settings of the run it was given last
+    job: tuple | None = None  # the arguments of its run call: (run_id, env, log_path, cwd) of the run it was given last
     call: Any = None  # the ObjectRef of its current run call: an error there means the slot died
+    placed: bool = False  # Ray has placed it (its first run call began)
     idle_since: float = dataclasses.field(default_factory=time.monotonic)
+
+    @property
+    def env(self) -> dict[str, str] | None:  # the store and settings of the run it was given last
+        return self.job[1] if self.job else None
 
 
 class SlotDispatcher:
@@ -86,9 +91,18 @@ class SlotDispatcher:
                                                     max_concurrency=1).remote(me, number)
                 slot = _Slot(number, shape, actor)
                 self._slots.append(slot)
-            slot.run_id, slot.env = run_id, env
-            slot.call = slot.actor.run.remote(run_id, env, log_path, cwd)
+            self._give(slot, (run_id, env, log_path, cwd))
             return slot.number
+
+    def placed(self, number: int, run_id: str) -> bool:
+        """Slot `number` begins its run call for `run_id`: whether the run is still its to train (a run that
+        waited for Ray to place a new slot goes to one of its shape that became idle meanwhile)."""
+        with self._lock:
+            slot = next((s for s in self._slots if s.number == number), None)
+            if slot is None or slot.run_id != run_id:
+                return False
+            slot.placed = True
+            return True
 
     def finished(self, number: int) -> None:
         """Slot `number` has ended its run (and recorded how); it takes the next one."""
@@ -96,6 +110,24 @@ class SlotDispatcher:
             for slot in self._slots:
                 if slot.number == number:
                     slot.run_id, slot.idle_since = None, time.monotonic()
+            self._rebalance()
+
+    def _give(self, slot: _Slot, job: tuple) -> None:
+        slot.run_id, slot.job = job[0], job
+        slot.call = slot.actor.run.remote(*job)
+
+    def _rebalance(self) -> None:
+        """A run waiting for Ray to place its new slot goes to an idle slot of its shape instead (the new slot's
+        placement is cancelled): otherwise it could wait for the very CPUs that idle slot holds. Idle slots of
+        other shapes are given back while a run still waits."""
+        for waiting in [s for s in self._slots if s.run_id is not None and not s.placed]:
+            idle = next((s for s in self._slots if s.run_id is None and s.shape == waiting.shape), None)
+            if idle is not None:
+                self._retire(waiting)
+                self._give(idle, waiting.job)
+        if any(s.run_id is not None and not s.placed for s in self._slots):
+            for slot in [s for s in self._slots if s.run_id is None]:
+                self._retire(slot)
 
     def slots(self) -> list[dict[str, Any]]:
         """The slots, for tests and benchmarks: number, shape, the run each trains (None when idle)."""
@@ -124,6 +156,7 @@ class SlotDispatcher:
             try:
                 with self._lock:
                     lost = self._forget_dead()
+                    self._rebalance()
                     now = time.monotonic()
                     for slot in [s for s in self._slots if s.run_id is None and now - s.idle_since > _idle_limit(s)]:
                         self._retire(slot)
@@ -194,6 +227,8 @@ class RaySlot:
 
         from kdcore.worker import NEXT_RUN_ENV
 
+        if not ray.get(self.dispatcher.placed.remote(self.number, run_id)):
+            return  # given to another slot while this one waited for Ray to place it
         node_env = {key: value for key, value in os.environ.items() if not key.startswith("KDCORE_")}
         worker_env = {**node_env, **env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, NEXT_RUN_ENV: "0"}
         try:
@@ -217,7 +252,8 @@ def _run_worker(context: Any, run_id: str, env: dict[str, str], log_path: str, c
 
     store = _store(env)
     try:
-        process = context.Process(target=forked_main, args=(run_id, env, log_path, cwd), name=f"kdcore-{run_id}")
+        process = context.Process(target=forked_main, args=(run_id, env, log_path, cwd, os.getpid()),
+                                  name=f"kdcore-{run_id}")
         try:
             process.start()
         except Exception as exc:

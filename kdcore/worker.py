@@ -450,13 +450,16 @@ def spare_main() -> int:
     return worker_main(run_id, warmed=True)
 
 
-def forked_main(run_id: str, env: dict[str, str], log_path: str, cwd: str | None) -> None:
+def forked_main(run_id: str, env: dict[str, str], log_path: str, cwd: str | None, slot_pid: int) -> None:
     """A run's worker as a fork of a Ray slot's warm fork server (`kdcore.ray_slots`), which has imported torch
     and the trainer already: take on the run's environment and its worker.log, then `worker_main`. A run folder
-    that cannot be written fails the run saying so, as a local worker's start does."""
+    that cannot be written fails the run saying so, as a local worker's start does. It dies with its fork server
+    or its slot (`slot_pid`), so that a lost slot never leaves a worker training on resources Ray has given to
+    another run."""
     import sys
 
     _die_with_parent()
+    _die_with(slot_pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])  # a stop request (SIGTERM) must reach it
     os.environ.clear()
     os.environ.update(env)
@@ -483,9 +486,40 @@ def forked_main(run_id: str, env: dict[str, str], log_path: str, cwd: str | None
     sys.exit(worker_main(run_id))
 
 
+def _die_with(pid: int) -> None:
+    """Die (SIGKILL) as soon as process `pid` has: a thread waits on its pidfd (Linux), else polls it."""
+    import select
+
+    try:
+        handle = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            select.select([handle], [], [])
+        else:
+            while _pid_exists(pid):
+                time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-slot").start()
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def _die_with_parent() -> None:
-    """Die with the process that started this one (Linux), so that a lost Ray slot never leaves a worker
-    training on resources Ray has given to another run."""
+    """Die with the process that started this one (Linux: the fork server, whose other clients keep it alive)."""
     try:
         import ctypes
 

@@ -2,10 +2,10 @@
 as a user would, with the run folders on KDCORE_ARTIFACTS, on a SQLite store and on a PostgreSQL one; and the
 one-line refusals of a bad executor setup.
 
-One Ray cluster (4 CPUs, 127.0.0.1 only) serves the module; the tests' CLI commands connect to it through
+One Ray cluster (3 CPUs, 127.0.0.1 only) serves the module; the tests' CLI commands connect to it through
 RAY_ADDRESS. Each run is the tiny digits config, held at a chosen moment by the test pause point
-(`kdcore.worker.pause_point`) where a test needs to act mid-run. Every run of the module starts at once (the
-module fixtures), so the module costs about as much as its slowest run.
+(`kdcore.worker.pause_point`) where a test needs to act mid-run. Every run of the module is submitted at once
+(the module fixtures), so the module costs about as much as its slowest runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ WAIT_S = 180.0
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A local Ray cluster on 127.0.0.1 (4 logical CPUs: the module's runs train at once), and the
+    """A local Ray cluster on 127.0.0.1 of 3 logical CPUs, one short of the module's workers: the PostgreSQL
+    sweep's slot waits for Ray to place it until the plain run's slot is idle, and the sweep then trains there
+    instead (`kdcore.ray_slots`, a waiting run goes to an idle slot). And the
     environment of its user: run folders on shared storage (KDCORE_ARTIFACTS), one store for the module."""
     root = tmp_path_factory.mktemp("ray-user")
     (root / "auth_token").write_text(secrets.token_hex(32))  # not ~/.ray's, which other Rays of this user share
@@ -44,7 +46,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     with environment(single_machine):
         import ray  # here: it reads the token's settings when imported
 
-        ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
+        ray.init(address="local", num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
                  log_to_driver=False, configure_logging=False)
         yield {"KDCORE_EXECUTOR": "ray", "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
                "KDCORE_HOME": str(root / "home"), "KDCORE_ARTIFACTS": str(root / "shared")}
@@ -160,6 +162,7 @@ def test_a_sweep_on_ray_with_its_store_on_postgresql_lands_its_rows_there(postgr
         assert counts[run_id] == len(metrics) > 0
         student = torch.load(Path(env["KDCORE_ARTIFACTS"]) / "runs" / run_id / "student.pt", weights_only=True)
         assert student  # the artifacts the worker wrote on the node are there for whoever reads the store
+    assert len(slots()) == 3  # the sweep trained on a slot that became idle: no new slot is left waiting for CPUs
 
 
 def test_a_killed_ray_worker_fails_its_run_with_the_reason_and_resume_finishes_it_on_a_slot_already_there(
