@@ -26,7 +26,9 @@ import sys
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kdcore.config import RunConfig
 from kdcore.errors import ConfigError, StoreError
@@ -135,6 +137,23 @@ class Runner:
         if start:
             self.tick()
         return run_id
+
+    def submit_many(self, runs: list[tuple[RunConfig, str]], *, sweep_id: str | None = None, start: bool = True,
+                    owner: str | None = None,
+                    sweep_change: Callable[[dict[str, Any], list[str]], None] | None = None) -> list[str]:
+        """Queue several runs, given as (config, name), at once (`Store.create_runs`: one transaction, so the
+        worker that takes the first finds the others queued and trains those that share its teacher with it);
+        returns their ids in order. With an `owner`, the per-owner cap refuses them all or none."""
+        self.executor.check(self.store)
+        cap = None
+        if owner is not None:
+            validate_owner(owner)
+            cap = self.owner_cap()
+        run_ids = self.store.create_runs([(config.to_dict(), name) for config, name in runs], sweep_id=sweep_id,
+                                         owner=owner, owner_cap=cap, sweep_change=sweep_change)
+        if start:
+            self.tick()
+        return run_ids
 
     def cancel(self, run_id: str) -> RunRecord:
         """Cancel a run, whatever moment it is at (README, "Run states"): queued or starting, it is cancelled at

@@ -150,21 +150,25 @@ def _queue(runner, plan: list[tuple[RunRecord, int]], sweep: dict[str, Any] | No
     for owner, adding in owners.items():
         if owner is not None:
             check_owner_room(runner, owner, adding)  # refused whole, before anything is queued
-    run_ids = []
-    for record, seed in plan:
-        config = RunConfig.from_dict({**record.config, "seed": seed})
-        run_ids.append(runner.submit(config, name=_run_name(record, seed, sweep),
-                                     sweep_id=sweep["sweep_id"] if sweep else None, start=False, owner=record.owner))
-    if sweep is not None and plan:
-        size = len(runner.store.list_runs(sweep_id=sweep["sweep_id"]))
+    sweep_id = sweep["sweep_id"] if sweep is not None else None
 
-        def add_seeds(spec: dict[str, Any]) -> None:  # the grid names the seeds now in the sweep
-            grid = spec.setdefault("grid", {})
-            seeds = list(grid.get("seed") or [])
-            grid["seed"] = seeds + sorted({s for _, s in plan} - set(seeds))
-            spec["size"] = size
+    def add_seeds(spec: dict[str, Any], new_ids: list[str]) -> None:  # the grid names the seeds now in the sweep
+        grid = spec.setdefault("grid", {})
+        seeds = list(grid.get("seed") or [])
+        grid["seed"] = seeds + sorted({s for _, s in plan} - set(seeds))
+        spec["size"] = spec.get("size", 0) + len(new_ids)
 
-        runner.store.edit_sweep(sweep["sweep_id"], add_seeds)
+    by_owner: dict[str | None, list[int]] = {}
+    for i, (record, _) in enumerate(plan):
+        by_owner.setdefault(record.owner, []).append(i)
+    run_ids = [""] * len(plan)
+    for owner, indexes in by_owner.items():  # each owner's runs queued together (Runner.submit_many)
+        runs = [(RunConfig.from_dict({**plan[i][0].config, "seed": plan[i][1]}), _run_name(*plan[i], sweep))
+                for i in indexes]
+        queued = runner.submit_many(runs, sweep_id=sweep_id, start=False, owner=owner,
+                                    sweep_change=add_seeds if sweep is not None else None)
+        for i, run_id in zip(indexes, queued):
+            run_ids[i] = run_id
     runner.tick()
     return run_ids
 

@@ -86,13 +86,9 @@ def submit_sweep(runner, base: dict[str, Any], grid: dict[str, list[Any]],
     if owner is not None:
         check_owner_room(runner, owner, len(runs))
     sweep_id = store.create_sweep({"name": name, "base": base, "grid": grid, "size": len(runs)})
-    run_ids = []
-    for values, config in runs:
-        label = name or "sweep"
-        run_name = f"{label}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-        run_ids.append(runner.submit(config, name=run_name, sweep_id=sweep_id, start=False, owner=owner))
-    runner.tick()
-    return sweep_id, run_ids
+    label = name or "sweep"
+    named = [(config, f"{label}: " + ", ".join(f"{k}={v}" for k, v in values.items())) for values, config in runs]
+    return sweep_id, runner.submit_many(named, sweep_id=sweep_id, owner=owner)
 
 
 def check_owner_room(runner, owner: str, adding: int) -> None:

@@ -5,8 +5,10 @@ and of PostgreSQL's own failures (unreachable, wrong password) are one backend's
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import sqlite3
+import threading
 import time
 
 import psycopg
@@ -16,6 +18,7 @@ from run_helpers import TINY, kdcore, last_json
 
 from kdcore.config import RunConfig
 from kdcore.errors import RunNotFound, StoreError
+from kdcore.owners import OwnerLimitError
 from kdcore.store import SCHEMA_VERSION, LogRow, MetricRow, RunMetricRow, Store, upload_name
 
 
@@ -162,6 +165,48 @@ def test_claim_respects_the_limit_and_submission_order(store):
     assert store.claim_next(limit=2) is None
     store.finish(ids[0], "done", summary={"x": 1})
     assert store.claim_next(limit=2).id == ids[2]
+
+
+def test_a_batch_of_runs_is_queued_and_named_in_its_sweep_at_once(store):
+    """create_runs: another connection (the app's scheduler, a worker looking for its sweep siblings) sees none
+    of a batch or all of it, and the sweep's spec names them in the same instant; over an owner's cap, none."""
+    sweep_id = store.create_sweep({"name": "batch", "size": 0, "trials": {}})
+    seen: set[tuple[int, int]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        other = Store(store.home, db=store.db_url)
+        while not stop.is_set():
+            with other._transaction() as db:  # one statement: one snapshot on either backend
+                queued, spec = db.execute("SELECT (SELECT COUNT(*) FROM runs WHERE sweep_id=?), (SELECT spec FROM "
+                                          "sweeps WHERE id=?)", (sweep_id, sweep_id)).fetchone()
+            seen.add((queued, len(json.loads(spec)["trials"])))
+        other.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    time.sleep(0.2)
+
+    def name_them(spec, run_ids):
+        time.sleep(0.2)  # a slow edit: the runs inserted before it must stay unseen meanwhile
+        spec["trials"].update({run_id: i for i, run_id in enumerate(run_ids)})
+        spec["size"] = len(run_ids)
+
+    ids = store.create_runs([({"n": i}, f"run {i}") for i in range(6)], sweep_id=sweep_id, sweep_change=name_them)
+    time.sleep(0.2)
+    stop.set()
+    watcher.join()
+    assert seen == {(0, 0), (6, 6)}
+    assert [r.name for r in sorted(store.list_runs(sweep_id=sweep_id), key=lambda r: ids.index(r.id))] == [
+        f"run {i}" for i in range(6)]
+    assert store.get_sweep(sweep_id)["trials"] == {run_id: i for i, run_id in enumerate(ids)}
+    assert all(store.run_dir(run_id).is_dir() for run_id in ids)
+
+    store.create_run({}, owner="ada")
+    with pytest.raises(OwnerLimitError, match="cannot queue 3 more runs"):
+        store.create_runs([({}, "a"), ({}, "b"), ({}, "c")], owner="ada", owner_cap=3, sweep_id=sweep_id,
+                          sweep_change=name_them)
+    assert len(store.list_runs(owner="ada")) == 1 and store.get_sweep(sweep_id)["size"] == 6
 
 
 def test_delete_refuses_a_running_run_and_removes_a_finished_one(store):

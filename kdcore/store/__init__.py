@@ -359,9 +359,10 @@ class Store:
                 db.execute(statement)
 
     @contextmanager
-    def _transaction(self, lock: str | None = None) -> Iterator[Any]:
-        """One write transaction. `lock` names what it must not run beside: writers naming the same lock run
-        one after another (SQLite runs every writer one after another anyway; see kdcore.store.postgres)."""
+    def _transaction(self, lock: str | tuple[str, ...] | None = None) -> Iterator[Any]:
+        """One write transaction. `lock` names what it must not run beside (or several such names, taken in
+        order: "queue" before a sweep's id): writers naming the same lock run one after another (SQLite runs
+        every writer one after another anyway; see kdcore.store.postgres)."""
         with self._dialect.transaction(self._db, lock) as db:
             yield db
 
@@ -468,25 +469,61 @@ class Store:
         """Record a run. With `owner_cap`, refuse it (OwnerLimitError) when `owner` already has that many
         queued or running runs; the count and the insert are one transaction, so two submissions at
         once cannot both slip under the cap."""
-        now = time.time()
         with self._transaction(lock="queue" if owner_cap is not None else None) as db:
-            if owner is not None and owner_cap is not None:
-                active = db.execute("SELECT COUNT(*) FROM runs WHERE owner=? AND status IN ('queued','starting',"
-                                    "'running')", (owner,)).fetchone()[0]
-                if active >= owner_cap:
-                    raise OwnerLimitError(limit_message(owner, active, owner_cap))
-            while True:
-                run_id = f"run-{secrets.token_hex(4)}"
-                if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
-                    break
-            db.execute(
-                "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id, owner, host) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, name, json.dumps(config, sort_keys=True), status, now,
-                 now if status == "running" else None, pid, now if status == "running" else None, sweep_id, owner,
-                 HOST if pid is not None else None),
-            )
+            self._check_owner_room(db, owner, owner_cap, 1)
+            run_id = self._insert_run(db, config, name, status, sweep_id, pid, owner)
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        return run_id
+
+    @_retried
+    def create_runs(self, runs: list[tuple[dict[str, Any], str]], *, sweep_id: str | None = None,
+                    owner: str | None = None, owner_cap: int | None = None,
+                    sweep_change: Callable[[dict[str, Any], list[str]], None] | None = None) -> list[str]:
+        """Queue several runs, given as (config, name), in one transaction: no scheduler (this process's, the
+        app's, another machine's) sees some of them before the others, so the worker that takes the first finds
+        its sweep siblings queued and trains those sharing its teacher together. `sweep_change(spec, run_ids)`
+        edits the sweep's spec in the same transaction (a study records its trials there before any of their
+        workers can look them up). With `owner_cap`, all are refused (OwnerLimitError) when they would take
+        `owner` past it, and nothing is recorded."""
+        locks = ("queue",) if owner_cap is not None else ()
+        with self._transaction(lock=locks + ((sweep_id,) if sweep_change else ())) as db:
+            self._check_owner_room(db, owner, owner_cap, len(runs))
+            run_ids = [self._insert_run(db, config, name, "queued", sweep_id, None, owner) for config, name in runs]
+            if sweep_change is not None:
+                row = db.execute("SELECT spec FROM sweeps WHERE id=?", (sweep_id,)).fetchone()
+                if row is None:
+                    raise StoreError(f"no sweep {sweep_id} in {self.where}")
+                spec = json.loads(row[0])
+                sweep_change(spec, run_ids)
+                db.execute("UPDATE sweeps SET spec=? WHERE id=?", (json.dumps(spec), sweep_id))
+        for run_id in run_ids:
+            self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+        return run_ids
+
+    @staticmethod
+    def _check_owner_room(db: Any, owner: str | None, owner_cap: int | None, adding: int) -> None:
+        if owner is None or owner_cap is None:
+            return
+        active = db.execute("SELECT COUNT(*) FROM runs WHERE owner=? AND status IN ('queued','starting',"
+                            "'running')", (owner,)).fetchone()[0]
+        if active + adding > owner_cap:
+            raise OwnerLimitError(limit_message(owner, active, owner_cap, adding))
+
+    @staticmethod
+    def _insert_run(db: Any, config: dict[str, Any], name: str, status: str, sweep_id: str | None,
+                    pid: int | None, owner: str | None) -> str:
+        now = time.time()
+        while True:
+            run_id = f"run-{secrets.token_hex(4)}"
+            if not db.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
+                break
+        db.execute(
+            "INSERT INTO runs (id, name, config, status, created, started, pid, heartbeat, sweep_id, owner, host) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, name, json.dumps(config, sort_keys=True), status, now,
+             now if status == "running" else None, pid, now if status == "running" else None, sweep_id, owner,
+             HOST if pid is not None else None),
+        )
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:

@@ -106,11 +106,12 @@ class PostgreSQL:
             "AND table_name = ?", (table,))}
 
     @contextmanager
-    def transaction(self, db: _Connection, lock: str | None = None) -> Iterator[_Connection]:
-        """BEGIN … COMMIT holding the advisory lock `lock` (see the module's docstring) when one is named."""
+    def transaction(self, db: _Connection, lock: str | tuple[str, ...] | None = None) -> Iterator[_Connection]:
+        """BEGIN … COMMIT holding the advisory lock `lock` (see the module's docstring) when one is named, or
+        each of several, taken in the order given."""
         with db.transaction():
-            if lock is not None:
-                db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_LOCK_SPACE, lock))
+            for name in (lock,) if isinstance(lock, str) else lock or ():
+                db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_LOCK_SPACE, name))
             yield db
 
     @staticmethod

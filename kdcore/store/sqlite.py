@@ -50,7 +50,8 @@ class SQLite:
         return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
 
     @contextmanager
-    def transaction(self, db: sqlite3.Connection, lock: str | None = None) -> Iterator[sqlite3.Connection]:
+    def transaction(self, db: sqlite3.Connection, lock: str | tuple[str, ...] | None = None
+                    ) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT, retried while another process holds the write lock. `lock` is not needed:
         BEGIN IMMEDIATE already serialises every writer."""
         delay = 0.01

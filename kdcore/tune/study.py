@@ -265,19 +265,21 @@ def _ask_batch(runner, study, study_id: str, spec: dict[str, Any], dims: list[Di
                 "invalid", []).append({"number": n, "params": v, "error": e}))
             continue
         asked.append((trial, values, config))
-    runs = {}
-    for trial, values, config in asked:
-        name = f"{label} #{trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-        run_id = runner.submit(config, name=name[:200], sweep_id=study_id, start=False, owner=spec.get("owner"))
-        trial.set_user_attr("run_id", run_id)
-        # the storage's id of the trial (Optuna has no public accessor): the worker reports to it by this id
-        runs[run_id] = {"number": trial.number, "trial_id": trial._trial_id, "params": values}
+    names = [(f"{label} #{trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))[:200]
+             for trial, values, _ in asked]
 
-    def record(s: dict[str, Any]) -> None:
-        s["trials"].update(runs)
+    def record(s: dict[str, Any], run_ids: list[str]) -> None:
+        # the storage's id of the trial (Optuna has no public accessor): the worker reports to it by this id
+        s["trials"].update({run_id: {"number": trial.number, "trial_id": trial._trial_id, "params": values}
+                            for run_id, (trial, values, _) in zip(run_ids, asked)})
         s["size"] = _size(s)
-    store.edit_sweep(study_id, record)  # before any worker starts: it looks its trials up here
-    _wait(runner, list(runs), study_id, poll_s=POLL_S)
+    # queued and recorded in the study in one transaction: no worker (the app's page may start one) can take a
+    # trial before the study names it, and the batch's workers find one another to train as one group
+    run_ids = runner.submit_many([(config, name) for (_, _, config), name in zip(asked, names)], sweep_id=study_id,
+                                 start=False, owner=spec.get("owner"), sweep_change=record)
+    for run_id, (trial, _, _) in zip(run_ids, asked):
+        trial.set_user_attr("run_id", run_id)
+    _wait(runner, run_ids, study_id, poll_s=POLL_S)
     _settle(runner, study, study_id, POLL_S)
 
 
@@ -374,19 +376,18 @@ def _confirm(runner, study, study_id: str, spec: dict[str, Any], poll_s: float) 
         base, label = spec["base"], spec["name"] or study_id
         seed0 = RunConfig.from_dict(dict(base)).seed
         confirm = {"number": best.number, "best": [], "default": []}
-        for i in range(spec["seeds"]):
-            seed = seed0 + i
-            tuned = config_for({**base, "seed": seed, "baseline": True}, best.params, dims)
-            default = RunConfig.from_dict({**base, "seed": seed, "baseline": True})
-            confirm["best"].append(runner.submit(tuned, name=f"{label}: best (#{best.number}), seed {seed}",
-                                                 sweep_id=study_id, start=False, owner=spec.get("owner")))
-            confirm["default"].append(runner.submit(default, name=f"{label}: default, seed {seed}",
-                                                    sweep_id=study_id, start=False, owner=spec.get("owner")))
+        runs = []
+        for seed in range(seed0, seed0 + spec["seeds"]):
+            runs.append((config_for({**base, "seed": seed, "baseline": True}, best.params, dims),
+                         f"{label}: best (#{best.number}), seed {seed}"))
+            runs.append((RunConfig.from_dict({**base, "seed": seed, "baseline": True}),
+                         f"{label}: default, seed {seed}"))
 
-        def record(s: dict[str, Any]) -> None:
+        def record(s: dict[str, Any], run_ids: list[str]) -> None:
+            confirm["best"], confirm["default"] = run_ids[0::2], run_ids[1::2]
             s["confirm"] = confirm
             s["size"] = _size(s)
-        store.edit_sweep(study_id, record)
+        runner.submit_many(runs, sweep_id=study_id, start=False, owner=spec.get("owner"), sweep_change=record)
     records = _wait(runner, confirm["best"] + confirm["default"], study_id, poll_s=poll_s)
     done = {r.id: r for r in records if r.status == "done"}
 
