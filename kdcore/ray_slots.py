@@ -200,8 +200,8 @@ def _slot_lost(run_id: str, env: dict[str, str], reason: str) -> None:
             if record.status == "starting" and record.pid is None:
                 store.requeue(run_id, resume=record.resume, only_if=("starting",))
                 _start_next(env)
-            elif record.pid is not None:
-                record_lost_worker(store, run_id, record.pid, reason)
+            elif record.pid is not None:  # its worker died with the slot, on whichever node that was
+                record_lost_worker(store, run_id, record.pid, reason, host=record.host)
         except Exception:  # deleted, or the store unreachable: the runners' reaper judges it later
             pass
         finally:
@@ -270,12 +270,12 @@ def _run_worker(context: Any, run_id: str, env: dict[str, str], log_path: str, c
         store.close()
 
 
-def record_lost_worker(store: Store, run_id: str, pid: int, reason: str) -> list[str]:
-    """Mark failed (cancelled, when asked to stop) the runs worker `pid` of this machine held and did not end:
-    `run_id`, and the runs of its sweep it trained with it. Returns their ids."""
+def record_lost_worker(store: Store, run_id: str, pid: int, reason: str, *, host: str | None = HOST) -> list[str]:
+    """Mark failed (cancelled, when asked to stop) the runs worker `pid` of `host` (this machine) held and did
+    not end: `run_id`, and the runs of its sweep it trained with it. Returns their ids."""
     ended = []
     for record in store.list_runs(status=["starting", "running"]):
-        mine = record.pid == pid and record.host in (None, HOST)
+        mine = record.pid == pid and record.host in (None, host)
         if not (mine or (record.id == run_id and record.pid is None)):
             continue
         status = "cancelled" if record.cancel_requested else "failed"
