@@ -15,7 +15,9 @@ a process that has already imported torch and the trainer. A run's worker is a f
 
 One detached dispatcher actor (`kdcore-slots`, no resources) owns the slots: a runner hands it a claimed run
 and returns; it gives the run to an idle slot of the run's shape or creates one, which Ray places on a node
-with those resources free. A slot that has ended its run says so, then starts the next queued run itself
+with those resources free (should a slot of the run's shape become idle first, the run goes there instead:
+it could otherwise wait for the very CPUs that idle slot holds). A slot that has ended its run says so, then
+starts the next queued run itself
 (already connected: its runner's claim goes back through the dispatcher to this, now idle, slot). Idle
 slots are given back to Ray after SLOT_IDLE_S (KDCORE_RAY_SLOT_IDLE_S), and at once when a run of another
 shape needs their room.
