@@ -70,8 +70,8 @@ def _build_config(args: argparse.Namespace):
 def _check_teacher_checkpoint(config) -> None:
     """The checks of a runnable config that read files (and torch), beyond those of the config itself: a
     `teacher.checkpoint` that does not fit the teacher or the data, a `labeled_fraction` that leaves a class
-    without a label, a `transfer` set of another shape, timm models and pretrained weights that cannot be had,
-    a CSV that cannot be read or split, an `hf:` model that cannot be had."""
+    without a label, a `transfer` set of another shape or a `csv:` one that cannot be read, timm models and
+    pretrained weights that cannot be had, a CSV that cannot be read or split, an `hf:` model that cannot be had."""
     from kdcore.dataset_names import is_csv
 
     if config.teacher.checkpoint:
