@@ -52,13 +52,14 @@ def _on_sigterm(*_: Any) -> None:
     _stop_requested.set()
 
 
-def pause_point(store: Store, run_id: str, phase: str, stopped: Any = lambda: False) -> None:
+def pause_point(store: Store, run_id: str, phase: str, stopped: Any = lambda: False, before: Any = None) -> None:
     """A hook for the tests of cancel, resume, delete and faults at every moment of a run: when KDCORE_TEST_PAUSE
     names this run (or `*`) with `phase`, create `<run folder>/paused-at-<phase>` and wait until `stopped()`, the
     file is removed (the test lets it go on), or TEST_PAUSE_MAX_S pass. Once per run: a resumed run whose file is
     still there does not wait again. Phases: launch (before SIGTERM is handled), imports (running, torch not yet
     imported), teacher, soft_labels, student, finetune, baseline (during that stage), summary (before the run's
-    end is recorded)."""
+    end is recorded). `before()` runs once the pause is decided, before the file is made (a flush: the test sees
+    what the run reported up to here)."""
     spec = os.environ.get(TEST_PAUSE_ENV)
     if not spec:
         return
@@ -66,6 +67,8 @@ def pause_point(store: Store, run_id: str, phase: str, stopped: Any = lambda: Fa
     marker = store.run_dir(run_id) / f"paused-at-{phase}"
     if phase not in (wanted.get(run_id), wanted.get("*")) or marker.exists():
         return
+    if before is not None:
+        before()
     marker.touch()
     deadline = time.monotonic() + TEST_PAUSE_MAX_S
     while marker.exists() and not stopped() and time.monotonic() < deadline:
@@ -142,7 +145,14 @@ class StoreCallback(Callback):
     def _pause(self, phase: str) -> None:
         if phase not in self.paused:
             self.paused.add(phase)
-            pause_point(self.store, self.run_id, phase, lambda: self.flush() or self.should_stop())
+            # while paused, only reads: a test may hold the database's write lock meanwhile, and the run must go on
+            # (and report later) as soon as the file is removed
+            pause_point(self.store, self.run_id, phase, before=self.flush, stopped=self._stop_seen)
+
+    def _stop_seen(self) -> bool:
+        """should_stop, with the store's cancel flag read (not written: see _pause)."""
+        self.cancel_requested |= self.store.get_run(self.run_id).cancel_requested
+        return self.should_stop()
 
     # --- writing -------------------------------------------------------------------------------------
 

@@ -226,7 +226,7 @@ def test_a_database_locked_by_another_process_makes_writers_wait_and_loses_nothi
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
         "db.execute('BEGIN IMMEDIATE'); db.execute(\"INSERT INTO meta VALUES ('setting.lock-test', 'held')\"); "
-        "print('locked', time.time(), flush=True); time.sleep(4); db.execute('COMMIT'); print(time.time(), flush=True)"),
+        "print('locked', time.time(), flush=True); time.sleep(3); db.execute('COMMIT'); print(time.time(), flush=True)"),
         str(store.home / "kdcore.db")], stdout=subprocess.PIPE, text=True)
     word, locked_at = holder.stdout.readline().split()
     assert word == "locked"
