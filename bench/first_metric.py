@@ -63,14 +63,10 @@ def spare(runner: Runner) -> float:
 
 
 def _test_server():
-    path = ROOT / "tests" / "postgres_server.py"
-    spec = importlib.util.spec_from_file_location("postgres_server", path)
+    spec = importlib.util.spec_from_file_location("postgres_server", ROOT / "tests" / "postgres_server.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    bin_dir = module.find_binaries()
-    if bin_dir is None:
-        raise SystemExit("bench/first_metric.py: PostgreSQL binaries not installed; pass --postgres URL")
-    return module.PostgresServer(bin_dir).start()
+    return module.start_for_bench("bench/first_metric.py")
 
 
 def _local_ray(root: Path) -> None:

@@ -166,10 +166,7 @@ def _test_server():
     spec = importlib.util.spec_from_file_location("postgres_server", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    bin_dir = module.find_binaries()
-    if bin_dir is None:
-        raise SystemExit("bench/store.py: PostgreSQL binaries not installed; pass --postgres URL")
-    return module.PostgresServer(bin_dir).start()
+    return module.start_for_bench("bench/store.py")
 
 
 def main() -> None:

@@ -101,3 +101,12 @@ class PostgresServer:
             self._pg("pg_ctl", "-D", str(self.folder / "data"), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_for_bench(script: str) -> PostgresServer:
+    """A throwaway server for a benchmark (`bench/store.py`, `bench/first_metric.py`), or SystemExit naming
+    `script` when the binaries are not installed."""
+    bin_dir = find_binaries()
+    if bin_dir is None:
+        raise SystemExit(f"{script}: PostgreSQL binaries not installed; pass --postgres URL")
+    return PostgresServer(bin_dir).start()
