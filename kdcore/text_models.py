@@ -155,7 +155,22 @@ def _bert_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class TransformerClassifier(TextModel):
+class PooledEncoderClassifier(TextModel):
+    """An encoder's last hidden states mean-pooled over the tokens, dropout, a linear head. Subclasses give
+    `encode(ids) -> Encoded`, `self.dropout` and `self.head`."""
+
+    def classify(self, encoded: Encoded) -> tuple[Tensor, Tensor]:
+        pooled = mean_pool(encoded.states[-1], encoded.mask)
+        return self.head(self.dropout(pooled)), pooled
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(logits, pooled features, hidden states): the embedding output, then each layer's output [B, L', H]."""
+        encoded = self.encode(x)
+        logits, pooled = self.classify(encoded)
+        return logits, pooled, encoded.states
+
+
+class TransformerClassifier(PooledEncoderClassifier):
     """A BERT-style encoder, mean pooling over the tokens, dropout, a linear head."""
 
     token_table = "encoder.embeddings.word_embeddings"  # `compact_vocabulary` trains only the rows the data uses
@@ -171,16 +186,6 @@ class TransformerClassifier(TextModel):
     def encode(self, ids: Tensor) -> Encoded:
         ids, mask = trim(ids)
         return self.encoder(ids, mask)
-
-    def classify(self, encoded: Encoded) -> tuple[Tensor, Tensor]:
-        pooled = mean_pool(encoded.states[-1], encoded.mask)
-        return self.head(self.dropout(pooled)), pooled
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """(logits, pooled features, hidden states): the embedding output, then each layer's output [B, L', H]."""
-        encoded = self.encode(x)
-        logits, pooled = self.classify(encoded)
-        return logits, pooled, encoded.states
 
     def last_attention_inputs(self, states_before: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The last layer's queries, keys and values [B, L, H], from its input (the hidden states before it)."""
@@ -441,7 +446,7 @@ def hf_tokenizer(arch: str):
     return tokenizer
 
 
-class HFClassifier(TextModel):
+class HFClassifier(PooledEncoderClassifier):
     """Any Hugging Face encoder (`hf:<model id or folder>`), mean-pooled, with a new linear head."""
 
     def __init__(self, name: str, num_classes: int) -> None:
@@ -459,15 +464,6 @@ class HFClassifier(TextModel):
         out = self.net(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
         empty = ids.new_zeros(0)
         return Encoded(list(out.hidden_states), mask, empty, empty, empty)
-
-    def classify(self, encoded: Encoded) -> tuple[Tensor, Tensor]:
-        pooled = mean_pool(encoded.states[-1], encoded.mask)
-        return self.head(self.dropout(pooled)), pooled
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
-        encoded = self.encode(x)
-        logits, pooled = self.classify(encoded)
-        return logits, pooled, encoded.states
 
     def optimizer_groups(self) -> list[dict]:
         return [{"params": list(self.net.parameters()), "lr_scale": ENCODER_LR_SCALE},
