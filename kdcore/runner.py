@@ -127,15 +127,8 @@ class Runner:
         """Record a queued run and return its id at once; a worker starts when a slot is free.
 
         With an `owner`, the per-owner cap applies (`OwnerLimitError` when it is reached)."""
-        self.executor.check(self.store)  # an unreachable cluster is refused before anything is queued
-        cap = None
-        if owner is not None:
-            validate_owner(owner)
-            cap = self.owner_cap()
-        run_id = self.store.create_run(config.to_dict(), name=name if name is not None else config.name,
-                                       sweep_id=sweep_id, owner=owner, owner_cap=cap)
-        if start:
-            self.tick()
+        (run_id,) = self.submit_many([(config, name if name is not None else config.name)], sweep_id=sweep_id,
+                                     start=start, owner=owner)
         return run_id
 
     def submit_many(self, runs: list[tuple[RunConfig, str]], *, sweep_id: str | None = None, start: bool = True,
@@ -144,7 +137,7 @@ class Runner:
         """Queue several runs, given as (config, name), at once (`Store.create_runs`: one transaction, so the
         worker that takes the first finds the others queued and trains those that share its teacher with it);
         returns their ids in order. With an `owner`, the per-owner cap refuses them all or none."""
-        self.executor.check(self.store)
+        self.executor.check(self.store)  # an unreachable cluster is refused before anything is queued
         cap = None
         if owner is not None:
             validate_owner(owner)
