@@ -113,6 +113,12 @@ def test_the_tune_page_fills_in_while_a_study_runs(chromium: str, tmp_path) -> N
             gate.let_go(first)
             wait_for(page, gate, lambda: trial_points(page) == BATCH, 60,
                      lambda: f"the first batch's results were not drawn: {study_report(store, study_id)['trials']}")
+            # the chart draws the runs' curves as they train; the driver tells the study how each ended a poll later
+
+            def first_batch_told() -> list[dict]:
+                return [t for t in study_report(store, study_id)["trials"] if t["number"] < BATCH]
+            wait_for(page, gate, lambda: all(t["state"] in ("complete", "pruned") for t in first_batch_told()), 60,
+                     lambda: f"the study was not told how the first batch ended: {first_batch_told()}")
             report = study_report(store, study_id)
             assert report["status"] == "running", report["status"]  # live: the study has not ended
             told = [t for t in report["trials"] if t["number"] < BATCH]
