@@ -30,6 +30,21 @@ def chromium() -> str:
     return require_chromium(REQUIRED)
 
 
+def scroll_to(page, locator, timeout_s: float = 30) -> None:
+    """Scroll `locator` into view, again if the page redraws it mid-scroll (a rerun as the run ends replaces it)."""
+    from playwright.sync_api import Error
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            locator.scroll_into_view_if_needed(timeout=5_000)
+            return
+        except Error:
+            if time.monotonic() > deadline:
+                raise
+            page.wait_for_timeout(250)
+
+
 def pick(page, label: str, value: str) -> None:
     """Type `value` into the select box `label` and take it (a listed option, or a new one of one's own)."""
     box = page.get_by_role("combobox", name=label)
@@ -93,7 +108,7 @@ def test_a_text_run_from_new_run_shows_its_sentences_soft_labels(chromium: str, 
         store.close()
         expect(page.get_by_text("probability of negative", exact=False)).to_be_visible()
         table = page.get_by_test_id("stDataFrame").last
-        table.scroll_into_view_if_needed()
+        scroll_to(page, table)
         # the grid draws on a canvas; its cells are also in an accessible table, which the page keeps out of view
         for text in teacher["texts"][:3]:
             expect(table.locator("td[role=gridcell]", has_text=text)).to_have_count(1)
