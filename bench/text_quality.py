@@ -8,9 +8,10 @@ the fine-tuned teacher is trained by the first run and reused by every other (ca
 its logits, and the augmented copies' logits, beside it). A row `S` is KD (the engine's default method and
 weights) with its baseline (the same student, seed and budget on the labels alone); `S+augment:N` is KD with
 N masked or cut copies of every training sentence that only the teacher labels (no baseline: it is row S's);
-`S+distilbert` is DistilBERT's loss. Finished runs are appended to `<home>/text_quality.jsonl`, and a row and
-seed found there is not run again, so the script can be stopped and started. Prints a markdown table: test
-accuracy per seed, the mean, and the share of the teacher-to-alone gap closed.
+`S+distilbert` is DistilBERT's loss; `S+T:x` is KD at temperature x; variants combine (`S+augment:4+T:2`).
+Finished runs are appended to `<home>/text_quality.jsonl`, and a row and seed found there is not run again,
+so the script can be stopped and started. Prints a markdown table: test accuracy per seed, the mean, the share
+of the teacher-to-alone gap closed, and the mean validation accuracy (by which to choose a setting).
 """
 
 from __future__ import annotations
@@ -30,13 +31,19 @@ ROWS = ["bag-of-embeddings", "bilstm", "tiny-transformer", "bilstm+augment:1", "
 
 
 def row_args(row: str) -> list[str]:
-    student, _, variant = row.partition("+")
+    """The run's settings for a row: its student, then each `+variant` (augment:N, distilbert, T:x)."""
+    student, *variants = row.split("+")
     args = TEACHER + ["--set", f"student.arch={student}", "--set", f"epochs={EPOCHS[student]}"]
-    if variant.startswith("augment:"):
-        return args + ["--set", f"transfer={variant}", "--set", "baseline=false"]
-    if variant == "distilbert":
-        return args + ["--set", "method=distilbert", "--set", "baseline=false"]
-    return args
+    for variant in variants:
+        if variant.startswith("augment:"):
+            args += ["--set", f"transfer={variant}"]
+        elif variant == "distilbert":
+            args += ["--set", "method=distilbert"]
+        elif variant.startswith("T:"):
+            args += ["--set", f"temperature={float(variant[2:])}"]
+        else:
+            raise SystemExit(f"unknown row variant {variant!r} in {row!r} (augment:N, distilbert or T:x)")
+    return args + (["--set", "baseline=false"] if variants else [])  # the baseline is the plain row's
 
 
 def main() -> None:
@@ -78,35 +85,45 @@ def main() -> None:
 
 
 def table(done: dict, seeds: list[int]) -> str:
-    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed."""
-    lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed |", "|---" * (len(seeds) + 3) + "|"]
+    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed, and the mean
+    validation accuracy (the number to choose a setting by, such as a temperature)."""
+    lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed | val mean |", "|---" * (len(seeds) + 4) + "|"]
     teacher = [done[k]["teacher_test_acc"] for k in done if done[k]["teacher_test_acc"] is not None]
     if teacher:
         lines.append(f"| teacher minilm-l6 | {' | '.join(f'{100 * teacher[0]:.2f}' for _ in seeds)} | "
-                     f"{100 * teacher[0]:.2f} | |")
+                     f"{100 * teacher[0]:.2f} | | |")
     rows = list(dict.fromkeys(r for r, _ in done))
     for row in rows:
         student = row.partition("+")[0]
         alone = [done[(student, s)]["baseline_test_acc"] for s in seeds if (student, s) in done]
         if "+" not in row and alone:
-            lines.append(_line(f"{student} alone", alone, seeds, None, None))
+            lines.append(_line(f"{student} alone", alone, seeds, None, None, None))
         accs = [done[(row, s)]["student_test_acc"] if (row, s) in done else None for s in seeds]
-        label = f"{student} KD" if "+" not in row else f"{student} KD + {row.partition('+')[2]}"
-        if row.endswith("+distilbert"):
-            label = f"{student} DistilBERT loss"
-        lines.append(_line(label, accs, seeds, statistics.mean(alone) if alone else None,
-                           teacher[0] if teacher else None))
+        vals = [done[(row, s)]["student_val_acc"] for s in seeds if (row, s) in done]
+        lines.append(_line(row_label(row), accs, seeds, statistics.mean(alone) if alone else None,
+                           teacher[0] if teacher else None, statistics.mean(vals) if vals else None))
     return "\n".join(lines)
 
 
-def _line(label: str, accs: list, seeds: list[int], alone: float | None, teacher: float | None) -> str:
+def row_label(row: str) -> str:
+    """ "bilstm+augment:4" → "bilstm KD + `transfer=augment:4`"; "bilstm+T:2" → "bilstm KD (T = 2)"."""
+    student, *variants = row.split("+")
+    method = "DistilBERT loss" if "distilbert" in variants else "KD"
+    temperature = next((v[2:] for v in variants if v.startswith("T:")), None)
+    label = f"{student} {method}" + (f" (T = {temperature})" if temperature else "")
+    return label + "".join(f" + `transfer={v}`" for v in variants if v.startswith("augment:"))
+
+
+def _line(label: str, accs: list, seeds: list[int], alone: float | None, teacher: float | None,
+          val: float | None) -> str:
     cells = [f"{100 * a:.2f}" if a is not None else "–" for a in accs]
     values = [a for a in accs if a is not None]
     mean = statistics.mean(values) if values else None
     closed = ""
     if mean is not None and alone is not None and teacher is not None and teacher > alone:
         closed = f"{100 * (mean - alone) / (teacher - alone):.0f}%"
-    return f"| {label} | {' | '.join(cells)} | {f'{100 * mean:.2f}' if mean is not None else '–'} | {closed} |"
+    return (f"| {label} | {' | '.join(cells)} | {f'{100 * mean:.2f}' if mean is not None else '–'} | {closed} | "
+            f"{f'{100 * val:.2f}' if val is not None else ''} |")
 
 
 if __name__ == "__main__":
