@@ -278,7 +278,7 @@ class RunConfig:
 
     def teacher_key(self) -> str:
         """Hash of everything that determines the trained teacher; equal keys share one teacher."""
-        from kdcore.dataset_names import csv_digest, is_csv
+        from kdcore.dataset_names import csv_digest, imagefolder_digest, is_csv, is_imagefolder
 
         t = self.teacher
         identity = {
@@ -299,6 +299,7 @@ class RunConfig:
             **({"crop_padding": CROP_PADDING[self.dataset]} if t.augment and self.dataset in CROP_PADDING else {}),
             **({"columns": [self.text_column, self.label_column], "contents": csv_digest(self.dataset)}
                if is_csv(self.dataset) else {}),
+            **({"contents": imagefolder_digest(self.dataset)} if is_imagefolder(self.dataset) else {}),
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

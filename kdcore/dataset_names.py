@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 
 from kdcore.errors import DatasetError
@@ -115,6 +116,44 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str | None:
             return hashlib.file_digest(handle, "blake2b").hexdigest()[:32]
     except OSError:
         return None
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LISTING_TTL_S = 2.0  # a page that keys many runs on one folder walks it once
+
+
+def imagefolder_digest(name: str) -> str | None:
+    """A hash of the listing of "imagefolder:<path>"'s images (each one's path in the folder, size and modification
+    time; None when the folder cannot be read): a teacher trained on the folder is cached under it, so an added,
+    removed or rewritten image trains a new one. Reads no image; a walk is reused for LISTING_TTL_S seconds."""
+    folder = os.path.abspath(os.path.expanduser(name[len(IMAGEFOLDER_PREFIX):]))
+    now = time.monotonic()
+    cached = _listings.get(folder)
+    if cached is not None and now - cached[0] < LISTING_TTL_S:
+        return cached[1]
+    digest = _listing_digest(folder)
+    _listings[folder] = (now, digest)
+    return digest
+
+
+_listings: dict[str, tuple[float, str | None]] = {}
+
+
+def _listing_digest(folder: str) -> str | None:
+    if not os.path.isdir(folder):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for directory, subdirectories, file_names in os.walk(folder):
+        subdirectories.sort()
+        for file_name in sorted(file_names):
+            if file_name.lower().endswith(IMAGE_EXTENSIONS):
+                path = os.path.join(directory, file_name)
+                try:
+                    stat = os.stat(path)
+                except OSError:
+                    continue
+                digest.update(f"{os.path.relpath(path, folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def is_text(name: str) -> bool:

@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 from kdcore.data.raw import RawData
-from kdcore.dataset_names import IMAGEFOLDER_PREFIX, DatasetInfo
+from kdcore.dataset_names import IMAGE_EXTENSIONS, IMAGEFOLDER_PREFIX, DatasetInfo
 from kdcore.errors import DatasetError
 
 T = TypeVar("T")
 
 IMAGE_SIZE = 32  # small enough to train on a CPU, and the same as CIFAR so its models fit
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+EXTENSIONS = IMAGE_EXTENSIONS
 GRAYSCALE_MODES = frozenset({"1", "L", "LA"})
 
 

@@ -76,3 +76,35 @@ def test_imagefolder_errors(tmp_path):
     (tmp_path / "broken" / "cat" / "00.png").write_bytes(b"not a png")
     with pytest.raises(DatasetError, match="cannot read image .*00.png"):
         load_dataset(f"imagefolder:{tmp_path / 'broken'}")
+
+
+def test_an_imagefolder_teacher_is_cached_under_the_folders_images(tmp_path, monkeypatch):
+    from kdcore import dataset_names
+    from kdcore.config import RunConfig
+
+    monkeypatch.setattr(dataset_names, "LISTING_TTL_S", 0.0)  # every key walks the folder again
+    write_image_folder(tmp_path / "pets", per_class=3)
+    config = RunConfig.from_dict({"dataset": f"imagefolder:{tmp_path / 'pets'}"})
+    key = config.teacher_key()
+    assert RunConfig.from_dict(config.to_dict()).teacher_key() == key
+    (tmp_path / "pets" / "cat" / "more notes.txt").write_text("still not an image")
+    assert config.teacher_key() == key  # only images count
+    write_png(tmp_path / "pets" / "dog" / "new.png", "L", (40, 40), 100)
+    added = config.teacher_key()
+    assert added != key
+    write_png(tmp_path / "pets" / "dog" / "new.png", "L", (40, 41), 100)  # the same name, another image
+    assert config.teacher_key() not in (key, added)
+    (tmp_path / "pets" / "dog" / "new.png").unlink()
+    assert config.teacher_key() == key  # the same images again: the same teacher
+    assert RunConfig.from_dict({"dataset": f"imagefolder:{tmp_path / 'gone'}"}).teacher_key() != key
+
+
+def test_a_pages_many_keys_walk_the_folder_once(tmp_path, monkeypatch):
+    from kdcore import dataset_names
+
+    monkeypatch.setattr(dataset_names, "LISTING_TTL_S", 3600.0)
+    write_image_folder(tmp_path / "pets", per_class=2)
+    name = f"imagefolder:{tmp_path / 'pets'}"
+    first = dataset_names.imagefolder_digest(name)
+    write_png(tmp_path / "pets" / "dog" / "new.png", "L", (40, 40), 100)
+    assert dataset_names.imagefolder_digest(name) == first  # within LISTING_TTL_S: the walk is reused
