@@ -8,7 +8,8 @@ the fine-tuned teacher is trained by the first run and reused by every other (ca
 its logits, and the augmented copies' logits, beside it). A row `S` is KD (the engine's default method and
 weights) with its baseline (the same student, seed and budget on the labels alone); `S+augment:N` is KD with
 N masked or cut copies of every training sentence that only the teacher labels (no baseline: it is row S's);
-`S+distilbert` is DistilBERT's loss; `S+T:x` is KD at temperature x; variants combine (`S+augment:4+T:2`).
+`S+distilbert` is DistilBERT's loss; `S+T:x` is KD at temperature x, `S+ce:x` KD with weights.ce x and
+weights.kd 1 − x; `S+E:n` trains n epochs (with its own baseline); variants combine (`S+E:20+augment:4`).
 Finished runs are appended to `<home>/text_quality.jsonl`, and a row and seed found there is not run again,
 so the script can be stopped and started. Prints a markdown table: test accuracy per seed, the mean, the share
 of the teacher-to-alone gap closed, and the mean validation accuracy (by which to choose a setting).
@@ -31,9 +32,10 @@ ROWS = ["bag-of-embeddings", "bilstm", "tiny-transformer", "bilstm+augment:1", "
 
 
 def row_args(row: str) -> list[str]:
-    """The run's settings for a row: its student, then each `+variant` (augment:N, distilbert, T:x)."""
+    """The run's settings for a row: its student, then each `+variant` (augment:N, distilbert, T:x, ce:x, E:n)."""
     student, *variants = row.split("+")
-    args = TEACHER + ["--set", f"student.arch={student}", "--set", f"epochs={EPOCHS[student]}"]
+    epochs = next((int(v[2:]) for v in variants if v.startswith("E:")), EPOCHS[student])
+    args = TEACHER + ["--set", f"student.arch={student}", "--set", f"epochs={epochs}"]
     for variant in variants:
         if variant.startswith("augment:"):
             args += ["--set", f"transfer={variant}"]
@@ -41,9 +43,17 @@ def row_args(row: str) -> list[str]:
             args += ["--set", "method=distilbert"]
         elif variant.startswith("T:"):
             args += ["--set", f"temperature={float(variant[2:])}"]
-        else:
-            raise SystemExit(f"unknown row variant {variant!r} in {row!r} (augment:N, distilbert or T:x)")
-    return args + (["--set", "baseline=false"] if variants else [])  # the baseline is the plain row's
+        elif variant.startswith("ce:"):
+            args += ["--set", f"weights.ce={float(variant[3:])}", "--set", f"weights.kd={1 - float(variant[3:])}"]
+        elif not variant.startswith("E:"):
+            raise SystemExit(f"unknown row variant {variant!r} in {row!r} (augment:N, distilbert, T:x, ce:x or E:n)")
+    return args + ([] if row == base_row(row) else ["--set", "baseline=false"])
+
+
+def base_row(row: str) -> str:
+    """The row whose baseline is this row's "alone": the same student and epochs (`S` or `S+E:n`)."""
+    student, *variants = row.split("+")
+    return "+".join([student, *(v for v in variants if v.startswith("E:"))])
 
 
 def main() -> None:
@@ -71,8 +81,9 @@ def main() -> None:
             summary = json.loads(out.stdout.strip().splitlines()[-1])
             record = {"row": row, "seed": seed, "load_before": load, "load_after": os.getloadavg()[0],
                       **{key: summary.get(key) for key in ("run_id", "teacher_test_acc", "student_test_acc",
-                                                          "baseline_test_acc", "student_val_acc", "best_epoch",
-                                                          "wall_s", "student_params", "transfer_examples")}}
+                                                          "baseline_test_acc", "student_val_acc", "baseline_val_acc",
+                                                          "best_epoch", "wall_s", "student_params",
+                                                          "transfer_examples")}}
             done[(row, seed)] = record
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -94,10 +105,12 @@ def table(done: dict, seeds: list[int]) -> str:
                      f"{100 * teacher[0]:.2f} | | |")
     rows = list(dict.fromkeys(r for r, _ in done))
     for row in rows:
-        student = row.partition("+")[0]
-        alone = [done[(student, s)]["baseline_test_acc"] for s in seeds if (student, s) in done]
-        if "+" not in row and alone:
-            lines.append(_line(f"{student} alone", alone, seeds, None, None, None))
+        base = base_row(row)
+        alone = [done[(base, s)]["baseline_test_acc"] for s in seeds if (base, s) in done]
+        if row == base and alone:
+            alone_vals = [done[(base, s)].get("baseline_val_acc") for s in seeds if (base, s) in done]
+            lines.append(_line(row_label(row).replace(" KD", " alone"), alone, seeds, None, None,
+                               statistics.mean(alone_vals) if None not in alone_vals else None))
         accs = [done[(row, s)]["student_test_acc"] if (row, s) in done else None for s in seeds]
         vals = [done[(row, s)]["student_val_acc"] for s in seeds if (row, s) in done]
         lines.append(_line(row_label(row), accs, seeds, statistics.mean(alone) if alone else None,
@@ -109,8 +122,10 @@ def row_label(row: str) -> str:
     """ "bilstm+augment:4" → "bilstm KD + `transfer=augment:4`"; "bilstm+T:2" → "bilstm KD (T = 2)"."""
     student, *variants = row.split("+")
     method = "DistilBERT loss" if "distilbert" in variants else "KD"
-    temperature = next((v[2:] for v in variants if v.startswith("T:")), None)
-    label = f"{student} {method}" + (f" (T = {temperature})" if temperature else "")
+    settings = [f"T = {v[2:]}" for v in variants if v.startswith("T:")]
+    settings += [f"ce {v[3:]} / kd {1 - float(v[3:]):g}" for v in variants if v.startswith("ce:")]
+    settings += [f"{v[2:]} epochs" for v in variants if v.startswith("E:")]
+    label = f"{student} {method}" + (f" ({', '.join(settings)})" if settings else "")
     return label + "".join(f" + `transfer={v}`" for v in variants if v.startswith("augment:"))
 
 

@@ -72,6 +72,12 @@ def hint_loss(projected_student_features: Tensor, teacher_features: Tensor) -> T
     return F.mse_loss(_at_least_float32(projected_student_features), _at_least_float32(teacher_features))
 
 
+def logit_mse(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """Logit matching (Ba & Caruana 2014; Tang et al. 2019): the mean squared difference of the logits,
+    (1 / (B·C)) Σ_b Σ_c (z_s,bc − z_t,bc)². student_logits, teacher_logits [B, C] → scalar."""
+    return F.mse_loss(_at_least_float32(student_logits), _at_least_float32(teacher_logits))
+
+
 def distillation_loss(
     student_logits: Tensor,
     targets: Tensor,

@@ -196,7 +196,8 @@ def test_objective_flags():
     specs = {name: method.spec for name, method in METHODS.items()}
     assert {n for n, s in specs.items() if s.needs_teacher_forward} == {"at", "sp", "function_matching"}
     assert {n for n, s in specs.items() if s.needs_teacher_features} == {"rkd", "pkt", "fitnets", "crd"}
-    assert {n for n, s in specs.items() if not s.uses_logit_kd} == {"at", "sp", "rkd", "pkt", "dkd", "dist", "dml"}
+    assert {n for n, s in specs.items() if not s.uses_logit_kd} == {"at", "sp", "rkd", "pkt", "dkd", "dist", "dml",
+                                                                             "logit_mse"}
     assert {n for n, s in specs.items() if not s.uses_labels} == {"dml", "function_matching"}
     assert {n for n, s in specs.items() if s.stackable} == {"kd", "kd_ls"}
     built = {name: build(name, "cnn-small", "cnn", ["weights.feature=1"] if name == "fitnets" else [])[3]

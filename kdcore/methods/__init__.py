@@ -14,8 +14,8 @@ from dataclasses import asdict
 from typing import Any
 
 from kdcore.errors import ConfigError
-from kdcore.methods import (at, crd, ctkd, dist, distilbert, dkd, dml, fitnets, function_matching, kd, kd_ls, minilm,
-                            multi_teacher, pkt, rkd, sp)
+from kdcore.methods import (at, crd, ctkd, dist, distilbert, dkd, dml, fitnets, function_matching, kd, kd_ls,
+                            logit_mse, minilm, multi_teacher, pkt, rkd, sp)
 from kdcore.methods.base import COMMON_TERMS, Method, MethodSpec, ParamSpec, Term, check_params, default_value, with_defaults
 
 __all__ = ["METHODS", "COMMON_TERMS", "Method", "MethodSpec", "ParamSpec", "Term", "get_method", "method_spec",
@@ -25,7 +25,7 @@ __all__ = ["METHODS", "COMMON_TERMS", "Method", "MethodSpec", "ParamSpec", "Term
 _ALL: tuple[Method, ...] = (
     kd.METHOD, fitnets.METHOD, at.METHOD, sp.METHOD, rkd.METHOD, pkt.METHOD, dkd.METHOD, dist.METHOD,
     multi_teacher.METHOD, dml.METHOD, function_matching.METHOD, crd.METHOD, kd_ls.METHOD, ctkd.METHOD,
-    distilbert.METHOD, minilm.METHOD,
+    distilbert.METHOD, minilm.METHOD, logit_mse.METHOD,
 )
 METHODS: dict[str, Method] = {method.spec.name: method for method in _ALL}
 
