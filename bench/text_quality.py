@@ -8,8 +8,9 @@ the fine-tuned teacher is trained by the first run and reused by every other (ca
 its logits, and the augmented copies' logits, beside it). A row `S` is KD (the engine's default method and
 weights) with its baseline (the same student, seed and budget on the labels alone); `S+augment:N` is KD with
 N masked or cut copies of every training sentence that only the teacher labels (no baseline: it is row S's);
-`S+distilbert` is DistilBERT's loss; `S+T:x` is KD at temperature x, `S+ce:x` KD with weights.ce x and
-weights.kd 1 − x; `S+E:n` trains n epochs (with its own baseline); variants combine (`S+E:20+augment:4`).
+`S+distilbert` is DistilBERT's loss, `S+logit_mse` logit matching; `S+T:x` is KD at temperature x, `S+ce:x`
+KD with weights.ce x and weights.kd 1 − x; `S+E:n` trains n epochs (with its own baseline); variants combine
+(`S+E:20+augment:4`).
 Finished runs are appended to `<home>/text_quality.jsonl`, and a row and seed found there is not run again,
 so the script can be stopped and started. Prints a markdown table: test accuracy per seed, the mean, the share
 of the teacher-to-alone gap closed, and the mean validation accuracy (by which to choose a setting).
@@ -25,28 +26,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-TEACHER = ["--set", "dataset=rotten-tomatoes", "--set", "teacher.arch=minilm-l6", "--set", "teacher.epochs=1"]
+TEACHER = ["--set", "dataset=rotten-tomatoes", "--set", "teacher.arch=minilm-l6"]
 EPOCHS = {"bag-of-embeddings": 10, "bilstm": 4, "tiny-transformer": 3}  # validation accuracy levels off by then (BENCHMARKS.md)
 ROWS = ["bag-of-embeddings", "bilstm", "tiny-transformer", "bilstm+augment:1", "bag-of-embeddings+augment:1",
         "tiny-transformer+distilbert", "tiny-transformer+augment:1"]
 
 
-def row_args(row: str) -> list[str]:
-    """The run's settings for a row: its student, then each `+variant` (augment:N, distilbert, T:x, ce:x, E:n)."""
+def row_args(row: str, teacher_epochs: int = 1) -> list[str]:
+    """The run's settings for a row: its student, then each `+variant` (augment:N, distilbert, logit_mse, T:x,
+    ce:x, E:n)."""
     student, *variants = row.split("+")
     epochs = next((int(v[2:]) for v in variants if v.startswith("E:")), EPOCHS[student])
-    args = TEACHER + ["--set", f"student.arch={student}", "--set", f"epochs={epochs}"]
+    args = TEACHER + ["--set", f"teacher.epochs={teacher_epochs}", "--set", f"student.arch={student}",
+                      "--set", f"epochs={epochs}"]
     for variant in variants:
         if variant.startswith("augment:"):
             args += ["--set", f"transfer={variant}"]
-        elif variant == "distilbert":
-            args += ["--set", "method=distilbert"]
+        elif variant in ("distilbert", "logit_mse"):
+            args += ["--set", f"method={variant}"]
         elif variant.startswith("T:"):
             args += ["--set", f"temperature={float(variant[2:])}"]
         elif variant.startswith("ce:"):
             args += ["--set", f"weights.ce={float(variant[3:])}", "--set", f"weights.kd={1 - float(variant[3:])}"]
         elif not variant.startswith("E:"):
-            raise SystemExit(f"unknown row variant {variant!r} in {row!r} (augment:N, distilbert, T:x, ce:x or E:n)")
+            raise SystemExit(f"unknown row variant {variant!r} in {row!r} (augment:N, distilbert, logit_mse, T:x, ce:x or E:n)")
     return args + ([] if row == base_row(row) else ["--set", "baseline=false"])
 
 
@@ -61,6 +64,8 @@ def main() -> None:
     parser.add_argument("--home", required=True)
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teacher-epochs", type=int, default=1, help="the teacher's fine-tuning epochs (one "
+                        "teacher per --home: its rows are recorded there)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     home = Path(args.home)
@@ -73,8 +78,8 @@ def main() -> None:
             if (row, seed) in done:
                 continue
             load = os.getloadavg()[0]
-            out = subprocess.run([sys.executable, "-m", "kdcore", "run", *row_args(row), "--set", f"seed={seed}",
-                                  "--quiet", "--json"], env=env, capture_output=True, text=True)
+            command = ["run", *row_args(row, args.teacher_epochs), "--set", f"seed={seed}", "--quiet", "--json"]
+            out = subprocess.run([sys.executable, "-m", "kdcore", *command], env=env, capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{row} seed {seed}: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
                 continue
@@ -121,7 +126,8 @@ def table(done: dict, seeds: list[int]) -> str:
 def row_label(row: str) -> str:
     """ "bilstm+augment:4" → "bilstm KD + `transfer=augment:4`"; "bilstm+T:2" → "bilstm KD (T = 2)"."""
     student, *variants = row.split("+")
-    method = "DistilBERT loss" if "distilbert" in variants else "KD"
+    method = ("DistilBERT loss" if "distilbert" in variants
+              else "logit MSE (`method=logit_mse`)" if "logit_mse" in variants else "KD")
     settings = [f"T = {v[2:]}" for v in variants if v.startswith("T:")]
     settings += [f"ce {v[3:]} / kd {1 - float(v[3:]):g}" for v in variants if v.startswith("ce:")]
     settings += [f"{v[2:]} epochs" for v in variants if v.startswith("E:")]
