@@ -101,25 +101,30 @@ def main() -> None:
 
 
 def table(done: dict, seeds: list[int]) -> str:
-    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed, and the mean
-    validation accuracy (the number to choose a setting by, such as a temperature)."""
-    lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed | val mean |", "|---" * (len(seeds) + 4) + "|"]
+    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed, the mean
+    validation accuracy (the number to choose a setting by, such as a temperature), and the engine's seed-noise
+    verdict on the row against the student alone (paired by seed, `kdcore.verdict`)."""
+    from kdcore.verdict import seed_verdict
+
+    lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed | val mean | against alone |",
+             "|---" * (len(seeds) + 5) + "|"]
     teacher = [done[k]["teacher_test_acc"] for k in done if done[k]["teacher_test_acc"] is not None]
     if teacher:
         lines.append(f"| teacher minilm-l6 | {' | '.join(f'{100 * teacher[0]:.2f}' for _ in seeds)} | "
-                     f"{100 * teacher[0]:.2f} | | |")
+                     f"{100 * teacher[0]:.2f} | | | |")
     rows = list(dict.fromkeys(r for r, _ in done))
     for row in rows:
         base = base_row(row)
-        alone = [done[(base, s)]["baseline_test_acc"] for s in seeds if (base, s) in done]
+        alone = {s: done[(base, s)]["baseline_test_acc"] for s in seeds if (base, s) in done}
         if row == base and alone:
             alone_vals = [done[(base, s)].get("baseline_val_acc") for s in seeds if (base, s) in done]
-            lines.append(_line(row_label(row).replace(" KD", " alone"), alone, seeds, None, None,
-                               statistics.mean(alone_vals) if None not in alone_vals else None))
+            lines.append(_line(row_label(row).replace(" KD", " alone"), list(alone.values()), seeds, None, None,
+                               statistics.mean(alone_vals) if None not in alone_vals else None, ""))
         accs = [done[(row, s)]["student_test_acc"] if (row, s) in done else None for s in seeds]
         vals = [done[(row, s)]["student_val_acc"] for s in seeds if (row, s) in done]
-        lines.append(_line(row_label(row), accs, seeds, statistics.mean(alone) if alone else None,
-                           teacher[0] if teacher else None, statistics.mean(vals) if vals else None))
+        verdict = seed_verdict(dict(zip(seeds, accs)), alone).text if alone else ""
+        lines.append(_line(row_label(row), accs, seeds, statistics.mean(alone.values()) if alone else None,
+                           teacher[0] if teacher else None, statistics.mean(vals) if vals else None, verdict))
     return "\n".join(lines)
 
 
@@ -136,7 +141,7 @@ def row_label(row: str) -> str:
 
 
 def _line(label: str, accs: list, seeds: list[int], alone: float | None, teacher: float | None,
-          val: float | None) -> str:
+          val: float | None, verdict: str) -> str:
     cells = [f"{100 * a:.2f}" if a is not None else "–" for a in accs]
     values = [a for a in accs if a is not None]
     mean = statistics.mean(values) if values else None
@@ -144,7 +149,7 @@ def _line(label: str, accs: list, seeds: list[int], alone: float | None, teacher
     if mean is not None and alone is not None and teacher is not None and teacher > alone:
         closed = f"{100 * (mean - alone) / (teacher - alone):.0f}%"
     return (f"| {label} | {' | '.join(cells)} | {f'{100 * mean:.2f}' if mean is not None else '–'} | {closed} | "
-            f"{f'{100 * val:.2f}' if val is not None else ''} |")
+            f"{f'{100 * val:.2f}' if val is not None else ''} | {verdict} |")
 
 
 if __name__ == "__main__":
