@@ -12,8 +12,9 @@ N masked or cut copies of every training sentence that only the teacher labels (
 KD with weights.ce x and weights.kd 1 − x; `S+E:n` trains n epochs (with its own baseline); variants combine
 (`S+E:20+augment:4`).
 Finished runs are appended to `<home>/text_quality.jsonl`, and a row and seed found there is not run again,
-so the script can be stopped and started. Prints a markdown table: test accuracy per seed, the mean, the share
-of the teacher-to-alone gap closed, and the mean validation accuracy (by which to choose a setting).
+so the script can be stopped and started (with every row done, it only prints). Prints a markdown table of the
+rows: test accuracy per seed, the mean, the share of the teacher-to-alone gap closed, the mean validation
+accuracy (by which to choose a setting), and the seed-noise verdict against the student alone.
 """
 
 from __future__ import annotations
@@ -95,15 +96,16 @@ def main() -> None:
             print(f"{row} seed {seed}: student {record['student_test_acc']:.4f}"
                   + (f", alone {record['baseline_test_acc']:.4f}" if record["baseline_test_acc"] is not None else "")
                   + f" ({record['wall_s'] / 60:.1f} min, load {load:.1f})", flush=True)
-    print(table(done, args.seeds))
+    print(table(done, args.seeds, args.rows.split(",")))
     if args.json:
         print(json.dumps(list(done.values())))
 
 
-def table(done: dict, seeds: list[int]) -> str:
-    """Markdown: a row per configuration, test accuracy (%) per seed, the mean, the gap closed, the mean
-    validation accuracy (the number to choose a setting by, such as a temperature), and the engine's seed-noise
-    verdict on the row against the student alone (paired by seed, `kdcore.verdict`)."""
+def table(done: dict, seeds: list[int], rows: list[str]) -> str:
+    """Markdown: a line per row of `rows` (after its "alone" line where it has its own baseline): test accuracy
+    (%) per seed, the mean, the gap closed, the mean validation accuracy (the number to choose a setting by,
+    such as a temperature), and the engine's seed-noise verdict on the row against the student alone (paired
+    by seed, `kdcore.verdict`)."""
     from kdcore.verdict import seed_verdict
 
     lines = [f"| | {' | '.join(f'seed {s}' for s in seeds)} | mean | gap closed | val mean | against alone |",
@@ -112,7 +114,6 @@ def table(done: dict, seeds: list[int]) -> str:
     if teacher:
         lines.append(f"| teacher minilm-l6 | {' | '.join(f'{100 * teacher[0]:.2f}' for _ in seeds)} | "
                      f"{100 * teacher[0]:.2f} | | | |")
-    rows = list(dict.fromkeys(r for r, _ in done))
     for row in rows:
         base = base_row(row)
         alone = {s: done[(base, s)]["baseline_test_acc"] for s in seeds if (base, s) in done}
