@@ -29,8 +29,8 @@ from pathlib import Path
 
 TEACHER = ["--set", "dataset=rotten-tomatoes", "--set", "teacher.arch=minilm-l6"]
 EPOCHS = {"bag-of-embeddings": 10, "bilstm": 4, "tiny-transformer": 3}  # validation accuracy levels off by then (BENCHMARKS.md)
-ROWS = ["bag-of-embeddings", "bilstm", "tiny-transformer", "bilstm+augment:1", "bag-of-embeddings+augment:1",
-        "tiny-transformer+distilbert", "tiny-transformer+augment:1"]
+ROWS = ["bag-of-embeddings", "bag-of-embeddings+T:1", "bag-of-embeddings+augment:4", "bilstm", "bilstm+T:1",
+        "bilstm+augment:4", "tiny-transformer", "tiny-transformer+distilbert"]  # BENCHMARKS.md's main rows
 
 
 def row_args(row: str, teacher_epochs: int = 1) -> list[str]:
